@@ -1,0 +1,1 @@
+"""Glue for upstream frameworks (installed as `tango_plugin.patches`)."""

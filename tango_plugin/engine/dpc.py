@@ -1,0 +1,130 @@
+"""DPC-KNN clustering, nearest-anchor assignment and cluster merging (SPEC.md sections 4.1 and 4.3).
+
+Memory is bounded: no M x M matrix is built when M * M exceeds `max_block_elements`. Distances are then
+computed one block of rows at a time, and the result is the same as with the full matrix:
+
+* the density rho needs each point's k + 1 nearest distances: kept per block (M x (k + 1));
+* delta_i (distance to the nearest denser point): if one of i's k + 1 nearest points is denser, the first such
+  is the nearest denser point overall (every point closer to i is in the list), so only "local peaks" (no
+  denser point among their neighbours, typically a few percent) need a second, blocked pass over all points;
+* the densest point gets the largest distance of the whole matrix, tracked per block.
+
+Determinism: the reference breaks density ties with unseeded noise (``rho + rand * 1e-6``). Here a point j is
+denser than i when rho_j > rho_i, or rho_j == rho_i and j < i: a strict total order, the same every run.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def stable_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k largest values along the last dim, largest first; ties -> lower index first."""
+    return torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k]
+
+
+def _denser(rho_j: torch.Tensor, idx_j: torch.Tensor, rho_i: torch.Tensor, idx_i: torch.Tensor) -> torch.Tensor:
+    return (rho_j > rho_i) | ((rho_j == rho_i) & (idx_j < idx_i))
+
+
+def _density(knn_dists: torch.Tensor) -> torch.Tensor:
+    # the first (smallest) entry is taken to be the point itself, as in the reference
+    return (-(knn_dists[..., 1:] ** 2).mean(dim=-1)).exp()
+
+
+def _dpc_full(x: torch.Tensor, cluster_num: int, k: int) -> torch.Tensor:
+    B, M, _ = x.shape
+    dist = torch.cdist(x, x)
+    knn = torch.topk(dist, min(k + 1, M), dim=-1, largest=False).values
+    rho = _density(knn)
+    idx = torch.arange(M, device=x.device)
+    denser = _denser(rho[:, None, :], idx[None, None, :], rho[:, :, None], idx[None, :, None])
+    max_dist = dist.flatten(1).max(dim=1).values[:, None, None]
+    delta = torch.where(denser, dist, max_dist).min(dim=-1).values
+    return stable_topk(rho * delta, cluster_num)
+
+
+def _dpc_blocked(x: torch.Tensor, cluster_num: int, k: int, max_block_elements: int) -> torch.Tensor:
+    """One point set (M, D), blocked over rows; same result as `_dpc_full`."""
+    M = x.shape[0]
+    rows = max(1, max_block_elements // M)
+    kk = min(k + 1, M)
+    knn_d = torch.empty(M, kk, dtype=x.dtype, device=x.device)
+    knn_i = torch.empty(M, kk, dtype=torch.long, device=x.device)
+    max_dist = torch.tensor(float("-inf"), dtype=x.dtype, device=x.device)
+    for a in range(0, M, rows):
+        block = torch.cdist(x[a:a + rows], x)
+        vals, inds = torch.topk(block, kk, dim=-1, largest=False)
+        knn_d[a:a + rows], knn_i[a:a + rows] = vals, inds
+        max_dist = torch.maximum(max_dist, block.max())
+        del block
+    rho = _density(knn_d)
+    idx = torch.arange(M, device=x.device)
+    # nearest denser point among the neighbours (knn lists are sorted by distance)
+    denser_nb = _denser(rho[knn_i], knn_i, rho[:, None], idx[:, None])
+    has_nb = denser_nb.any(dim=-1)
+    first = denser_nb.float().argmax(dim=-1)
+    delta = torch.where(has_nb, knn_d.gather(1, first[:, None]).squeeze(1), max_dist)
+    peaks = torch.nonzero(~has_nb).flatten()
+    for a in range(0, peaks.numel(), rows):
+        p = peaks[a:a + rows]
+        block = torch.cdist(x[p], x)
+        mask = _denser(rho[None, :], idx[None, :], rho[p][:, None], p[:, None])
+        delta[p] = torch.where(mask, block, max_dist).min(dim=-1).values
+        del block, mask
+    return stable_topk(rho * delta, cluster_num)
+
+
+def dpc_knn(x: torch.Tensor, cluster_num: int, k: int, max_block_elements: int = 1 << 24) -> torch.Tensor:
+    """Cluster centres by density peaks with a k-NN density.
+
+    Args:
+        x: (B, M, D) float32 points (B independent sets).
+        cluster_num: centres to return per set (<= M).
+        k: neighbours of the density estimate.
+        max_block_elements: largest distance block materialised at once.
+
+    Returns:
+        (B, cluster_num) indices into M, by decreasing rho * delta (ties -> lower index).
+    """
+    B, M, _ = x.shape
+    x = x.float()
+    if B * M * M <= max_block_elements:
+        return _dpc_full(x, cluster_num, k)
+    return torch.stack([_dpc_blocked(x[b], cluster_num, k, max_block_elements) for b in range(B)])
+
+
+def nearest_anchor(points: torch.Tensor, anchors: torch.Tensor, max_block_elements: int = 1 << 24) -> torch.Tensor:
+    """Index of the nearest anchor (Euclidean; ties -> first anchor) for each point: (B, n, D), (B, m, D) -> (B, n)."""
+    B, n, _ = points.shape
+    m = anchors.shape[1]
+    rows = max(1, max_block_elements // max(1, B * m))
+    points, anchors = points.float(), anchors.float()
+    if rows >= n:
+        return torch.cdist(points, anchors).argmin(dim=-1)
+    return torch.cat([torch.cdist(points[:, a:a + rows], anchors).argmin(dim=-1) for a in range(0, n, rows)], dim=1)
+
+
+def merge_clusters(sources: torch.Tensor, assign: torch.Tensor, anchors: torch.Tensor, beta: float) -> torch.Tensor:
+    """Pull each anchor towards the mean of the sources assigned to it.
+
+    new_anchor = w * anchor + (1 - w) * mean(assigned), w = max(1 / n, beta): a singleton stays unchanged.
+    Sums and counts are in float32 (the reference accumulates in the feature dtype); the result has the
+    anchors' dtype.
+
+    Args:
+        sources: (B, P, D) raw features of the pool (anchors included).
+        assign: (B, P) anchor index of each source.
+        anchors: (B, m, D) raw features of the anchors.
+    """
+    B, P, D = sources.shape
+    m = anchors.shape[1]
+    flat = (assign + torch.arange(B, device=assign.device)[:, None] * m).flatten()
+    sums = torch.zeros(B * m, D, dtype=torch.float32, device=sources.device)
+    sums.index_add_(0, flat, sources.reshape(B * P, D).float())
+    counts = torch.zeros(B * m, 1, dtype=torch.float32, device=sources.device)
+    counts.index_add_(0, flat, torch.ones(B * P, 1, dtype=torch.float32, device=sources.device))
+    means = sums / counts.clamp(min=1)
+    w = (1.0 / counts.clamp(min=1)).clamp(min=beta)
+    merged = w * anchors.reshape(B * m, D).float() + (1 - w) * means
+    return merged.reshape(B, m, D).to(anchors.dtype)

@@ -1,0 +1,267 @@
+"""Tango token selection and merging on one video's tokens (SPEC.md sections 1.4 and 2-4).
+
+Flow: zero the sink scores -> segment the frames -> rotate an L2-normalised copy with ST-RoPE (clustering
+space) -> per segment: static/dynamic split, diversity-driven salient pick per frame, context merging over the
+segment -> kept flat indices sorted ascending with their (merged) features.
+
+Everything that the reference does one frame at a time is batched here: all single-frame segments form one
+batch, and the per-frame salient picks of a segment are one batched DPC-KNN.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from ..config import TangoConfig
+from ..strategies import PrunePlan, VisualTokens
+from .dpc import dpc_knn, merge_clusters, nearest_anchor, stable_topk
+from .segmentation import consecutive_similarity, fastvid_segments, holitom_segments
+from .strope import apply_strope_, strope_sections
+
+__all__ = ["tango_prune", "masked_saliency", "stable_topk", "frame_budgets", "segment_budgets"]
+
+
+def masked_saliency(saliency: torch.Tensor, sink_positions: Sequence[int]) -> torch.Tensor:
+    """A copy of (T, L) saliency with the attention-sink columns set to 0 (they stay eligible, lowest score)."""
+    scores = saliency.clone()
+    if len(sink_positions):
+        scores[:, list(sink_positions)] = 0
+    return scores
+
+
+def frame_budgets(num_tokens: int, ratio: float, context_ratio: float) -> Tuple[int, int]:
+    """(salient, context) budget of one frame of `num_tokens` (SPEC.md section 4.4): ceil, then int()."""
+    retain = max(1, math.ceil(num_tokens * ratio)) if num_tokens > 0 else 0
+    salient = int(retain * (1.0 - context_ratio))
+    return salient, retain - salient
+
+
+def segment_budgets(num_dynamic: int, ratio: float, context_ratio: float) -> Tuple[int, int]:
+    """(salient, context) budget per frame of a segment's dynamic tokens (SPEC.md section 4.2)."""
+    raw = math.ceil(num_dynamic * ratio)
+    salient = int(raw * (1.0 - context_ratio))
+    return salient, raw - salient
+
+
+def adjusted_ratio(ratio: float, num_frames: int, tokens_per_frame: int, num_static: int) -> float:
+    """Retention ratio raised to compensate for static tokens collapsed to one copy (SPEC.md section 4.2)."""
+    total = num_frames * tokens_per_frame
+    gain = (num_frames - 1) * num_static
+    return min(ratio / ((total - gain) / total), 1.0)
+
+
+class _Kept:
+    """Kept (flat index, feature) pieces, concatenated and sorted at the end."""
+
+    def __init__(self) -> None:
+        self.indices: List[torch.Tensor] = []
+        self.features: List[torch.Tensor] = []
+
+    def add(self, indices: torch.Tensor, features: torch.Tensor) -> None:
+        self.indices.append(indices.reshape(-1))
+        self.features.append(features.reshape(indices.numel(), -1))
+
+    def plan(self, dim: int, dtype: torch.dtype, device) -> PrunePlan:
+        if not self.indices:
+            return PrunePlan(torch.empty(0, dtype=torch.long, device=device), torch.empty(0, dim, dtype=dtype,
+                                                                                           device=device))
+        idx = torch.cat(self.indices)
+        feats = torch.cat(self.features)
+        order = torch.sort(idx, stable=True).indices
+        return PrunePlan(kept_indices=idx[order], features=feats[order])
+
+
+def _select_salient(roped: torch.Tensor, scores: torch.Tensor, k_s: int, cfg: TangoConfig) -> torch.Tensor:
+    """Diversity-driven salient pick per row: (B, n, D), (B, n) -> local indices (B, k_s).
+
+    Take the top int(alpha * k_s) candidates by score, cluster them into k_s groups (DPC-KNN in ST-RoPE space,
+    nearest centre), and keep the best-scored member of each group (an empty group keeps its centre).
+    """
+    n = scores.shape[1]
+    m = min(int(cfg.alpha * k_s), n)
+    target = min(k_s, m)
+    cand = stable_topk(scores, m)  # (B, m), best first
+    if m <= target or m <= 1:
+        return cand
+    cand_roped = torch.gather(roped, 1, cand[..., None].expand(-1, -1, roped.shape[-1]))
+    cand_scores = torch.gather(scores, 1, cand)
+    centers = dpc_knn(cand_roped, target, cfg.num_neighbors, cfg.max_block_elements)  # (B, target)
+    anchors = torch.gather(cand_roped, 1, centers[..., None].expand(-1, -1, roped.shape[-1]))
+    assign = nearest_anchor(cand_roped, anchors, cfg.max_block_elements)  # (B, m)
+    member = assign[..., None] == torch.arange(target, device=assign.device)  # (B, m, target)
+    lowest = torch.finfo(cand_scores.dtype).min if cand_scores.is_floating_point() else -(2 ** 62)
+    best = cand_scores[..., None].masked_fill(~member, lowest).argmax(dim=1)  # first best in candidate order
+    rel = torch.where(member.any(dim=1), best, centers)
+    return torch.gather(cand, 1, rel)
+
+
+def _merge_context(feats: torch.Tensor, roped: torch.Tensor, num_anchors: int,
+                   cfg: TangoConfig) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Pick `num_anchors` anchors per row by DPC-KNN and merge the whole pool into them.
+
+    Args:
+        feats / roped: (B, P, D) raw and rotated features of each pool.
+
+    Returns:
+        (anchor local indices (B, A), merged anchor features (B, A, D)). With `reference_merge_order` the merged
+        features are laid out as the reference writes them (see `TangoConfig.reference_merge_order`).
+    """
+    D = feats.shape[-1]
+    centers = dpc_knn(roped, num_anchors, cfg.num_neighbors, cfg.max_block_elements)  # density order
+    ascending = centers.sort(dim=1).values
+    anchor_roped = torch.gather(roped, 1, ascending[..., None].expand(-1, -1, roped.shape[-1]))
+    anchor_feats = torch.gather(feats, 1, ascending[..., None].expand(-1, -1, D))
+    assign = nearest_anchor(roped, anchor_roped, cfg.max_block_elements)
+    merged = merge_clusters(feats, assign, anchor_feats, cfg.beta)
+    if cfg.reference_merge_order:
+        # the reference writes merged values (ascending anchor order) to the anchors in density order
+        return centers, merged
+    return ascending, merged
+
+
+def _compress_frames(feats: torch.Tensor, roped: torch.Tensor, scores: torch.Tensor, ratio: float,
+                     cfg: TangoConfig) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The single-frame path (SPEC.md section 4.4) for B frames of the same size at once.
+
+    Args:
+        feats / roped: (B, L', D); scores: (B, L').
+
+    Returns:
+        (local indices (B, K), features (B, K, D)); K is the same for every frame.
+    """
+    B, n, D = feats.shape
+    k_s, k_c = frame_budgets(n, ratio, cfg.context_ratio)
+    picked_idx, picked_feats = [], []
+    free = torch.ones(B, n, dtype=torch.bool, device=feats.device)
+    if k_s > 0:
+        sal = _select_salient(roped, scores, k_s, cfg)
+        picked_idx.append(sal)
+        picked_feats.append(torch.gather(feats, 1, sal[..., None].expand(-1, -1, D)))
+        free.scatter_(1, sal, False)
+    if k_c > 0:
+        pool_sizes = free.sum(dim=1)
+        if bool((pool_sizes == pool_sizes[0]).all()):
+            idx, merged = _context_of_pools(feats, roped, free, int(pool_sizes[0]), k_c, cfg)
+            picked_idx.append(idx)
+            picked_feats.append(merged)
+        else:  # duplicate salient picks (degenerate ties) leave pools of different sizes: one frame at a time
+            rows = [_context_of_pools(feats[b:b + 1], roped[b:b + 1], free[b:b + 1], int(pool_sizes[b]), k_c, cfg)
+                    for b in range(B)]
+            width = max(r[0].shape[1] for r in rows)
+            if any(r[0].shape[1] != width for r in rows):
+                return _ragged_frames(feats, picked_idx, picked_feats, rows)
+            picked_idx.append(torch.cat([r[0] for r in rows]))
+            picked_feats.append(torch.cat([r[1] for r in rows]))
+    if not picked_idx:
+        return torch.empty(B, 0, dtype=torch.long, device=feats.device), feats[:, :0]
+    return torch.cat(picked_idx, dim=1), torch.cat(picked_feats, dim=1)
+
+
+def _ragged_frames(feats, picked_idx, picked_feats, rows):
+    """Frames whose kept counts differ (only in degenerate ties): return them as lists."""
+    idx = [torch.cat([p[b] for p in picked_idx] + [rows[b][0][0]]) for b in range(feats.shape[0])]
+    out = [torch.cat([p[b] for p in picked_feats] + [rows[b][1][0]]) for b in range(feats.shape[0])]
+    return idx, out
+
+
+def _context_of_pools(feats, roped, free, pool_size: int, k_c: int, cfg: TangoConfig):
+    """Context tokens of B pools of equal size: keep all if they fit the budget, else cluster and merge."""
+    B, _, D = feats.shape
+    pool = torch.nonzero(free)[:, 1].reshape(B, pool_size)  # ascending local indices
+    n_ctx = min(k_c, pool_size)
+    if pool_size == 0:
+        return pool, feats[:, :0]
+    if pool_size <= n_ctx:
+        return pool, torch.gather(feats, 1, pool[..., None].expand(-1, -1, D))
+    pool_feats = torch.gather(feats, 1, pool[..., None].expand(-1, -1, D))
+    pool_roped = torch.gather(roped, 1, pool[..., None].expand(-1, -1, roped.shape[-1]))
+    local, merged = _merge_context(pool_feats, pool_roped, n_ctx, cfg)
+    return torch.gather(pool, 1, local), merged
+
+
+def _segment(kept: _Kept, feats: torch.Tensor, roped: torch.Tensor, scores: torch.Tensor,
+             token_sim: torch.Tensor, offset: int, cfg: TangoConfig) -> None:
+    """One segment of n > 1 frames (SPEC.md section 4.2). `offset` = flat index of its first token."""
+    n, L, D = feats.shape
+    flat = offset + torch.arange(n * L, device=feats.device).view(n, L)
+    static = (token_sim > cfg.static_threshold).all(dim=0)  # (L,)
+    num_static = int(static.sum())
+    ratio = adjusted_ratio(cfg.retention_ratio, n, L, num_static)
+
+    if num_static:
+        # one pseudo-frame: temporal mean of features and scores, rotated features of the first frame
+        idx, out = _compress_frames(feats[:, static].mean(dim=0)[None], roped[0, static][None],
+                                    scores[:, static].mean(dim=0)[None], ratio, cfg)
+        kept.add(flat[0, static][idx[0]], out[0])
+
+    dynamic = ~static
+    n_dyn = L - num_static
+    if n_dyn == 0:
+        return
+    d_feats, d_roped, d_scores, d_flat = feats[:, dynamic], roped[:, dynamic], scores[:, dynamic], flat[:, dynamic]
+    k_s, k_c = segment_budgets(n_dyn, ratio, cfg.context_ratio)
+    free = torch.ones(n, n_dyn, dtype=torch.bool, device=feats.device)
+    if k_s > 0:
+        sal = _select_salient(d_roped, d_scores, min(k_s, n_dyn), cfg)  # (n, k_s)
+        kept.add(torch.gather(d_flat, 1, sal), torch.gather(d_feats, 1, sal[..., None].expand(-1, -1, D)))
+        free.scatter_(1, sal, False)
+    if k_c > 0:
+        budget = k_c * n
+        pool_flat = d_flat[free]  # frame-major, then token order
+        if pool_flat.numel() <= budget:
+            kept.add(pool_flat, d_feats[free])
+        else:
+            local, merged = _merge_context(d_feats[free][None], d_roped[free][None], budget, cfg)
+            kept.add(pool_flat[local[0]], merged[0])
+
+
+def _segment_sizes(normed: torch.Tensor, token_sim: torch.Tensor, tokens: VisualTokens,
+                   cfg: TangoConfig) -> List[int]:
+    if cfg.segmentation == "holitom":
+        return holitom_segments(token_sim, cfg.similarity_threshold, cfg.holitom_max_window)
+    if tokens.frame_embeddings is None:
+        raise ValueError("segmentation='fastvid' needs frame_embeddings (T, D'): one global embedding per frame")
+    emb = F.normalize(tokens.frame_embeddings.float(), p=2, dim=-1)
+    return fastvid_segments(consecutive_similarity(emb), cfg.similarity_threshold, cfg.fastvid_min_cuts)
+
+
+def tango_prune(tokens: VisualTokens, cfg: TangoConfig, segments: Optional[List[int]] = None) -> PrunePlan:
+    """Tango on one video. Inputs are not modified; the output follows the features' dtype and device.
+
+    Args:
+        tokens: the video's tokens (see `VisualTokens`).
+        cfg: the run's settings.
+        segments: optional precomputed segment lengths (testing and diagnostics).
+    """
+    feats = tokens.features
+    T, L, D = feats.shape
+    strope_sections(D)  # clear error for an odd or too small D
+    scores = masked_saliency(tokens.saliency, tokens.sink_positions)
+    normed = F.normalize(feats.float(), p=2, dim=-1)
+    token_sim = consecutive_similarity(normed)  # (T-1, L): segmentation and the static test
+    sizes = segments if segments is not None else _segment_sizes(normed, token_sim, tokens, cfg)
+    roped = apply_strope_(normed, tuple(tokens.grid_hw), tokens.timestamps, cfg.base_time, cfg.base_space)
+
+    kept = _Kept()
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    singles = [s for s, n in zip(starts, sizes) if n == 1]
+    if singles:  # every single-frame segment in one batch (same size, unadjusted ratio)
+        frames = torch.tensor(singles, device=feats.device)
+        if len(singles) == T:  # no copies when every frame is its own segment
+            f_feats, f_roped, f_scores = feats, roped, scores
+        else:
+            f_feats, f_roped, f_scores = feats[frames], roped[frames], scores[frames]
+        idx, out = _compress_frames(f_feats, f_roped, f_scores, cfg.retention_ratio, cfg)
+        if isinstance(idx, list):
+            for f, i, o in zip(singles, idx, out):
+                kept.add(f * L + i, o)
+        else:
+            kept.add(frames[:, None] * L + idx, out)
+    for s, n in zip(starts, sizes):
+        if n > 1:
+            _segment(kept, feats[s:s + n], roped[s:s + n], scores[s:s + n], token_sim[s:s + n - 1], s * L, cfg)
+    return kept.plan(D, feats.dtype, feats.device)
