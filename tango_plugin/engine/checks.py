@@ -9,6 +9,12 @@ def _shape(t) -> str:
     return "x".join(str(s) for s in t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
 
 
+def _all_finite(t: torch.Tensor) -> bool:
+    # one cheap reduction first: any nan/inf makes the sum non-finite; only then the exact element check
+    # (a finite tensor whose sum overflows lands there too)
+    return bool(torch.isfinite(t.sum(dtype=torch.float32))) or bool(torch.isfinite(t).all())
+
+
 def check_visual_tokens(tokens) -> None:
     """Validate a `VisualTokens` bundle (shapes, grid, finiteness, sink positions)."""
     feats, sal = tokens.features, tokens.saliency
@@ -37,11 +43,11 @@ def check_visual_tokens(tokens) -> None:
         fe = tokens.frame_embeddings
         if not isinstance(fe, torch.Tensor) or fe.dim() != 2 or fe.shape[0] != T:
             raise ValueError(f"frame_embeddings must have shape (T, D') with T={T}; got {_shape(fe)}")
-        if not torch.isfinite(fe).all():
+        if not _all_finite(fe):
             raise ValueError("frame_embeddings contain non-finite values (nan or inf)")
-    if not torch.isfinite(feats).all():
+    if not _all_finite(feats):
         raise ValueError("features contain non-finite values (nan or inf)")
-    if not torch.isfinite(sal).all():
+    if not _all_finite(sal):
         raise ValueError("saliency contains non-finite values (nan or inf)")
     for p in tokens.sink_positions:
         if not 0 <= int(p) < L:

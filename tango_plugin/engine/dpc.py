@@ -1,13 +1,13 @@
 """DPC-KNN clustering, nearest-anchor assignment and cluster merging (SPEC.md sections 4.1 and 4.3).
 
-Memory is bounded: no M x M matrix is built when M * M exceeds `max_block_elements`. Distances are then
-computed one block of rows at a time, and the result is the same as with the full matrix:
+Memory is bounded: beyond one tile (`TILE` points, or `max_block_elements`) no M x M matrix is built.
+Distances are computed one tile at a time, and the result is the same as with the full matrix:
 
-* the density rho needs each point's k + 1 nearest distances: kept per block (M x (k + 1));
+* the density rho needs each point's k + 1 nearest distances: running lists (M x (k + 1)) updated per tile;
 * delta_i (distance to the nearest denser point): if one of i's k + 1 nearest points is denser, the first such
   is the nearest denser point overall (every point closer to i is in the list), so only "local peaks" (no
-  denser point among their neighbours, typically a few percent) need a second, blocked pass over all points;
-* the densest point gets the largest distance of the whole matrix, tracked per block.
+  denser point among their neighbours, typically a few percent) need a second, tiled pass over all points;
+* the densest point gets the largest distance of the whole matrix, tracked per tile.
 
 Determinism: the reference breaks density ties with unseeded noise (``rho + rand * 1e-6``). Here a point j is
 denser than i when rho_j > rho_i, or rho_j == rho_i and j < i: a strict total order, the same every run.
@@ -15,7 +15,13 @@ denser than i when rho_j > rho_i, or rho_j == rho_i and j < i: a strict total or
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+# Side of the distance tiles: large enough for efficient matrix products, small enough that the
+# upper-triangle saving matters from a few thousand points on.
+TILE = 1024
 
 
 def stable_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -44,34 +50,65 @@ def _dpc_full(x: torch.Tensor, cluster_num: int, k: int) -> torch.Tensor:
     return stable_topk(rho * delta, cluster_num)
 
 
-def _dpc_blocked(x: torch.Tensor, cluster_num: int, k: int, max_block_elements: int) -> torch.Tensor:
-    """One point set (M, D), blocked over rows; same result as `_dpc_full`."""
+def _augment(x: torch.Tensor):
+    """Operands whose product is the squared distance, exactly as `torch.cdist` builds them (bit-equal rows)."""
+    sq = x.pow(2).sum(dim=-1, keepdim=True)
+    one = torch.ones_like(sq)
+    return torch.cat([x.mul(-2), sq, one], dim=-1), torch.cat([x, one, sq], dim=-1)
+
+
+def _distances(rows_aug: torch.Tensor, cols_aug: torch.Tensor) -> torch.Tensor:
+    return (rows_aug @ cols_aug.T).clamp_min_(0).sqrt_()
+
+
+def _merge_nearest(best_d, best_i, rows: slice, vals, inds, kk: int) -> None:
+    d = torch.cat([best_d[rows], vals], dim=1)
+    i = torch.cat([best_i[rows], inds], dim=1)
+    d, pos = torch.topk(d, kk, dim=1, largest=False)
+    best_d[rows], best_i[rows] = d, i.gather(1, pos)
+
+
+def _dpc_tiled(x: torch.Tensor, cluster_num: int, k: int, tile: int, max_block_elements: int) -> torch.Tensor:
+    """One point set (M, D) in tiles of `tile` x `tile` distances: same centres as `_dpc_full`.
+
+    Distances are symmetric, so only tiles on and above the diagonal are computed (half the matrix products);
+    each tile updates the running k+1 nearest lists of its rows and of its columns. A transposed tile can differ
+    from the row-wise value in the last bit (`cdist` is not bit-symmetric), far below the reference's own 1e-6
+    tie-break noise.
+    """
     M = x.shape[0]
-    rows = max(1, max_block_elements // M)
     kk = min(k + 1, M)
-    knn_d = torch.empty(M, kk, dtype=x.dtype, device=x.device)
-    knn_i = torch.empty(M, kk, dtype=torch.long, device=x.device)
+    rows_aug, cols_aug = _augment(x)
+    best_d = torch.full((M, kk), float("inf"), dtype=x.dtype, device=x.device)
+    best_i = torch.full((M, kk), -1, dtype=torch.long, device=x.device)
     max_dist = torch.tensor(float("-inf"), dtype=x.dtype, device=x.device)
-    for a in range(0, M, rows):
-        block = torch.cdist(x[a:a + rows], x)
-        vals, inds = torch.topk(block, kk, dim=-1, largest=False)
-        knn_d[a:a + rows], knn_i[a:a + rows] = vals, inds
-        max_dist = torch.maximum(max_dist, block.max())
-        del block
-    rho = _density(knn_d)
+    for a in range(0, M, tile):
+        ra = slice(a, min(a + tile, M))
+        for b in range(a, M, tile):
+            rb = slice(b, min(b + tile, M))
+            block = _distances(rows_aug[ra], cols_aug[rb])
+            max_dist = torch.maximum(max_dist, block.max())
+            vals, inds = torch.topk(block, min(kk, block.shape[1]), dim=1, largest=False)
+            _merge_nearest(best_d, best_i, ra, vals, inds + b, kk)
+            if b != a:
+                vals, inds = torch.topk(block, min(kk, block.shape[0]), dim=0, largest=False)
+                _merge_nearest(best_d, best_i, rb, vals.T, inds.T + a, kk)
+            del block
+    rho = _density(best_d)
     idx = torch.arange(M, device=x.device)
-    # nearest denser point among the neighbours (knn lists are sorted by distance)
-    denser_nb = _denser(rho[knn_i], knn_i, rho[:, None], idx[:, None])
+    # nearest denser point among the neighbours (the lists are sorted by distance)
+    denser_nb = _denser(rho[best_i], best_i, rho[:, None], idx[:, None])
     has_nb = denser_nb.any(dim=-1)
     first = denser_nb.float().argmax(dim=-1)
-    delta = torch.where(has_nb, knn_d.gather(1, first[:, None]).squeeze(1), max_dist)
+    delta = torch.where(has_nb, best_d.gather(1, first[:, None]).squeeze(1), max_dist)
     peaks = torch.nonzero(~has_nb).flatten()
-    for a in range(0, peaks.numel(), rows):
-        p = peaks[a:a + rows]
-        block = torch.cdist(x[p], x)
-        mask = _denser(rho[None, :], idx[None, :], rho[p][:, None], p[:, None])
-        delta[p] = torch.where(mask, block, max_dist).min(dim=-1).values
-        del block, mask
+    peak_rows = max(1, min(tile, max_block_elements // M))
+    for a in range(0, peaks.numel(), peak_rows):
+        p = peaks[a:a + peak_rows]
+        block = _distances(rows_aug[p], cols_aug)
+        block = torch.where(_denser(rho[None, :], idx[None, :], rho[p][:, None], p[:, None]), block, max_dist)
+        delta[p] = block.min(dim=-1).values
+        del block
     return stable_topk(rho * delta, cluster_num)
 
 
@@ -89,9 +126,10 @@ def dpc_knn(x: torch.Tensor, cluster_num: int, k: int, max_block_elements: int =
     """
     B, M, _ = x.shape
     x = x.float()
-    if B * M * M <= max_block_elements:
+    tile = max(32, min(TILE, math.isqrt(max_block_elements)))
+    if M <= tile and B * M * M <= max_block_elements:
         return _dpc_full(x, cluster_num, k)
-    return torch.stack([_dpc_blocked(x[b], cluster_num, k, max_block_elements) for b in range(B)])
+    return torch.stack([_dpc_tiled(x[b], cluster_num, k, tile, max_block_elements) for b in range(B)])
 
 
 def nearest_anchor(points: torch.Tensor, anchors: torch.Tensor, max_block_elements: int = 1 << 24) -> torch.Tensor:

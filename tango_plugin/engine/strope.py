@@ -30,12 +30,44 @@ def _inv_freq(size: int, base: float, device) -> torch.Tensor:
 
 
 def _rotate_(x: torch.Tensor, angles: torch.Tensor) -> None:
-    """Rotate-half RoPE of `x` (..., d) in place; `angles` (..., d/2) broadcasts against x's leading dims."""
+    """Rotate-half RoPE of `x` (..., d) in place; `angles` (..., d/2) broadcasts against x's leading dims.
+
+    Per half: x1' = x1 cos - x2 sin, x2' = x2 cos + x1 sin, the same IEEE operations as the reference's
+    ``x * cos + rotate_half(x) * sin`` (so bit-equal) with fewer full-size temporaries.
+    """
     half = x.shape[-1] // 2
-    angles = torch.cat([angles, angles], dim=-1)
     cos, sin = angles.cos(), angles.sin()
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    x.copy_((x * cos) + (rotated * sin))
+    x1, x2 = x[..., :half], x[..., half:]
+    x1_sin = x1 * sin
+    x1.mul_(cos).sub_(x2 * sin)
+    x2.mul_(cos).add_(x1_sin)
+
+
+def rope_tokens_(
+    x: torch.Tensor,
+    t_pos: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    base_time: float = 10000.0,
+    base_space: float = 1000.0,
+) -> torch.Tensor:
+    """Rotate `x` (n, N, D) float32 in place: frame i sits at time t_pos[i], token j at (rows[j], cols[j])."""
+    D = x.shape[-1]
+    d_t, d_h, d_w = strope_sections(D)
+    device = x.device
+    inv_t = _inv_freq(d_t, base_time, device)
+    inv_h, inv_w = _inv_freq(d_h, base_space, device), _inv_freq(d_w, base_space, device)
+    _rotate_(x[..., :d_t], torch.outer(t_pos.to(device).type_as(inv_t), inv_t)[:, None, :])
+    _rotate_(x[..., d_t:d_t + d_h], torch.outer(rows.to(device).type_as(inv_h), inv_h)[None])
+    _rotate_(x[..., d_t + d_h:], torch.outer(cols.to(device).type_as(inv_w), inv_w)[None])
+    return x
+
+
+def frame_times(num_frames: int, timestamps: Optional[torch.Tensor]) -> torch.Tensor:
+    """Frame positions on the time axis: the timestamps (seconds) or 0..T-1, in float32 like the reference."""
+    if timestamps is None:
+        return torch.arange(num_frames).float()
+    return torch.as_tensor(timestamps).float()
 
 
 def apply_strope_(
@@ -46,7 +78,7 @@ def apply_strope_(
     base_space: float = 1000.0,
     frames_per_chunk: int = 16,
 ) -> torch.Tensor:
-    """Rotate `x` (T, L, D) float32 in place by (time, row, column) and return it.
+    """Rotate a whole video `x` (T, L, D) float32 in place by (time, row, column) and return it.
 
     Args:
         x: (T, L, D) float32 features (Tango passes the L2-normalised copy).
@@ -54,23 +86,12 @@ def apply_strope_(
         timestamps: (T,) frame times in seconds; None -> 0..T-1.
         frames_per_chunk: frames rotated at once (bounds the temporaries).
     """
-    T, L, D = x.shape
+    T, L, _ = x.shape
     H, W = grid_hw
-    d_t, d_h, d_w = strope_sections(D)
-    device = x.device
-    inv_t, inv_h, inv_w = _inv_freq(d_t, base_time, device), _inv_freq(d_h, base_space, device), _inv_freq(
-        d_w, base_space, device)
-    if timestamps is None:
-        t_pos = torch.arange(T, device=device).type_as(inv_t)
-    else:
-        t_pos = torch.as_tensor(timestamps).to(device).type_as(inv_t)
-    ang_t = torch.outer(t_pos, inv_t)  # (T, d_t/2)
-    ang_h = torch.outer(torch.arange(H, device=device).type_as(inv_h), inv_h)  # (H, d_h/2)
-    ang_w = torch.outer(torch.arange(W, device=device).type_as(inv_w), inv_w)  # (W, d_w/2)
-    grid = x.view(T, H, W, D)
+    t_pos = frame_times(T, timestamps)
+    cells = torch.arange(L, device=x.device)
+    rows, cols = cells // W, cells % W
     for start in range(0, T, frames_per_chunk):
-        chunk = grid[start:start + frames_per_chunk]
-        _rotate_(chunk[..., :d_t], ang_t[start:start + frames_per_chunk, None, None, :])
-        _rotate_(chunk[..., d_t:d_t + d_h], ang_h[None, :, None, :])
-        _rotate_(chunk[..., d_t + d_h:], ang_w[None, None, :, :])
+        rope_tokens_(x[start:start + frames_per_chunk], t_pos[start:start + frames_per_chunk], rows, cols,
+                     base_time, base_space)
     return x

@@ -20,7 +20,7 @@ from ..config import TangoConfig
 from ..strategies import PrunePlan, VisualTokens
 from .dpc import dpc_knn, merge_clusters, nearest_anchor, stable_topk
 from .segmentation import consecutive_similarity, fastvid_segments, holitom_segments
-from .strope import apply_strope_, strope_sections
+from .strope import frame_times, rope_tokens_, strope_sections
 
 __all__ = ["tango_prune", "masked_saliency", "stable_topk", "frame_budgets", "segment_budgets"]
 
@@ -183,44 +183,84 @@ def _context_of_pools(feats, roped, free, pool_size: int, k_c: int, cfg: TangoCo
     return torch.gather(pool, 1, local), merged
 
 
-def _segment(kept: _Kept, feats: torch.Tensor, roped: torch.Tensor, scores: torch.Tensor,
-             token_sim: torch.Tensor, offset: int, cfg: TangoConfig) -> None:
-    """One segment of n > 1 frames (SPEC.md section 4.2). `offset` = flat index of its first token."""
-    n, L, D = feats.shape
-    flat = offset + torch.arange(n * L, device=feats.device).view(n, L)
+class _Video:
+    """One video's inputs plus the lazily built clustering space (normalised + ST-RoPE rotated copies).
+
+    Only the tokens a step clusters are rotated: all tokens of single-frame segments, the first frame's static
+    tokens and every frame's dynamic tokens of longer segments. Rotation is per token, so this gives the same
+    values as rotating the whole video first (the reference) at a fraction of the work and memory.
+    """
+
+    def __init__(self, tokens: VisualTokens, cfg: TangoConfig) -> None:
+        self.feats = tokens.features
+        T, L, _ = self.feats.shape
+        self.scores = masked_saliency(tokens.saliency, tokens.sink_positions)
+        self.t_pos = frame_times(T, tokens.timestamps).to(self.feats.device)
+        cells = torch.arange(L, device=self.feats.device)
+        self.rows, self.cols = cells // tokens.grid_hw[1], cells % tokens.grid_hw[1]
+        self.cfg = cfg
+
+    def roped(self, frames: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+        """(len(frames), len(cells), D) float32 clustering features of the given frames and grid cells."""
+        x = F.normalize(self.feats[frames][:, cells].float(), p=2, dim=-1)
+        return rope_tokens_(x, self.t_pos[frames], self.rows[cells], self.cols[cells], self.cfg.base_time,
+                            self.cfg.base_space)
+
+
+def _token_similarity(feats: torch.Tensor, frames_per_chunk: int = 16) -> torch.Tensor:
+    """(T-1, L) cosine similarity of each token with itself in the next frame, in float32 chunks."""
+    T, L, _ = feats.shape
+    out = torch.empty(max(T - 1, 0), L, dtype=torch.float32, device=feats.device)
+    for a in range(0, T - 1, frames_per_chunk):
+        normed = F.normalize(feats[a:a + frames_per_chunk + 1].float(), p=2, dim=-1)
+        out[a:a + frames_per_chunk] = consecutive_similarity(normed)
+    return out
+
+
+def _segment(kept: _Kept, video: _Video, start: int, n: int, token_sim: torch.Tensor) -> None:
+    """One segment of n > 1 frames starting at frame `start` (SPEC.md section 4.2)."""
+    cfg = video.cfg
+    feats = video.feats
+    _, L, D = feats.shape
+    frames = torch.arange(start, start + n, device=feats.device)
+    flat = frames[:, None] * L + torch.arange(L, device=feats.device)  # (n, L) flat token indices
     static = (token_sim > cfg.static_threshold).all(dim=0)  # (L,)
     num_static = int(static.sum())
     ratio = adjusted_ratio(cfg.retention_ratio, n, L, num_static)
+    scores = video.scores[start:start + n]
 
     if num_static:
-        # one pseudo-frame: temporal mean of features and scores, rotated features of the first frame
-        idx, out = _compress_frames(feats[:, static].mean(dim=0)[None], roped[0, static][None],
-                                    scores[:, static].mean(dim=0)[None], ratio, cfg)
-        kept.add(flat[0, static][idx[0]], out[0])
+        # one pseudo-frame: temporal mean of features and scores, clustering features of the first frame
+        cells = torch.nonzero(static).flatten()
+        idx, out = _compress_frames(feats[start:start + n][:, cells].mean(dim=0)[None],
+                                    video.roped(frames[:1], cells), scores[:, cells].mean(dim=0)[None], ratio, cfg)
+        kept.add(flat[0, cells][idx[0]], out[0])
 
-    dynamic = ~static
-    n_dyn = L - num_static
+    cells = torch.nonzero(~static).flatten()
+    n_dyn = cells.numel()
     if n_dyn == 0:
         return
-    d_feats, d_roped, d_scores, d_flat = feats[:, dynamic], roped[:, dynamic], scores[:, dynamic], flat[:, dynamic]
+    d_roped, d_scores, d_flat = video.roped(frames, cells), scores[:, cells], flat[:, cells]
+    flat_feats = feats.reshape(-1, D)
     k_s, k_c = segment_budgets(n_dyn, ratio, cfg.context_ratio)
     free = torch.ones(n, n_dyn, dtype=torch.bool, device=feats.device)
     if k_s > 0:
-        sal = _select_salient(d_roped, d_scores, min(k_s, n_dyn), cfg)  # (n, k_s)
-        kept.add(torch.gather(d_flat, 1, sal), torch.gather(d_feats, 1, sal[..., None].expand(-1, -1, D)))
-        free.scatter_(1, sal, False)
+        local = _select_salient(d_roped, d_scores, min(k_s, n_dyn), cfg)  # (n, k_s)
+        sal = torch.gather(d_flat, 1, local)
+        kept.add(sal, flat_feats[sal])
+        free.scatter_(1, local, False)
     if k_c > 0:
         budget = k_c * n
         pool_flat = d_flat[free]  # frame-major, then token order
+        pool_feats = flat_feats[pool_flat]
         if pool_flat.numel() <= budget:
-            kept.add(pool_flat, d_feats[free])
+            kept.add(pool_flat, pool_feats)
         else:
-            local, merged = _merge_context(d_feats[free][None], d_roped[free][None], budget, cfg)
+            local, merged = _merge_context(pool_feats[None], d_roped[free][None], budget, cfg)
             kept.add(pool_flat[local[0]], merged[0])
 
 
-def _segment_sizes(normed: torch.Tensor, token_sim: torch.Tensor, tokens: VisualTokens,
-                   cfg: TangoConfig) -> List[int]:
+def _segment_sizes(token_sim: torch.Tensor, tokens: VisualTokens, cfg: TangoConfig) -> List[int]:
     if cfg.segmentation == "holitom":
         return holitom_segments(token_sim, cfg.similarity_threshold, cfg.holitom_max_window)
     if tokens.frame_embeddings is None:
@@ -240,22 +280,18 @@ def tango_prune(tokens: VisualTokens, cfg: TangoConfig, segments: Optional[List[
     feats = tokens.features
     T, L, D = feats.shape
     strope_sections(D)  # clear error for an odd or too small D
-    scores = masked_saliency(tokens.saliency, tokens.sink_positions)
-    normed = F.normalize(feats.float(), p=2, dim=-1)
-    token_sim = consecutive_similarity(normed)  # (T-1, L): segmentation and the static test
-    sizes = segments if segments is not None else _segment_sizes(normed, token_sim, tokens, cfg)
-    roped = apply_strope_(normed, tuple(tokens.grid_hw), tokens.timestamps, cfg.base_time, cfg.base_space)
+    video = _Video(tokens, cfg)
+    token_sim = _token_similarity(feats)  # segmentation and the static test
+    sizes = segments if segments is not None else _segment_sizes(token_sim, tokens, cfg)
 
     kept = _Kept()
     starts = [sum(sizes[:i]) for i in range(len(sizes))]
     singles = [s for s, n in zip(starts, sizes) if n == 1]
     if singles:  # every single-frame segment in one batch (same size, unadjusted ratio)
         frames = torch.tensor(singles, device=feats.device)
-        if len(singles) == T:  # no copies when every frame is its own segment
-            f_feats, f_roped, f_scores = feats, roped, scores
-        else:
-            f_feats, f_roped, f_scores = feats[frames], roped[frames], scores[frames]
-        idx, out = _compress_frames(f_feats, f_roped, f_scores, cfg.retention_ratio, cfg)
+        every = torch.arange(L, device=feats.device)
+        idx, out = _compress_frames(feats[frames], video.roped(frames, every), video.scores[frames],
+                                    cfg.retention_ratio, cfg)
         if isinstance(idx, list):
             for f, i, o in zip(singles, idx, out):
                 kept.add(f * L + i, o)
@@ -263,5 +299,5 @@ def tango_prune(tokens: VisualTokens, cfg: TangoConfig, segments: Optional[List[
             kept.add(frames[:, None] * L + idx, out)
     for s, n in zip(starts, sizes):
         if n > 1:
-            _segment(kept, feats[s:s + n], roped[s:s + n], scores[s:s + n], token_sim[s:s + n - 1], s * L, cfg)
+            _segment(kept, video, s, n, token_sim[s:s + n - 1])
     return kept.plan(D, feats.dtype, feats.device)

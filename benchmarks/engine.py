@@ -1,0 +1,103 @@
+"""Engine speed and memory: Tango (ours) vs the paper's code vs a per-frame top-k baseline, in one run.
+
+    python benchmarks/engine.py                       # the issue's five sizes
+    python benchmarks/engine.py --quick               # two small sizes
+    TANGO_REFERENCE_PATH=/path/to/Tango python benchmarks/engine.py   # adds the paper's code side by side
+
+Inputs are generated (`tango_plugin.synthetic`), one long scene with half of the grid dynamic: the whole video
+is one segment, the worst case for the context clustering (its pool grows with the number of frames). Times
+are warm medians; memory is the peak resident-set growth during the call (Linux VmHWM, reset per call).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import tango_plugin as tp  # noqa: E402
+from tango_plugin.synthetic import synthetic_video  # noqa: E402
+
+SIZES = [(32, 14, 896, 0.1), (32, 14, 3584, 0.1), (64, 13, 3584, 0.1217), (96, 14, 3584, 0.1), (256, 14, 3584, 0.1)]
+QUICK = [(32, 14, 896, 0.1), (32, 14, 3584, 0.1)]
+
+
+def _status(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def measure(fn, repeats: int):
+    """(median seconds, peak extra bytes, last result) of `fn` after one warm-up call."""
+    fn()
+    times, peak = [], 0
+    result = None
+    for _ in range(repeats):
+        gc.collect()
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset the peak RSS mark
+        except OSError:
+            pass
+        base = _status("VmRSS")
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+        peak = max(peak, _status("VmHWM") - base)
+    return statistics.median(times), peak, result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="two small sizes only")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--reference", default=None, help="local checkout of xjtupanda/Tango")
+    parser.add_argument("--reference-max-frames", type=int, default=96,
+                        help="skip the paper's code above this many frames (its M x M buffers)")
+    args = parser.parse_args()
+
+    from reference import reference_path, run_reference
+
+    ref_path = reference_path(args.reference)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; reference: {ref_path or 'not given'}")
+    header = ("frames x tokens x dim", "ratio", "kept", "ours s", "ours MiB", "ref s", "ref MiB", "speedup",
+              "same kept", "topk s")
+    rows = []
+    for T, side, D, r in (QUICK if args.quick else SIZES):
+        video = synthetic_video(T, (side, side), D, num_scenes=1, dynamic_fraction=0.5, seed=T + D)
+        cfg = tp.TangoConfig(retention_ratio=r, reference_merge_order=True)
+        ours_t, ours_m, ours = measure(
+            lambda: tp.prune_video_tokens(video.features, video.saliency, video.grid_hw, video.timestamps, cfg),
+            args.repeats)
+        topk_t, _, _ = measure(lambda: tp.prune_video_tokens(
+            video.features, video.saliency, video.grid_hw, video.timestamps, cfg.replace(strategy="topk")),
+            args.repeats)
+        ref_cells = ["-", "-", "-", "-"]
+        if ref_path and T <= args.reference_max_frames:
+            ref_t, ref_m, (kept, feats) = measure(
+                lambda: run_reference(video.features, video.saliency, video.grid_hw, video.timestamps, cfg,
+                                      path=ref_path), args.repeats)
+            same = torch.equal(kept, ours.kept_indices) and torch.equal(feats, ours.features)
+            ref_cells = [f"{ref_t:.3f}", f"{ref_m / 2**20:.0f}", f"{ref_t / ours_t:.1f}x", "yes" if same else "NO"]
+        rows.append((f"{T}x{side * side}x{D}", f"{r:g}", str(ours.kept_indices.numel()), f"{ours_t:.3f}",
+                     f"{ours_m / 2**20:.0f}", *ref_cells, f"{topk_t:.3f}"))
+        print("  done", rows[-1][0], flush=True)
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in rows:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")
+
+
+if __name__ == "__main__":
+    main()
