@@ -315,3 +315,22 @@ def test_engine_does_not_import_transformers():
             "tp.prune_video_tokens(torch.randn(3, 16, 12), torch.rand(3, 16), (4, 4))\n"
             "assert 'transformers' not in sys.modules, 'engine imported transformers'\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.slow
+def test_256_frames_of_3584_dims_stay_memory_bounded():
+    """The issue's largest size: one 256-frame segment (context pool of ~22k tokens) in bounded memory."""
+    v = synthetic_video(256, (14, 14), 3584, num_scenes=1, dynamic_fraction=0.5, seed=256)
+
+    def status(key):
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
+
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base = status("VmRSS")
+    res = tp.prune_video_tokens(v.features, v.saliency, v.grid_hw, v.timestamps, tp.TangoConfig())
+    grown = status("VmHWM") - base
+    M = 256 * 86  # pool size: a full M x M float32 matrix alone would be ~1.9 GB
+    assert grown < 4 * M * M, f"peak grew by {grown / 2**30:.2f} GiB"
+    assert 0.09 * 256 * 196 < res.kept_indices.numel() < 0.12 * 256 * 196
