@@ -200,8 +200,9 @@ class _Video:
         self.rows, self.cols = cells // tokens.grid_hw[1], cells % tokens.grid_hw[1]
         self.cfg = cfg
 
-    def roped(self, frames: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
-        """(len(frames), len(cells), D) float32 clustering features of the given frames and grid cells."""
+    def roped(self, frames, cells=slice(None)) -> torch.Tensor:
+        """(frames, cells, D) float32 clustering features; `frames` / `cells` are index tensors or slices
+        (slices avoid a gather copy)."""
         x = F.normalize(self.feats[frames][:, cells].float(), p=2, dim=-1)
         return rope_tokens_(x, self.t_pos[frames], self.rows[cells], self.cols[cells], self.cfg.base_time,
                             self.cfg.base_space)
@@ -233,14 +234,15 @@ def _segment(kept: _Kept, video: _Video, start: int, n: int, token_sim: torch.Te
         # one pseudo-frame: temporal mean of features and scores, clustering features of the first frame
         cells = torch.nonzero(static).flatten()
         idx, out = _compress_frames(feats[start:start + n][:, cells].mean(dim=0)[None],
-                                    video.roped(frames[:1], cells), scores[:, cells].mean(dim=0)[None], ratio, cfg)
+                                    video.roped(slice(start, start + 1), cells), scores[:, cells].mean(dim=0)[None],
+                                    ratio, cfg)
         kept.add(flat[0, cells][idx[0]], out[0])
 
     cells = torch.nonzero(~static).flatten()
     n_dyn = cells.numel()
     if n_dyn == 0:
         return
-    d_roped, d_scores, d_flat = video.roped(frames, cells), scores[:, cells], flat[:, cells]
+    d_roped, d_scores, d_flat = video.roped(slice(start, start + n), cells), scores[:, cells], flat[:, cells]
     flat_feats = feats.reshape(-1, D)
     k_s, k_c = segment_budgets(n_dyn, ratio, cfg.context_ratio)
     free = torch.ones(n, n_dyn, dtype=torch.bool, device=feats.device)
@@ -289,8 +291,11 @@ def tango_prune(tokens: VisualTokens, cfg: TangoConfig, segments: Optional[List[
     singles = [s for s, n in zip(starts, sizes) if n == 1]
     if singles:  # every single-frame segment in one batch (same size, unadjusted ratio)
         frames = torch.tensor(singles, device=feats.device)
-        every = torch.arange(L, device=feats.device)
-        idx, out = _compress_frames(feats[frames], video.roped(frames, every), video.scores[frames],
+        if len(singles) == T:  # slices, not gathers, when every frame is its own segment
+            frames_or_all = slice(None)
+        else:
+            frames_or_all = frames
+        idx, out = _compress_frames(feats[frames_or_all], video.roped(frames_or_all), video.scores[frames_or_all],
                                     cfg.retention_ratio, cfg)
         if isinstance(idx, list):
             for f, i, o in zip(singles, idx, out):
