@@ -334,3 +334,20 @@ def test_256_frames_of_3584_dims_stay_memory_bounded():
     M = 256 * 86  # pool size: a full M x M float32 matrix alone would be ~1.9 GB
     assert grown < 4 * M * M, f"peak grew by {grown / 2**30:.2f} GiB"
     assert 0.09 * 256 * 196 < res.kept_indices.numel() < 0.12 * 256 * 196
+
+
+def test_duplicate_salient_picks_keep_per_frame_pools(monkeypatch):
+    """Degenerate ties can make two clusters keep the same token; frames then have pools of different sizes."""
+    import tango_plugin.engine.tango as engine
+
+    def picks(roped, scores, k_s, cfg):
+        out = torch.arange(k_s).expand(scores.shape[0], -1).clone()
+        out[0, 1] = 0  # frame 0 keeps token 0 twice
+        return out
+
+    monkeypatch.setattr(engine, "_select_salient", picks)
+    feats, sal = torch.randn(3, 16, 12), torch.rand(3, 16)
+    res = tp.prune_video_tokens(feats, sal, (4, 4), config=tp.TangoConfig(retention_ratio=0.25, context_ratio=0.5))
+    per_frame = torch.bincount(res.kept_indices // 16, minlength=3).tolist()
+    assert per_frame == [4, 4, 4]  # frame 0: token 0 twice + 2 context tokens from a pool one larger
+    assert res.kept_indices.tolist().count(0) == 2
