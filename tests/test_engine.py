@@ -351,3 +351,20 @@ def test_duplicate_salient_picks_keep_per_frame_pools(monkeypatch):
     per_frame = torch.bincount(res.kept_indices // 16, minlength=3).tolist()
     assert per_frame == [4, 4, 4]  # frame 0: token 0 twice + 2 context tokens from a pool one larger
     assert res.kept_indices.tolist().count(0) == 2
+
+
+def test_intra_llm_merge_hand_made():
+    from tango_plugin.engine.intra_llm import intra_llm_keep_count, intra_llm_merge
+
+    assert [intra_llm_keep_count(n, 0.5) for n in (4, 5, 7, 169 * 64 + 13)] == [2, 2, 4, round((169 * 64 + 13) / 2)]
+    hidden = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1], [0.1, 0.9], [1.0, 0.05]])
+    scores = torch.tensor([0.5, 0.4, 0.05, 0.03, 0.02])
+    kept, new = intra_llm_merge(hidden, scores, ratio=0.4)
+    assert kept.tolist() == [0, 1]
+    # token 0 absorbs tokens 2 and 4, token 1 absorbs token 3
+    pooled0 = (hidden[0] + hidden[2] + hidden[4]) / 3
+    pooled1 = (hidden[1] + hidden[3]) / 2
+    assert torch.allclose(new[0], 0.6 * hidden[0] + 0.4 * pooled0)
+    assert torch.allclose(new[1], 0.6 * hidden[1] + 0.4 * pooled1)
+    kept, new = intra_llm_merge(hidden, scores, ratio=0.05)  # round(0.25) == 0
+    assert kept.numel() == 0 and new.shape == (0, 2)
