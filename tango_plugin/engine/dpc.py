@@ -112,7 +112,8 @@ def _dpc_tiled(x: torch.Tensor, cluster_num: int, k: int, tile: int, max_block_e
     return stable_topk(rho * delta, cluster_num)
 
 
-def dpc_knn(x: torch.Tensor, cluster_num: int, k: int, max_block_elements: int = 1 << 24) -> torch.Tensor:
+def dpc_knn(x: torch.Tensor, cluster_num: int, k: int, max_block_elements: int = 1 << 24,
+            per_item: bool = False) -> torch.Tensor:
     """Cluster centres by density peaks with a k-NN density.
 
     Args:
@@ -120,6 +121,9 @@ def dpc_knn(x: torch.Tensor, cluster_num: int, k: int, max_block_elements: int =
         cluster_num: centres to return per set (<= M).
         k: neighbours of the density estimate.
         max_block_elements: largest distance block materialised at once.
+        per_item: compute each set's distances on its own (2-D products) rather than as one batched product.
+            Both give the same centres up to last-bit rounding; per-item is what the reference does for
+            single frames (and is faster on CPU for large sets), batched what it does for a segment's frames.
 
     Returns:
         (B, cluster_num) indices into M, by decreasing rho * delta (ties -> lower index).
@@ -128,14 +132,22 @@ def dpc_knn(x: torch.Tensor, cluster_num: int, k: int, max_block_elements: int =
     x = x.float()
     tile = max(32, min(TILE, math.isqrt(max_block_elements)))
     if M <= tile and B * M * M <= max_block_elements:
+        if per_item and B > 1:
+            return torch.cat([_dpc_full(x[b:b + 1], cluster_num, k) for b in range(B)])
         return _dpc_full(x, cluster_num, k)
     return torch.stack([_dpc_tiled(x[b], cluster_num, k, tile, max_block_elements) for b in range(B)])
 
 
-def nearest_anchor(points: torch.Tensor, anchors: torch.Tensor, max_block_elements: int = 1 << 24) -> torch.Tensor:
-    """Index of the nearest anchor (Euclidean; ties -> first anchor) for each point: (B, n, D), (B, m, D) -> (B, n)."""
+def nearest_anchor(points: torch.Tensor, anchors: torch.Tensor, max_block_elements: int = 1 << 24,
+                   per_item: bool = False) -> torch.Tensor:
+    """Index of the nearest anchor (Euclidean; ties -> first anchor) for each point: (B, n, D), (B, m, D) -> (B, n).
+
+    `per_item` as in `dpc_knn`.
+    """
     B, n, _ = points.shape
     m = anchors.shape[1]
+    if per_item and B > 1:
+        return torch.cat([nearest_anchor(points[b:b + 1], anchors[b:b + 1], max_block_elements) for b in range(B)])
     rows = max(1, max_block_elements // max(1, B * m))
     points, anchors = points.float(), anchors.float()
     if rows >= n:

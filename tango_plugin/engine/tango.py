@@ -75,7 +75,15 @@ class _Kept:
         return PrunePlan(kept_indices=idx[order], features=feats[order])
 
 
-def _select_salient(roped: torch.Tensor, scores: torch.Tensor, k_s: int, cfg: TangoConfig) -> torch.Tensor:
+def _rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x[b, idx[b]] for (B, n, D) x and (B, k) idx -> (B, k, D); a row copy, much faster than an expanded gather."""
+    B, n, D = x.shape
+    flat = (idx + torch.arange(B, device=idx.device)[:, None] * n).flatten()
+    return x.reshape(B * n, D)[flat].view(B, idx.shape[1], D)
+
+
+def _select_salient(roped: torch.Tensor, scores: torch.Tensor, k_s: int, cfg: TangoConfig,
+                    per_item: bool = False) -> torch.Tensor:
     """Diversity-driven salient pick per row: (B, n, D), (B, n) -> local indices (B, k_s).
 
     Take the top int(alpha * k_s) candidates by score, cluster them into k_s groups (DPC-KNN in ST-RoPE space,
@@ -87,11 +95,11 @@ def _select_salient(roped: torch.Tensor, scores: torch.Tensor, k_s: int, cfg: Ta
     cand = stable_topk(scores, m)  # (B, m), best first
     if m <= target or m <= 1:
         return cand
-    cand_roped = torch.gather(roped, 1, cand[..., None].expand(-1, -1, roped.shape[-1]))
+    cand_roped = _rows(roped, cand)
     cand_scores = torch.gather(scores, 1, cand)
-    centers = dpc_knn(cand_roped, target, cfg.num_neighbors, cfg.max_block_elements)  # (B, target)
-    anchors = torch.gather(cand_roped, 1, centers[..., None].expand(-1, -1, roped.shape[-1]))
-    assign = nearest_anchor(cand_roped, anchors, cfg.max_block_elements)  # (B, m)
+    centers = dpc_knn(cand_roped, target, cfg.num_neighbors, cfg.max_block_elements, per_item)  # (B, target)
+    anchors = _rows(cand_roped, centers)
+    assign = nearest_anchor(cand_roped, anchors, cfg.max_block_elements, per_item)  # (B, m)
     member = assign[..., None] == torch.arange(target, device=assign.device)  # (B, m, target)
     lowest = torch.finfo(cand_scores.dtype).min if cand_scores.is_floating_point() else -(2 ** 62)
     best = cand_scores[..., None].masked_fill(~member, lowest).argmax(dim=1)  # first best in candidate order
@@ -100,7 +108,7 @@ def _select_salient(roped: torch.Tensor, scores: torch.Tensor, k_s: int, cfg: Ta
 
 
 def _merge_context(feats: torch.Tensor, roped: torch.Tensor, num_anchors: int,
-                   cfg: TangoConfig) -> Tuple[torch.Tensor, torch.Tensor]:
+                   cfg: TangoConfig, per_item: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     """Pick `num_anchors` anchors per row by DPC-KNN and merge the whole pool into them.
 
     Args:
@@ -111,11 +119,11 @@ def _merge_context(feats: torch.Tensor, roped: torch.Tensor, num_anchors: int,
         features are laid out as the reference writes them (see `TangoConfig.reference_merge_order`).
     """
     D = feats.shape[-1]
-    centers = dpc_knn(roped, num_anchors, cfg.num_neighbors, cfg.max_block_elements)  # density order
+    centers = dpc_knn(roped, num_anchors, cfg.num_neighbors, cfg.max_block_elements, per_item)  # density order
     ascending = centers.sort(dim=1).values
-    anchor_roped = torch.gather(roped, 1, ascending[..., None].expand(-1, -1, roped.shape[-1]))
-    anchor_feats = torch.gather(feats, 1, ascending[..., None].expand(-1, -1, D))
-    assign = nearest_anchor(roped, anchor_roped, cfg.max_block_elements)
+    anchor_roped = _rows(roped, ascending)
+    anchor_feats = _rows(feats, ascending)
+    assign = nearest_anchor(roped, anchor_roped, cfg.max_block_elements, per_item)
     merged = merge_clusters(feats, assign, anchor_feats, cfg.beta)
     if cfg.reference_merge_order:
         # the reference writes merged values (ascending anchor order) to the anchors in density order
@@ -138,9 +146,9 @@ def _compress_frames(feats: torch.Tensor, roped: torch.Tensor, scores: torch.Ten
     picked_idx, picked_feats = [], []
     free = torch.ones(B, n, dtype=torch.bool, device=feats.device)
     if k_s > 0:
-        sal = _select_salient(roped, scores, k_s, cfg)
+        sal = _select_salient(roped, scores, k_s, cfg, per_item=True)  # the reference: one frame at a time
         picked_idx.append(sal)
-        picked_feats.append(torch.gather(feats, 1, sal[..., None].expand(-1, -1, D)))
+        picked_feats.append(_rows(feats, sal))
         free.scatter_(1, sal, False)
     if k_c > 0:
         pool_sizes = free.sum(dim=1)
@@ -176,10 +184,10 @@ def _context_of_pools(feats, roped, free, pool_size: int, k_c: int, cfg: TangoCo
     if pool_size == 0:
         return pool, feats[:, :0]
     if pool_size <= n_ctx:
-        return pool, torch.gather(feats, 1, pool[..., None].expand(-1, -1, D))
-    pool_feats = torch.gather(feats, 1, pool[..., None].expand(-1, -1, D))
-    pool_roped = torch.gather(roped, 1, pool[..., None].expand(-1, -1, roped.shape[-1]))
-    local, merged = _merge_context(pool_feats, pool_roped, n_ctx, cfg)
+        return pool, _rows(feats, pool)
+    pool_feats = _rows(feats, pool)
+    pool_roped = _rows(roped, pool)
+    local, merged = _merge_context(pool_feats, pool_roped, n_ctx, cfg, per_item=True)
     return torch.gather(pool, 1, local), merged
 
 
