@@ -340,7 +340,7 @@ def test_duplicate_salient_picks_keep_per_frame_pools(monkeypatch):
     """Degenerate ties can make two clusters keep the same token; frames then have pools of different sizes."""
     import tango_plugin.engine.tango as engine
 
-    def picks(roped, scores, k_s, cfg):
+    def picks(roped, scores, k_s, cfg, per_item=False):
         out = torch.arange(k_s).expand(scores.shape[0], -1).clone()
         out[0, 1] = 0  # frame 0 keeps token 0 twice
         return out
