@@ -4,14 +4,18 @@
     python benchmarks/engine.py --quick               # two small sizes
     TANGO_REFERENCE_PATH=/path/to/Tango python benchmarks/engine.py   # adds the paper's code side by side
 
-Inputs are generated (`tango_plugin.synthetic`), one long scene with half of the grid dynamic: the whole video
-is one segment, the worst case for the context clustering (its pool grows with the number of frames). Times
-are warm medians; memory is the peak resident-set growth during the call (Linux VmHWM, reset per call).
+Inputs are generated (`tango_plugin.synthetic`) in three regimes (`--data`):
+  one-scene  one long scene, half of the grid dynamic: the whole video is one segment, the worst case for the
+             context clustering (its pool grows with the number of frames);
+  scenes     a scene cut every 8 frames, 30% of the grid dynamic (typical video);
+  dynamic    every token changes every frame: every frame is its own segment.
+Times are warm medians; memory is the peak resident-set growth during the call (Linux VmHWM, reset per call).
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import os
 import statistics
@@ -37,13 +41,23 @@ def _status(key: str) -> int:
     return 0
 
 
+def _release_freed_memory() -> None:
+    """Give freed heap pages back to the OS so that the next peak is measured from a true baseline."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def measure(fn, repeats: int):
     """(median seconds, peak extra bytes, last result) of `fn` after one warm-up call."""
     fn()
     times, peak = [], 0
     result = None
     for _ in range(repeats):
+        result = None
         gc.collect()
+        _release_freed_memory()
         try:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")  # reset the peak RSS mark
@@ -62,6 +76,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="two small sizes only")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--reference", default=None, help="local checkout of xjtupanda/Tango")
+    parser.add_argument("--data", default="one-scene,scenes,dynamic", help="comma-separated regimes")
     parser.add_argument("--reference-max-frames", type=int, default=96,
                         help="skip the paper's code above this many frames (its M x M buffers)")
     args = parser.parse_args()
@@ -70,11 +85,17 @@ def main() -> None:
 
     ref_path = reference_path(args.reference)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; reference: {ref_path or 'not given'}")
-    header = ("frames x tokens x dim", "ratio", "kept", "ours s", "ours MiB", "ref s", "ref MiB", "speedup",
+    header = ("data", "frames x tokens x dim", "ratio", "kept", "ours s", "ours MiB", "ref s", "ref MiB", "speedup",
               "same kept", "topk s")
     rows = []
-    for T, side, D, r in (QUICK if args.quick else SIZES):
-        video = synthetic_video(T, (side, side), D, num_scenes=1, dynamic_fraction=0.5, seed=T + D)
+    regimes = {"one-scene": lambda T: dict(num_scenes=1, dynamic_fraction=0.5),
+               "scenes": lambda T: dict(num_scenes=max(1, T // 8), dynamic_fraction=0.3),
+               "dynamic": lambda T: dict(num_scenes=T, dynamic_fraction=1.0)}
+    cases = [(data, *size) for data in args.data.split(",") for size in (QUICK if args.quick else SIZES)]
+    for data, T, side, D, r in cases:
+        if data not in regimes:
+            raise SystemExit(f"--data {data!r}: allowed {sorted(regimes)}")
+        video = synthetic_video(T, (side, side), D, seed=T + D, **regimes[data](T))
         cfg = tp.TangoConfig(retention_ratio=r, reference_merge_order=True)
         ours_t, ours_m, ours = measure(
             lambda: tp.prune_video_tokens(video.features, video.saliency, video.grid_hw, video.timestamps, cfg),
@@ -89,9 +110,9 @@ def main() -> None:
                                       path=ref_path), args.repeats)
             same = torch.equal(kept, ours.kept_indices) and torch.equal(feats, ours.features)
             ref_cells = [f"{ref_t:.3f}", f"{ref_m / 2**20:.0f}", f"{ref_t / ours_t:.1f}x", "yes" if same else "NO"]
-        rows.append((f"{T}x{side * side}x{D}", f"{r:g}", str(ours.kept_indices.numel()), f"{ours_t:.3f}",
+        rows.append((data, f"{T}x{side * side}x{D}", f"{r:g}", str(ours.kept_indices.numel()), f"{ours_t:.3f}",
                      f"{ours_m / 2**20:.0f}", *ref_cells, f"{topk_t:.3f}"))
-        print("  done", rows[-1][0], flush=True)
+        print("  done", data, rows[-1][1], flush=True)
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
     print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
