@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import tango_plugin as tp  # noqa: E402
 from tango_plugin.synthetic import synthetic_video  # noqa: E402
+from tango_plugin.table import markdown_table  # noqa: E402
 
 SIZES = [(32, 14, 896, 0.1), (32, 14, 3584, 0.1), (64, 13, 3584, 0.1217), (96, 14, 3584, 0.1), (256, 14, 3584, 0.1)]
 QUICK = [(32, 14, 896, 0.1), (32, 14, 3584, 0.1)]
@@ -113,11 +114,7 @@ def main() -> None:
         rows.append((data, f"{T}x{side * side}x{D}", f"{r:g}", str(ours.kept_indices.numel()), f"{ours_t:.3f}",
                      f"{ours_m / 2**20:.0f}", *ref_cells, f"{topk_t:.3f}"))
         print("  done", data, rows[-1][1], flush=True)
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in rows:
-        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")
+    print(markdown_table(header, rows))
 
 
 if __name__ == "__main__":

@@ -18,13 +18,7 @@ import torch
 from . import TangoConfig, list_strategies, prune_video_tokens
 from .picture import kept_map_png
 from .synthetic import synthetic_video
-
-
-def _table(header: List[str], rows: List[List[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    line = "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |"
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line, sep] + ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows])
+from .table import markdown_table
 
 
 def _engine_demo(args) -> None:
@@ -48,7 +42,7 @@ def _engine_demo(args) -> None:
         rows.append([name, str(res.kept_indices.numel()), f"{res.kept_indices.numel() / (T * L):.3f}",
                      f"{int(per_frame.min())}-{int(per_frame.max())}", str(frames_hit), f"{mass:.3f}",
                      f"{ms:.1f}", picture])
-    print(_table(["strategy", "kept", "ratio", "per frame", "frames with tokens", "attention kept", "ms",
+    print(markdown_table(["strategy", "kept", "ratio", "per frame", "frames with tokens", "attention kept", "ms",
                   "picture"], rows))
     print("Tango keeps fewer tokens in frames that repeat the previous ones (static tokens are kept once per "
           "segment) and spends the budget on salient and diverse tokens.")
