@@ -1,0 +1,384 @@
+"""Shared machinery of the Hugging Face video adapters: prune at prefill by shortening the sequence.
+
+Flow of one patched `generate` / `forward` call that carries video pixels (ENV-NOTES section 2.3):
+
+1. run the model's own `get_video_features` once, with a saliency hook on the last ViT attention layer;
+2. per video, build `VisualTokens` and ask the configured strategy for a `PrunePlan`;
+3. per batch row, keep every text / image token and only the kept video placeholders (each row keeps its own
+   count), re-pad the rows, and gather `attention_mask`, `labels`, `mm_token_type_ids` and position ids with
+   the same indices (Qwen: the kept tokens' original 3-D M-RoPE positions from the model's `get_rope_index`);
+4. call the original method with the shortened `input_ids` and `mm_encoder_outputs` holding the kept features.
+
+`generate` then returns the caller's prompt ids followed by the new tokens, as the unpruned model would. Decoding is
+untouched: the KV cache just holds fewer tokens.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+
+from tango_plugin.adapters import ModelAdapter
+from tango_plugin.api import SampleReport
+from tango_plugin.strategies import PrunePlan, VisualTokens, prune
+
+
+@dataclass
+class EncodedVideo:
+    """One video as the adapter sees it after the vision tower.
+
+    Args:
+        features: (T, L, D) visual tokens in LLM space.
+        saliency: (T, L) scores, or None when no strategy call needs them (retention 1.0).
+        grid_hw: (H, W) of one frame's token grid.
+        num_placeholders: placeholder tokens this video occupies in the unpruned `input_ids`.
+        timestamps: (T,) seconds, or None (the engine then uses 0..T-1).
+        frame_embeddings: (T, D') per-frame embedding for `segmentation="fastvid"`.
+        extra: adapter data carried to `build_block` (newline embedding, deepstack features, ...).
+    """
+
+    features: torch.Tensor
+    saliency: Optional[torch.Tensor]
+    grid_hw: Tuple[int, int]
+    num_placeholders: int
+    timestamps: Optional[torch.Tensor] = None
+    frame_embeddings: Optional[torch.Tensor] = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Block:
+    """What replaces one video's placeholders.
+
+    Args:
+        src: non-decreasing indices into the video's placeholder positions; an index may repeat (a newline token
+            inserted after a kept token reuses that token's slot: every slot holds the same video token id).
+        features: (len(src), D) features, in `src` order.
+        kept: tokens the strategy kept (without newlines).
+        extra: adapter data for `encoder_outputs` (e.g. pruned deepstack features).
+    """
+
+    src: torch.Tensor
+    features: torch.Tensor
+    kept: int
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+def identity_plan(video: EncodedVideo) -> PrunePlan:
+    """Keep everything, features untouched (retention 1.0: the splice path runs, the strategy does not)."""
+    T, L, D = video.features.shape
+    return PrunePlan(kept_indices=torch.arange(T * L, device=video.features.device),
+                     features=video.features.reshape(T * L, D))
+
+
+class VideoSpliceAdapter(ModelAdapter):
+    """Base of adapters that prune video tokens before the LLM by shortening the input sequence.
+
+    Subclasses provide `encode_videos`, `build_block`, `encoder_outputs` and, for M-RoPE models,
+    `full_position_ids`. Options common to all: `fps` (frames per second of the sampled frames, for timestamps)
+    and `video_timestamps` (a list of (T,) second tensors, one per video, or one tensor for all videos).
+    """
+
+    #: kwargs that describe the video pixels; removed before calling the original method
+    video_kwargs: Tuple[str, ...] = ("pixel_values_videos",)
+    #: kwargs that describe image pixels (only used to decide whether to warn about prune_images)
+    image_kwargs: Tuple[str, ...] = ("pixel_values",)
+    #: True for M-RoPE models whose kept tokens must keep their original 3-D positions
+    uses_3d_positions: bool = False
+    #: preset name for the sink positions (SPEC 1.4)
+    preset_name: str = ""
+    #: tokens per frame of the grid the preset's sink positions were written for (None: any grid)
+    preset_grid_tokens: Optional[int] = None
+
+    options_help = {
+        "fps": "frames per second of the sampled frames; timestamps = frame index / fps (default: frame index)",
+        "video_timestamps": "(T,) seconds per video (a tensor, or a list with one tensor per video)",
+    }
+
+    # ------------------------------------------------------------------------------------------ to override
+    @property
+    def video_token_id(self) -> int:
+        raise NotImplementedError
+
+    def encode_videos(self, kw: dict, need_saliency: bool) -> Tuple[List[EncodedVideo], Any, float]:
+        """Run the vision tower on the call's videos. Returns (videos, raw encoder output, hook seconds)."""
+        raise NotImplementedError
+
+    def build_block(self, video: EncodedVideo, plan: PrunePlan) -> Block:
+        """Default: the kept tokens only (Qwen). LLaVA adds newline tokens."""
+        return Block(src=plan.kept_indices, features=plan.features, kept=int(plan.kept_indices.numel()))
+
+    def encoder_outputs(self, raw: Any, videos: List[EncodedVideo], blocks: List[Block]) -> Any:
+        """The `mm_encoder_outputs["video"]` object the model's forward expects, holding the blocks' features."""
+        raise NotImplementedError
+
+    def full_position_ids(self, kw: dict, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(3, B, L) positions of the unpruned sequence (M-RoPE models only)."""
+        raise NotImplementedError
+
+    def after_splice(self, positions: Optional[torch.Tensor], attention_mask: torch.Tensor) -> None:
+        """Hook for model state that depends on the shortened sequence (Qwen: `rope_deltas`)."""
+
+    # ------------------------------------------------------------------------------------------ shared logic
+    @property
+    def inner(self):
+        """The `...Model` under the `...ForConditionalGeneration` head (towers, projector, language model)."""
+        return self.model.model
+
+    def pad_token_id(self) -> int:
+        for cfg in (self.model.generation_config, getattr(self.model.config, "text_config", None), self.model.config):
+            pid = getattr(cfg, "pad_token_id", None) if cfg is not None else None
+            if isinstance(pid, int):
+                return pid
+        return 0
+
+    def sink_positions(self, tokens_per_frame: int) -> Tuple[Tuple[int, ...], str]:
+        """Sink positions for a frame of `tokens_per_frame` tokens, and a note when the preset was not applied."""
+        explicit = self.config.sink_positions
+        if explicit is not None:
+            bad = [p for p in explicit if p >= tokens_per_frame]
+            if bad:
+                raise ValueError(f"sink_positions {bad} are outside the {tokens_per_frame}-token frame grid of this "
+                                 f"input ({type(self).__name__})")
+            return tuple(explicit), ""
+        if not self.preset_name:
+            return (), ""
+        from tango_plugin.presets import get_preset
+
+        preset = tuple(get_preset(self.preset_name).get("sink_positions") or ())
+        if not preset:
+            return (), ""
+        if self.preset_grid_tokens is not None and tokens_per_frame != self.preset_grid_tokens:
+            note = (f"preset sink positions of {self.preset_name!r} are for a {self.preset_grid_tokens}-token grid; "
+                    f"this input has {tokens_per_frame} tokens per frame, so no sink positions were applied")
+            self.state.warn_once("sinks-" + str(tokens_per_frame), note)
+            return (), note
+        return preset, ""
+
+    def user_timestamps(self, index: int, num_frames: int, kw: dict, frames_per_step: int = 1
+                        ) -> Optional[torch.Tensor]:
+        """Timestamps from the per-call `tango_video_timestamps`, the `video_timestamps` or `fps` options."""
+        given = kw.get("tango_video_timestamps", self.options.get("video_timestamps"))
+        if given is not None:
+            ts = given[index] if isinstance(given, (list, tuple)) else given
+            ts = torch.as_tensor(ts, dtype=torch.float32).flatten()
+            if ts.numel() == num_frames * frames_per_step and frames_per_step > 1:
+                ts = ts.reshape(num_frames, frames_per_step)[:, 0]
+            if ts.numel() != num_frames:
+                raise ValueError(f"video_timestamps for video {index} has {ts.numel()} values; the video has "
+                                 f"{num_frames} frames (temporal patches)")
+            return ts
+        fps = self.options.get("fps")
+        if fps is not None:
+            return torch.arange(num_frames, dtype=torch.float32) * frames_per_step / float(fps)
+        return None
+
+    def validate(self) -> None:
+        super().validate()
+        fps = self.options.get("fps")
+        if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or fps <= 0):
+            raise ValueError(f"fps={fps!r} must be a positive number")
+        from tango_plugin.strategies import get_strategy
+
+        get_strategy(self.config.strategy)  # unknown strategy -> ValueError now, not at the first call
+
+    @staticmethod
+    def _as_kwargs(original: Callable, args: tuple, kwargs: dict) -> dict:
+        if not args:
+            return dict(kwargs)
+        names = [p.name for p in inspect.signature(original).parameters.values()
+                 if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        kw = dict(zip(names, args))
+        kw.update(kwargs)
+        return kw
+
+    _depth = 0  # > 0 while our own call of the original method runs (its inner forward calls pass through)
+
+    def _call_original(self, original: Callable, kw: dict) -> Any:
+        self._depth += 1
+        try:
+            return original(**kw)
+        finally:
+            self._depth -= 1
+
+    def forward(self, original: Callable, args: tuple, kwargs: dict) -> Any:
+        if self._depth:
+            return original(*args, **kwargs)
+        kw = self._as_kwargs(original, args, kwargs)
+        if not self._should_prune(kw):
+            kw.pop("tango_video_timestamps", None)
+            return original(**kw)
+        new_kw, _ = self._splice(kw, generating=False)
+        return self._call_original(original, new_kw)
+
+    def generate(self, original: Callable, args: tuple, kwargs: dict) -> Any:
+        kw = self._as_kwargs(original, args, kwargs)
+        if kw.get("inputs") is not None and kw.get("input_ids") is None:
+            kw["input_ids"] = kw.pop("inputs")
+        if not self._should_prune(kw):
+            kw.pop("tango_video_timestamps", None)
+            return original(**kw)
+        prompt = kw["input_ids"]
+        new_kw, short_len = self._splice(kw, generating=True)
+        out = self._call_original(original, new_kw)
+        # Give back what the unpruned model returns: the caller's prompt followed by the new tokens, so that
+        # `out[:, inputs.input_ids.shape[1]:]` still slices the answer.
+        seqs = out if isinstance(out, torch.Tensor) else out.sequences
+        full = torch.cat([prompt.to(seqs.device), seqs[:, short_len:]], dim=1)
+        if isinstance(out, torch.Tensor):
+            return full
+        out.sequences = full
+        return out
+
+    def _should_prune(self, kw: dict) -> bool:
+        has_video = any(kw.get(k) is not None for k in self.video_kwargs)
+        if self.config.prune_images and any(kw.get(k) is not None for k in self.image_kwargs):
+            self.state.warn_once("images", f"prune_images=True but {type(self).__name__} prunes videos only; "
+                                           "images are passed to the model unpruned")
+        if not has_video:
+            if kw.get("mm_encoder_outputs") and (kw["mm_encoder_outputs"] or {}).get("video") is not None:
+                self.state.warn_once("precomputed", "video features were passed precomputed (mm_encoder_outputs); "
+                                                    "they carry no saliency, so this call is not pruned")
+            return False
+        if kw.get("input_ids") is None:
+            self.state.warn_once("embeds", "video inputs came with inputs_embeds instead of input_ids; the video "
+                                           "placeholders cannot be located, so this call is not pruned")
+            return False
+        if kw.get("cache") is not None and kw["cache"].get_seq_length() > 0:
+            self.state.warn_once("cache", "video inputs came with a non-empty cache; only the prefill of a fresh "
+                                          "sequence is pruned, so this call is not pruned")
+            return False
+        return True
+
+    def _padding_side(self, mask: torch.Tensor, generating: bool) -> str:
+        if bool((mask[:, 0] == 0).any()):
+            return "left"
+        if bool((mask[:, -1] == 0).any()):
+            return "right"
+        # No padding in the input: generation needs left padding, a plain forward keeps each row at position 0.
+        return "left" if generating else "right"
+
+    def _splice(self, kw: dict, generating: bool) -> Tuple[dict, int]:
+        ids: torch.Tensor = kw["input_ids"]
+        B, L = ids.shape
+        mask_in = kw.get("attention_mask")
+        mask = mask_in if mask_in is not None else torch.ones_like(ids)
+        real = mask.bool()
+        r = float(self.config.retention_ratio)
+        need_saliency = r < 1.0
+
+        videos, raw, hook_seconds = self.encode_videos(kw, need_saliency)
+        t_start = time.perf_counter()
+        vid = (ids == self.video_token_id) & real
+        rows, cols = vid.nonzero(as_tuple=True)
+        counts = [v.num_placeholders for v in videos]
+        if sum(counts) != rows.numel():
+            raise ValueError(f"Video features and video tokens do not match: the videos need {sum(counts)} "
+                             f"placeholder tokens ({counts}), input_ids has {rows.numel()}")
+
+        row_of, positions, blocks, strat_seconds = [], [], [], []
+        offset = 0
+        for i, (video, n) in enumerate(zip(videos, counts)):
+            r_i, p_i = rows[offset:offset + n], cols[offset:offset + n]
+            offset += n
+            if bool((r_i != r_i[0]).any()):
+                raise ValueError(f"the placeholder tokens of video {i} span several batch rows")
+            row_of.append(int(r_i[0]))
+            positions.append(p_i)
+            t0 = time.perf_counter()
+            if need_saliency:
+                T, Lf, _ = video.features.shape
+                sinks, note = self.sink_positions(Lf)
+                if note:
+                    video.extra.setdefault("notes", []).append(note)
+                plan = prune(VisualTokens(features=video.features, saliency=video.saliency, grid_hw=video.grid_hw,
+                                          timestamps=video.timestamps, frame_embeddings=video.frame_embeddings,
+                                          sink_positions=sinks), self.config)
+            else:
+                plan = identity_plan(video)
+            blocks.append(self.build_block(video, plan))
+            strat_seconds.append(time.perf_counter() - t0)
+
+        # Per row: all real non-video tokens plus the kept video slots, in original order.
+        sources = []
+        for b in range(B):
+            parts = [(real[b] & ~vid[b]).nonzero(as_tuple=True)[0]]
+            parts += [positions[i][blocks[i].src.to(positions[i].device)] for i in range(len(videos))
+                      if row_of[i] == b]
+            sources.append(torch.sort(torch.cat(parts), stable=True).values)
+        lengths = [int(s.numel()) for s in sources]
+        Lmax = max(lengths)
+        side = self._padding_side(mask, generating)
+
+        def gather(t: Optional[torch.Tensor], pad_value: int) -> Optional[torch.Tensor]:
+            if t is None:
+                return None
+            out = t.new_full((*t.shape[:-2], B, Lmax), pad_value)
+            for b, s in enumerate(sources):
+                sl = slice(Lmax - len(s), Lmax) if side == "left" else slice(0, len(s))
+                out[..., b, sl] = t[..., b, s.to(t.device)]
+            return out
+
+        new = dict(kw)
+        for k in self.video_kwargs:
+            new.pop(k, None)
+        new.pop("tango_video_timestamps", None)
+        new["input_ids"] = gather(ids, self.pad_token_id())
+        new_mask = gather(mask, 0)
+        if mask_in is None and len(set(lengths)) == 1:
+            new.pop("attention_mask", None)  # as given: no mask
+        else:
+            new["attention_mask"] = new_mask
+        if kw.get("labels") is not None:
+            new["labels"] = gather(kw["labels"], -100)
+        if kw.get("mm_token_type_ids") is not None:
+            new["mm_token_type_ids"] = gather(kw["mm_token_type_ids"], 0)
+        if kw.get("token_type_ids") is not None:
+            new["token_type_ids"] = gather(kw["token_type_ids"], 0)
+
+        pos = None
+        if kw.get("position_ids") is not None:
+            new["position_ids"] = pos = gather(kw["position_ids"], 0)
+        elif self.uses_3d_positions:
+            full = self.full_position_ids(kw, ids, mask)
+            pos = gather(full, 0)
+            if generating:
+                # generate's own layout is [4, B, L]: row 0 = text positions of the (shortened) sequence, used for
+                # the causal mask and continued by +1 per new token, like the unpruned path.
+                text = (new_mask.long().cumsum(-1) - 1).masked_fill(new_mask == 0, 0)
+                new["position_ids"] = torch.cat([text[None].to(pos.device), pos], dim=0)
+            else:
+                new["position_ids"] = pos
+        if self.uses_3d_positions:
+            self.after_splice(pos[-3:] if pos is not None and pos.dim() == 3 else None, new_mask)
+
+        mm = dict(kw.get("mm_encoder_outputs") or {})
+        mm["video"] = self.encoder_outputs(raw, videos, blocks)
+        new["mm_encoder_outputs"] = mm
+
+        # Report: per row, what went in and what came out.
+        splice_seconds = time.perf_counter() - t_start - sum(strat_seconds)
+        shared = hook_seconds + splice_seconds
+        reports = []
+        source_name = self.saliency_source_name() if need_saliency else "none"
+        for b in range(B):
+            mine = [i for i in range(len(videos)) if row_of[i] == b]
+            before = sum(counts[i] for i in mine)
+            after = sum(int(blocks[i].src.numel()) for i in mine)
+            notes = sorted({n for i in mine for n in videos[i].extra.get("notes", [])})
+            reports.append(SampleReport(
+                sample=b, videos=len(mine), visual_tokens_before=before, visual_tokens_after=after,
+                kept_by_strategy=sum(blocks[i].kept for i in mine),
+                ratio_kept=(after / before) if before else 1.0, saliency_source=source_name if mine else "none",
+                prune_seconds=sum(strat_seconds[i] for i in mine) + shared * len(mine) / max(1, len(videos)),
+                pruned=bool(mine) and need_saliency,
+                note="; ".join(notes) if mine else "no video in this row"))
+        self.state.record(reports)
+        return new, Lmax
+
+
+__all__ = ["EncodedVideo", "Block", "VideoSpliceAdapter", "identity_plan"]

@@ -1,0 +1,179 @@
+"""Adapters for Hugging Face Qwen2-VL, Qwen2.5-VL and Qwen3-VL (`...ForConditionalGeneration`).
+
+One "frame" is one temporal patch (`temporal_patch_size` input frames); its tokens are the merger outputs (2x2 patch
+merge) in raster order. Kept tokens keep their original 3-D M-RoPE positions, computed by the model's own
+`get_rope_index` on the unpruned input (SPEC 5.3), so text after the video sits where it would without pruning.
+
+Saliency ("global_query", SPEC 1.3): a pre-hook on `visual.blocks[-1].attn` recomputes q and k with the block's
+`qkv` projection and the vision RoPE; per temporal slice, the mean query attends to keys averaged over each 2x2 merge
+unit. Qwen2.5-VL's window order is undone with `argsort(window_index)`. Qwen3-VL's deepstack features are pruned with
+the same indices as the main features.
+
+Timestamps: Qwen2.5-VL `second_per_grid_ts` (seconds per temporal patch); otherwise the `fps` option
+(t * temporal_patch_size / fps) or `video_timestamps`; else the temporal-patch index.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, List, Tuple
+
+import torch
+
+from tango_plugin.saliency import HookCapture, first_arg, score
+from tango_plugin.strategies import PrunePlan
+
+from .common import Block, EncodedVideo, VideoSpliceAdapter
+
+
+class QwenVLAdapter(VideoSpliceAdapter):
+    """Shared code of the Qwen-VL family. Images pass through unpruned."""
+
+    saliency_sources = ("global_query", "attention_received")
+    video_kwargs = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+    uses_3d_positions = True
+    #: Qwen2.5-VL: the vision tower runs in window order
+    windowed = False
+    #: Qwen3-VL: deepstack features to prune alongside
+    deepstack = False
+    #: get_rope_index takes second_per_grid_ts
+    rope_takes_seconds = False
+
+    @property
+    def video_token_id(self) -> int:
+        return self.model.config.video_token_id
+
+    def validate(self) -> None:
+        super().validate()
+        blocks = getattr(self.inner.visual, "blocks", None)
+        if not blocks or not hasattr(blocks[-1].attn, "qkv"):
+            raise ValueError(f"{type(self).__name__}: cannot find visual.blocks[-1].attn.qkv on "
+                             f"{type(self.model).__name__}")
+
+    # ------------------------------------------------------------------------------------------- encoding
+    def encode_videos(self, kw: dict, need_saliency: bool) -> Tuple[List[EncodedVideo], Any, float]:
+        pv, grid = kw["pixel_values_videos"], kw["video_grid_thw"]
+        visual = self.inner.visual
+        ms = visual.spatial_merge_size
+        source = self.saliency_source_name()
+        attn = visual.blocks[-1].attn
+        rotary = sys.modules[type(attn).__module__].apply_rotary_pos_emb_vision
+        grids = [tuple(int(x) for x in g) for g in grid.tolist()]
+        store: dict = {}
+
+        def qk_hook(mod, args, kwargs):
+            hs = first_arg(args, kwargs, "hidden_states")
+            cos, sin = kwargs["position_embeddings"]
+            n = hs.shape[0]
+            q, k, _ = mod.qkv(hs).reshape(n, 3, mod.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+            q, k = rotary(q, k, cos, sin)
+            heads, d = q.shape[1], q.shape[2]
+            parts, off = [], 0
+            for t, h, w in grids:
+                # temporal slices are contiguous (window order permutes merge units inside a slice only)
+                size = t * h * w
+                qs = q[off:off + size].reshape(t, h * w, heads, d).transpose(1, 2)
+                ks = k[off:off + size].reshape(t, h * w, heads, d).transpose(1, 2)
+                parts.append(score(source, qs, ks, merge=ms * ms).flatten())
+                off += size
+            store["merged"] = torch.cat(parts)
+
+        with HookCapture() as cap:
+            if need_saliency:
+                cap.pre_hook(attn, qk_hook)
+            out = self.inner.get_video_features(pixel_values_videos=pv, video_grid_thw=grid, return_dict=True)
+        sal = None
+        if need_saliency:
+            sal = store["merged"]
+            if self.windowed:
+                from transformers.vision_utils import get_vision_window_index
+
+                window_index, _ = get_vision_window_index(grid, spatial_merge_size=ms, window_size=visual.window_size,
+                                                          patch_size=visual.patch_size)
+                sal = sal[torch.argsort(window_index.to(sal.device))]
+            sal = torch.split(sal, [t * h * w // ms**2 for t, h, w in grids])
+
+        seconds = kw.get("second_per_grid_ts")
+        tp = self.model.config.vision_config.temporal_patch_size
+        videos = []
+        for v, (t, h, w) in enumerate(grids):
+            feats = out.pooler_output[v].reshape(t, (h // ms) * (w // ms), -1)
+            ts = self.user_timestamps(v, t, kw, frames_per_step=tp)
+            if ts is None and seconds is not None:
+                ts = torch.arange(t, dtype=torch.float32) * float(seconds[v])
+            extra = {}
+            if self.deepstack:
+                extra["deepstack"] = [layer[v] for layer in out.deepstack_features]
+            videos.append(EncodedVideo(
+                features=feats, saliency=None if sal is None else sal[v].reshape(t, -1), grid_hw=(h // ms, w // ms),
+                num_placeholders=t * h * w // ms**2, timestamps=ts,
+                frame_embeddings=feats.float().mean(1) if self.config.segmentation == "fastvid" else None,
+                extra=extra))
+        return videos, out, cap.seconds
+
+    def build_block(self, video: EncodedVideo, plan: PrunePlan) -> Block:
+        block = super().build_block(video, plan)
+        block.features = block.features.to(video.features.dtype)
+        if self.deepstack:
+            idx = plan.kept_indices.to(video.features.device)
+            block.extra["deepstack"] = [d[idx] for d in video.extra["deepstack"]]
+        return block
+
+    def encoder_outputs(self, raw: Any, videos: List[EncodedVideo], blocks: List[Block]) -> Any:
+        feats = tuple(b.features for b in blocks)
+        if self.deepstack:
+            layers = len(blocks[0].extra["deepstack"]) if blocks else 0
+            deep = [tuple(b.extra["deepstack"][i] for b in blocks) for i in range(layers)]
+            return type(raw)(pooler_output=feats, deepstack_features=deep)
+        return type(raw)(pooler_output=feats)
+
+    # ------------------------------------------------------------------------------------------- positions
+    def full_position_ids(self, kw: dict, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        cfg = self.model.config
+        mm = kw.get("mm_token_type_ids")
+        if mm is None:
+            # Qwen2-VL refuses grids without mm_token_type_ids and Qwen2.5-VL silently falls back to 1-D positions;
+            # the token ids say the same thing, so derive it (and say so once).
+            self.state.warn_once("mm_token_type_ids", "mm_token_type_ids is missing; derived from the image/video "
+                                                      "token ids for the M-RoPE positions")
+            mm = (input_ids == cfg.image_token_id).int() + 2 * (input_ids == cfg.video_token_id).int()
+        extra = {}
+        if self.rope_takes_seconds:
+            extra["second_per_grid_ts"] = kw.get("second_per_grid_ts")
+        pos, _ = self.inner.get_rope_index(input_ids, mm_token_type_ids=mm, image_grid_thw=kw.get("image_grid_thw"),
+                                           video_grid_thw=kw.get("video_grid_thw"), attention_mask=attention_mask,
+                                           **extra)
+        return pos
+
+    def after_splice(self, positions, attention_mask: torch.Tensor) -> None:
+        if positions is None:
+            return
+        # rope_deltas lets a later forward(cache=...) without position_ids continue at max position + 1, computed on
+        # the shortened sequence (the cache holds the shortened one).
+        real = attention_mask.bool().to(positions.device)
+        top = positions.masked_fill(~real[None], -1).amax(dim=(0, 2))
+        self.inner.rope_deltas = (top + 1 - real.sum(-1)).unsqueeze(1)
+
+
+class Qwen2VLAdapter(QwenVLAdapter):
+    """Qwen2-VL: full attention per temporal slice in every ViT block."""
+
+    preset_name = "qwen2-vl"
+
+
+class Qwen2_5_VLAdapter(QwenVLAdapter):
+    """Qwen2.5-VL: window attention (undone with argsort(window_index)), timestamps from second_per_grid_ts."""
+
+    preset_name = "qwen2.5-vl"
+    windowed = True
+    rope_takes_seconds = True
+
+
+class Qwen3VLAdapter(QwenVLAdapter):
+    """Qwen3-VL: per-slice timestamps in the text, deepstack features pruned with the same indices."""
+
+    preset_name = "qwen3-vl"
+    deepstack = True
+
+
+__all__ = ["QwenVLAdapter", "Qwen2VLAdapter", "Qwen2_5_VLAdapter", "Qwen3VLAdapter"]

@@ -1,0 +1,306 @@
+"""Tiny random Video LLMs, an offline tokenizer and synthetic video inputs (tests, demo, benchmarks).
+
+Everything here is built from configs with random weights, so it runs offline on a CPU in well under a second
+per model. The recipes follow ENV-NOTES.md section 2.1; inputs are built by hand (no processor, no torchvision)
+in exactly the layout the Hugging Face processors produce.
+
+Example:
+    ```python
+    >>> from tango_plugin.model_zoo import tiny
+    >>> tok = tiny.build_tokenizer("qwen")
+    >>> model = tiny.build_model("qwen2_vl", tok)
+    >>> inputs = tiny.video_inputs(model, tok, [tiny.VideoSpec(frames=8)], prompts=["what happens?"])
+    >>> out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    ```
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import torch
+
+SPECIALS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>",
+    "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>",
+]
+_CORPUS = [
+    "what happens in this video?", "describe the scene in detail.", "a person walks a dog in the park.",
+    "the cat sits on the mat and looks at the camera.", "user assistant system you are a helpful assistant.",
+    "how many people are there? two people are talking.", "seconds frame time <0.5 seconds> <1.5 seconds>",
+] * 20
+
+MODEL_TYPES = ("llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+
+
+@functools.lru_cache(maxsize=None)
+def _trained_bpe():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator(_CORPUS, trainer)
+    return tk.to_str()
+
+
+def build_tokenizer(style: str = "qwen", padding_side: str = "left"):
+    """A small byte-level BPE tokenizer trained on the fly (0.2 s), with the model family's special tokens.
+
+    Args:
+        style: "qwen" (video token `<|video_pad|>`) or "llava" (video token `<video>`).
+        padding_side: side the tokenizer pads on ("left" for batched generation).
+    """
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    if style not in ("qwen", "llava"):
+        raise ValueError(f"style={style!r}; expected 'qwen' or 'llava'")
+    extra = ({"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"} if style == "qwen"
+             else {"image_token": "<image>", "video_token": "<video>"})
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(_trained_bpe()), eos_token="<|im_end|>",
+                                  pad_token="<|endoftext|>", extra_special_tokens=extra)
+    tok.padding_side = padding_side
+    return tok
+
+
+def _tid(tok, text: str) -> int:
+    return tok.convert_tokens_to_ids(text)
+
+
+def _text_config(tok, **extra) -> dict:
+    cfg = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2, bos_token_id=_tid(tok, "<|im_start|>"), eos_token_id=_tid(tok, "<|im_end|>"),
+               pad_token_id=tok.pad_token_id)
+    cfg.update(extra)
+    return cfg
+
+
+def build_model(model_type: str, tok, seed: int = 0, dtype: torch.dtype = torch.float32, **overrides):
+    """A tiny random `...ForConditionalGeneration` of the given `model_type`, in eval mode, SDPA attention.
+
+    Args:
+        model_type: one of `MODEL_TYPES`.
+        tok: a tokenizer from `build_tokenizer` (its special-token ids are written into the config).
+        seed: torch seed of the random init (same seed, same weights).
+        overrides: extra keys for the vision config (e.g. `image_size` for LLaVA-OV).
+    """
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    if model_type == "llava_onevision":
+        vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      image_size=112, patch_size=14, vision_use_head=False)
+        vision.update(overrides)
+        cfg = tf.LlavaOnevisionConfig(
+            vision_config=tf.SiglipVisionConfig(**vision), text_config=tf.Qwen2Config(**_text_config(tok)),
+            image_token_index=_tid(tok, "<image>"), video_token_index=_tid(tok, "<video>"), vision_feature_layer=-1,
+            vision_feature_select_strategy="full", image_grid_pinpoints=[[vision["image_size"]] * 2])
+        cls = tf.LlavaOnevisionForConditionalGeneration
+    else:
+        ids = dict(image_token_id=_tid(tok, "<|image_pad|>"), video_token_id=_tid(tok, "<|video_pad|>"),
+                   vision_start_token_id=_tid(tok, "<|vision_start|>"), vision_end_token_id=_tid(tok, "<|vision_end|>"))
+        rope = {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 1e6}
+        if model_type == "qwen2_vl":
+            vision = dict(depth=2, embed_dim=64, hidden_size=64, num_heads=4, mlp_ratio=2, patch_size=14,
+                          spatial_merge_size=2, temporal_patch_size=2)
+            text = _text_config(tok, rope_parameters=rope)
+            cfg_cls, cls = tf.Qwen2VLConfig, tf.Qwen2VLForConditionalGeneration
+        elif model_type == "qwen2_5_vl":
+            vision = dict(depth=2, hidden_size=64, out_hidden_size=64, intermediate_size=128, num_heads=4,
+                          window_size=56, fullatt_block_indexes=[1], patch_size=14, tokens_per_second=2)
+            text = _text_config(tok, rope_parameters=rope)
+            cfg_cls, cls = tf.Qwen2_5_VLConfig, tf.Qwen2_5_VLForConditionalGeneration
+        elif model_type == "qwen3_vl":
+            vision = dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=4, out_hidden_size=64,
+                          patch_size=16, num_position_embeddings=64, deepstack_visual_indexes=[0])
+            text = _text_config(tok, head_dim=16, rope_parameters=dict(rope, mrope_interleaved=True))
+            cfg_cls, cls = tf.Qwen3VLConfig, tf.Qwen3VLForConditionalGeneration
+        else:
+            raise ValueError(f"unknown tiny model_type {model_type!r}; known: {list(MODEL_TYPES)}")
+        vision.update(overrides)
+        cfg = cfg_cls(text_config=text, vision_config=vision, **ids)
+    cfg._attn_implementation = "sdpa"
+    model = cls(cfg).to(dtype).eval()
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = None  # random weights: never stop early, so lengths are predictable
+    return model
+
+
+@dataclass
+class VideoSpec:
+    """A synthetic video: `frames` random frames of `size` x `size` pixels (None: the model's native size)."""
+
+    frames: int = 8
+    size: Optional[int] = None
+    seed: int = 0
+    second_per_grid: Optional[float] = None  # Qwen2.5-VL: seconds per temporal patch
+
+
+@dataclass
+class ImageSpec:
+    """A synthetic still image (`size` x `size` pixels; None: the model's native size)."""
+
+    size: Optional[int] = None
+    seed: int = 100
+
+
+def _frames(spec, size: int, n: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(spec.seed)
+    # Smooth frames (a random low-res pattern upsampled, drifting in time) so that neighbouring frames are similar,
+    # as in real video; pure noise would make every token dynamic.
+    base = torch.rand(3, 4, 4, generator=g)
+    drift = torch.rand(n, 3, 4, 4, generator=g) * 0.3
+    low = base[None] + drift.cumsum(0)
+    return torch.nn.functional.interpolate(low, size=(size, size), mode="bilinear", align_corners=False) * 2 - 1
+
+
+def _qwen_patches(frames: torch.Tensor, patch: int, tp: int = 2, ms: int = 2):
+    F, C, H, W = frames.shape
+    if F % tp:
+        frames = torch.cat([frames, frames[-1:].expand(tp - F % tp, -1, -1, -1)])
+        F = frames.shape[0]
+    gt, gh, gw = F // tp, H // patch, W // patch
+    x = frames.reshape(gt, tp, C, gh // ms, ms, patch, gw // ms, ms, patch).permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
+    return x.reshape(gt * gh * gw, C * tp * patch * patch), [gt, gh, gw]
+
+
+def video_token_count(model, spec) -> int:
+    """Placeholder tokens the processor would put in the prompt for this video (or image)."""
+    cfg = model.config
+    if cfg.model_type == "llava_onevision":
+        side = cfg.vision_config.image_size // cfg.vision_config.patch_size
+        return spec.frames * (-(-side // 2)) ** 2 + 1
+    vc = cfg.vision_config
+    size = spec.size or _native_size(model)
+    frames = getattr(spec, "frames", 1)
+    gt = -(-frames // vc.temporal_patch_size)
+    return gt * (size // vc.patch_size) ** 2 // vc.spatial_merge_size**2
+
+
+def _native_size(model) -> int:
+    cfg = model.config
+    if cfg.model_type == "llava_onevision":
+        return cfg.vision_config.image_size
+    return 8 * cfg.vision_config.patch_size
+
+
+def video_inputs(model, tok, media: Sequence[Sequence], prompts: Sequence[str], padding_side: Optional[str] = None,
+                 labels: bool = False, dtype: Optional[torch.dtype] = None) -> dict:
+    """A batch of chat prompts, each with its own videos / images, laid out the way the HF processor does.
+
+    Args:
+        model: a model from `build_model` (or any model of those classes).
+        tok: the matching tokenizer.
+        media: per sample, a list of `VideoSpec` / `ImageSpec` (empty: a text-only request). A bare spec is taken
+            as a one-item list.
+        prompts: per sample, the question text.
+        padding_side: "left" / "right" (default: the tokenizer's).
+        labels: also return `labels` (the input ids, visual and pad tokens set to -100).
+        dtype: dtype of the pixel tensors (default: the model's).
+
+    Returns:
+        dict of model inputs: `input_ids`, `attention_mask`, pixel tensors, grids and, for Qwen, `mm_token_type_ids`
+        (and `second_per_grid_ts` for Qwen2.5-VL).
+    """
+    cfg = model.config
+    mt = cfg.model_type
+    dtype = dtype or model.dtype
+    media = [[m] if isinstance(m, (VideoSpec, ImageSpec)) else list(m) for m in media]
+    texts, videos, images, grids_v, grids_i, spg = [], [], [], [], [], []
+    for sample, prompt in zip(media, prompts):
+        parts = ["<|im_start|>user\n"]
+        for m in sample:
+            size = m.size or _native_size(model)
+            if isinstance(m, VideoSpec):
+                frames = _frames(m, size, m.frames)
+                if mt == "llava_onevision":
+                    videos.append(frames)
+                    parts.append("<video>" * video_token_count(model, m))
+                else:
+                    vc = cfg.vision_config
+                    patches, grid = _qwen_patches(frames, vc.patch_size, vc.temporal_patch_size, vc.spatial_merge_size)
+                    videos.append(patches)
+                    grids_v.append(grid)
+                    spg.append(m.second_per_grid if m.second_per_grid is not None else 1.0)
+                    per_slice = grid[1] * grid[2] // vc.spatial_merge_size**2
+                    if mt == "qwen3_vl":
+                        # Qwen3-VL's processor puts a timestamp and its own vision_start/end around every slice.
+                        for t in range(grid[0]):
+                            parts.append(f"<{t + 0.5:.1f} seconds><|vision_start|>" + "<|video_pad|>" * per_slice
+                                         + "<|vision_end|>")
+                    else:
+                        parts.append("<|vision_start|>" + "<|video_pad|>" * (grid[0] * per_slice) + "<|vision_end|>")
+            else:
+                frame = _frames(m, size, 1)
+                if mt == "llava_onevision":
+                    images.append(frame)
+                    side = cfg.vision_config.image_size // cfg.vision_config.patch_size
+                    # anyres with one 112 px pinpoint: base tile + one crop tile, unpadded, newline per row
+                    parts.append("<image>" * _llava_image_tokens(model, side))
+                else:
+                    vc = cfg.vision_config
+                    patches, grid = _qwen_patches(frame.expand(vc.temporal_patch_size, -1, -1, -1), vc.patch_size,
+                                                  vc.temporal_patch_size, vc.spatial_merge_size)
+                    images.append(patches)
+                    grids_i.append(grid)
+                    parts.append("<|vision_start|>" + "<|image_pad|>" * (grid[0] * grid[1] * grid[2] // 4)
+                                 + "<|vision_end|>")
+        parts.append(prompt + "<|im_end|>\n<|im_start|>assistant\n")
+        texts.append("".join(parts))
+    side = padding_side or tok.padding_side
+    old = tok.padding_side
+    tok.padding_side = side
+    try:
+        enc = tok(texts, return_tensors="pt", padding=True)
+    finally:
+        tok.padding_side = old
+    out = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    if mt == "llava_onevision":
+        if videos:
+            out["pixel_values_videos"] = torch.stack(videos).to(dtype)
+        if images:
+            s = cfg.vision_config.image_size
+            out["pixel_values"] = torch.stack([torch.cat([im, im]) for im in images]).to(dtype)  # (N, 2 tiles, C, H, W)
+            out["image_sizes"] = torch.tensor([[s, s]] * len(images))
+    else:
+        if videos:
+            out["pixel_values_videos"] = torch.cat(videos).to(dtype)
+            out["video_grid_thw"] = torch.tensor(grids_v)
+            if mt == "qwen2_5_vl":
+                out["second_per_grid_ts"] = torch.tensor(spg)
+        if images:
+            out["pixel_values"] = torch.cat(images).to(dtype)
+            out["image_grid_thw"] = torch.tensor(grids_i)
+        ids = out["input_ids"]
+        out["mm_token_type_ids"] = ((ids == cfg.image_token_id).int() + 2 * (ids == cfg.video_token_id).int())
+    if labels:
+        lab = out["input_ids"].clone()
+        visual = [getattr(cfg, k, None) for k in ("image_token_id", "video_token_id", "image_token_index",
+                                                   "video_token_index")]
+        for v in visual:
+            if v is not None:
+                lab[lab == v] = -100
+        lab[out["attention_mask"] == 0] = -100
+        out["labels"] = lab
+    return out
+
+
+def _llava_image_tokens(model, side: int) -> int:
+    """Image placeholder count of LLaVA-OV's anyres packing for a native-size image and one pinpoint."""
+    pooled = side  # anyres base tile is not pooled for images: side*side base + unpadded crop with newlines
+    return side * side + pooled * (pooled + 1)
+
+
+def media_token_counts(model, media: Sequence) -> List[int]:
+    """Video placeholder tokens per sample for a `media` list as given to `video_inputs`."""
+    media = [[m] if isinstance(m, (VideoSpec, ImageSpec)) else list(m) for m in media]
+    return [sum(video_token_count(model, m) for m in s if isinstance(m, VideoSpec)) for s in media]
+
+
+__all__ = ["build_tokenizer", "build_model", "video_inputs", "VideoSpec", "ImageSpec", "video_token_count",
+           "media_token_counts", "MODEL_TYPES", "SPECIALS"]
