@@ -358,6 +358,13 @@ class VideoSpliceAdapter(ModelAdapter):
 
         mm = dict(kw.get("mm_encoder_outputs") or {})
         mm["video"] = self.encoder_outputs(raw, videos, blocks)
+        if not generating and new.get("pixel_values") is not None and mm.get("image") is None:
+            # forward refuses pixels next to mm_encoder_outputs, so encode the images here the way generate does
+            # (generate encodes them itself before its first forward call).
+            fn = self.inner.get_image_features
+            names = [p for p in inspect.signature(fn).parameters if p != "kwargs" and p in new]
+            mm["image"] = fn(**{p: new[p] for p in names}, return_dict=True)
+            new.pop("pixel_values")
         new["mm_encoder_outputs"] = mm
 
         # Report: per row, what went in and what came out.

@@ -1,0 +1,405 @@
+"""The adapter matrix: every registered adapter x the invariants of DESIGN.md section 5, on tiny random models."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+
+import tango_plugin as tango
+from tango_plugin.strategies import PruningStrategy, get_strategy, register_strategy
+from tango_plugin.model_zoo import tiny
+
+from adapter_testers import TESTERS, gen, hooks_of, instance_attrs, placeholder_count, tango_hooks_of
+
+pytestmark = pytest.mark.filterwarnings("ignore:tango_plugin. preset sink positions")
+
+NAMES = sorted(TESTERS)
+STRATEGY = "tango"
+
+
+def cfg(r: float = 0.25, **kw) -> tango.TangoConfig:
+    return tango.TangoConfig(retention_ratio=r, strategy=kw.pop("strategy", STRATEGY), **kw)
+
+
+# ----------------------------------------------------------------------------------------------- registry coverage
+def test_every_registered_adapter_has_a_tester():
+    covered = {t.model_type for t in TESTERS.values()}
+    missing = [name for name in tango.list_adapters() if name not in covered]
+    assert not missing, f"registered adapters without a tester in tests/adapter_testers.py: {missing}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_adapter_resolves_from_registry(name):
+    t = TESTERS[name]
+    cls = tango.get_adapter(t.model_type)
+    assert issubclass(cls, tango.ModelAdapter) and cls.model_type == t.model_type
+
+
+# ----------------------------------------------------------------------------------------------- retention 1.0
+@pytest.mark.parametrize("name", [n for n in NAMES if TESTERS[n].matches_stock])
+@torch.no_grad()
+def test_retention_one_equals_unpruned(name):
+    t = TESTERS[name]
+    model = t.model()
+    inputs = t.inputs(model, [[tiny.VideoSpec(8)], [tiny.VideoSpec(t.batch_frames[1], seed=3)]],
+                      ["what happens?", "describe the scene in detail."])
+    ref_logits = model(**inputs).logits
+    ref_tokens = gen(model, inputs)
+    with tango.enabled(model, cfg(1.0), **t.options) as h:
+        logits = model(**inputs).logits
+        tokens = gen(model, inputs)
+        rows = h.report()["samples"]
+    assert torch.equal(logits, ref_logits)
+    assert torch.equal(tokens, ref_tokens)
+    assert [r["ratio_kept"] for r in rows] == [1.0, 1.0]
+    assert all(r["visual_tokens_before"] == r["visual_tokens_after"] > 0 for r in rows)
+
+
+@torch.no_grad()
+def test_average_grid_retention_one_is_llava_video_layout():
+    """LLaVA-Video options at retention 1.0: avg-pooled tokens with one newline after every row (built by hand)."""
+    t = TESTERS["llava_onevision[average,grid]"]
+    model = t.model()
+    inputs = t.single(model)
+    inner = model.model
+    pv = inputs["pixel_values_videos"]
+    hs = inner.vision_tower(pv.flatten(0, 1), output_hidden_states=True).hidden_states[-1]
+    proj = inner.multi_modal_projector(hs)  # (F, 64, D)
+    F_, P, D = proj.shape
+    side = math.isqrt(P)
+    pooled = torch.nn.functional.avg_pool2d(proj.transpose(1, 2).reshape(F_, D, side, side), 2)  # (F, D, 4, 4)
+    g = pooled.shape[-1]
+    rows = pooled.permute(0, 2, 3, 1)  # (F, g, g, D)
+    nl = inner.image_newline.expand(F_, g, 1, D)
+    block = torch.cat([rows, nl], dim=2).reshape(-1, D)  # row tokens then a newline, every row
+    ids = inputs["input_ids"][0]
+    vid = (ids == model.config.video_token_id).nonzero()[:, 0]
+    new_ids = torch.cat([ids[: vid[0]], ids.new_full((block.shape[0],), model.config.video_token_id),
+                         ids[vid[-1] + 1:]])[None]
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    expected = model(input_ids=new_ids, mm_encoder_outputs={"video": BaseModelOutputWithPooling(
+        pooler_output=block[None])}).logits
+    with tango.enabled(model, cfg(1.0), **t.options) as h:
+        got = model(**inputs).logits
+        row = h.report()["samples"][0]
+    assert row["visual_tokens_after"] == F_ * g * (g + 1)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------- remove()
+@pytest.mark.parametrize("name", NAMES)
+@torch.no_grad()
+def test_remove_restores_bit_equal_and_leaves_nothing(name):
+    t = TESTERS[name]
+    model, twin = t.fresh_model(), t.fresh_model()  # same seed: identical weights, twin is never patched
+    inputs = t.single(model)
+    attrs = instance_attrs(model)
+    h = tango.enable(model, cfg(0.25), **t.options)
+    pruned = model(**inputs).logits
+    assert tango_hooks_of(model) == 0  # saliency hooks live only inside a call
+    with pytest.raises(ValueError, match="already enabled"):
+        tango.enable(model, cfg(0.5))
+    h.remove()
+    h.remove()  # idempotent
+    assert instance_attrs(model) == attrs
+    assert not any(k.startswith("_tango") for k in model.__dict__)
+    out, ref = model(**inputs).logits, twin(**inputs).logits
+    assert torch.equal(out, ref)
+    assert hooks_of(model) == hooks_of(twin) and tango_hooks_of(model) == 0
+    assert pruned.shape[1] < ref.shape[1]
+    assert torch.equal(gen(model, inputs), gen(twin, inputs))
+    tango.enable(model, cfg(0.5), **t.options).remove()  # can be enabled again after remove
+
+
+# ----------------------------------------------------------------------------------------------- kept counts
+_SPY_PLANS: list = []
+
+
+@register_strategy("test_spy", exist_ok=True)
+class _Spy(PruningStrategy):
+    """Runs the matrix strategy and records every plan it returns."""
+
+    def select(self, tokens, config):
+        plan = get_strategy(STRATEGY).select(tokens, config)
+        _SPY_PLANS.append((tokens, plan))
+        return plan
+
+
+@pytest.mark.parametrize("name", NAMES)
+@torch.no_grad()
+def test_kept_counts_match_strategy_and_report(name):
+    t = TESTERS[name]
+    model = t.model()
+    inputs = t.inputs(model, [[tiny.VideoSpec(8)], [tiny.VideoSpec(t.batch_frames[1], seed=3)]],
+                      ["what happens?", "describe the scene in detail."])
+    _SPY_PLANS.clear()
+    with tango.enabled(model, cfg(0.25, strategy="test_spy"), **t.options) as h:
+        logits = model(**inputs).logits
+        rep = h.report()
+    assert len(_SPY_PLANS) == 2
+    for row, (tokens, plan) in zip(rep["samples"], _SPY_PLANS):
+        kept = int(plan.kept_indices.numel())
+        assert row["kept_by_strategy"] == kept
+        assert torch.all(plan.kept_indices[1:] > plan.kept_indices[:-1])
+        if t.model_type == "llava_onevision" and t.options.get("newline") == "grid":
+            rows_kept = torch.unique(plan.kept_indices // tokens.grid_hw[1]).numel()
+            assert row["visual_tokens_after"] == kept + rows_kept
+        elif t.model_type == "llava_onevision":
+            assert row["visual_tokens_after"] == kept + 1  # one newline per video
+        else:
+            assert row["visual_tokens_after"] == kept
+        assert row["ratio_kept"] == pytest.approx(row["visual_tokens_after"] / row["visual_tokens_before"])
+        assert row["saliency_source"] == "global_query" and row["pruned"]
+        assert 0 < kept < tokens.features.shape[0] * tokens.features.shape[1]
+    # the LLM really saw that many tokens: the longest row sets the padded length
+    L = inputs["input_ids"].shape[1]
+    before = [r["visual_tokens_before"] for r in rep["samples"]]
+    after = [r["visual_tokens_after"] for r in rep["samples"]]
+    real = inputs["attention_mask"].sum(-1).tolist()
+    assert logits.shape[1] == max(n - b + a for n, b, a in zip(real, before, after))
+    assert placeholder_count(model, inputs) == sum(before)
+    assert L >= logits.shape[1]
+
+
+@pytest.mark.parametrize("name", ["llava_onevision", "qwen2_vl"])
+@torch.no_grad()
+def test_topk_count_is_ceil_per_frame(name):
+    t = TESTERS[name]
+    model = t.model()
+    with tango.enabled(model, cfg(0.3, strategy="topk"), **t.options) as h:
+        model(**t.single(model))
+        row = h.report()["samples"][0]
+    T, L = (8, 16) if t.model_type == "llava_onevision" else (4, 16)
+    assert row["kept_by_strategy"] == T * math.ceil(L * 0.3)
+
+
+# ----------------------------------------------------------------------------------------------- determinism
+@pytest.mark.parametrize("name", NAMES)
+@torch.no_grad()
+def test_same_input_same_tokens(name):
+    t = TESTERS[name]
+    model = t.model()
+    inputs = t.single(model)
+    _SPY_PLANS.clear()
+    with tango.enabled(model, cfg(0.2, strategy="test_spy"), **t.options):
+        a = model(**inputs).logits
+        b = model(**inputs).logits
+    assert torch.equal(_SPY_PLANS[0][1].kept_indices, _SPY_PLANS[1][1].kept_indices)
+    assert torch.equal(a, b)
+
+
+# ----------------------------------------------------------------------------------------------- batching
+@pytest.mark.parametrize("name", NAMES)
+@torch.no_grad()
+def test_batch_equals_single_samples(name):
+    t = TESTERS[name]
+    model = t.model()
+    media = [[tiny.VideoSpec(t.batch_frames[0], seed=1)], [tiny.VideoSpec(t.batch_frames[1], seed=2)]]
+    prompts = ["what happens?", "how many people are there? describe the scene in detail."]
+    batch = t.inputs(model, media, prompts)
+    with tango.enabled(model, cfg(0.25), **t.options) as h:
+        out = gen(model, batch, n=4, return_dict_in_generate=True, output_logits=True)
+        batch_rows = h.report()["samples"]
+        singles = []
+        for m, p in zip(media, prompts):
+            one = t.inputs(model, [m], [p])
+            singles.append((one, gen(model, one, n=4, return_dict_in_generate=True, output_logits=True),
+                            h.report()["samples"][0]))
+    L = batch["input_ids"].shape[1]
+    for b, (one, single, row) in enumerate(singles):
+        assert batch_rows[b]["visual_tokens_after"] == row["visual_tokens_after"]
+        assert torch.equal(out.sequences[b, L:], single.sequences[0, one["input_ids"].shape[1]:])
+        for step_b, step_1 in zip(out.logits, single.logits):
+            torch.testing.assert_close(step_b[b], step_1[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@torch.no_grad()
+def test_generate_returns_prompt_and_new_tokens(name):
+    t = TESTERS[name]
+    model = t.model()
+    inputs = t.single(model)
+    with tango.enabled(model, cfg(0.2), **t.options) as h:
+        out = gen(model, inputs, n=6)
+        assert h.report()["samples"][0]["pruned"]
+    L = inputs["input_ids"].shape[1]
+    assert out.shape == (1, L + 6)
+    assert torch.equal(out[:, :L], inputs["input_ids"])
+
+
+@pytest.mark.parametrize("other", ["text", "image"])
+@pytest.mark.parametrize("name", NAMES)
+@torch.no_grad()
+def test_batch_mixing_video_with_text_or_image(name, other):
+    t = TESTERS[name]
+    model = t.model()
+    second = [] if other == "text" else [tiny.ImageSpec()]
+    media = [[tiny.VideoSpec(8, seed=1)], second]
+    prompts = ["what happens?", "describe the scene in detail."]
+    batch = t.inputs(model, media, prompts)
+    alone = t.inputs(model, [second], [prompts[1]])
+    ref_other = gen(model, alone, n=4)[0, alone["input_ids"].shape[1]:]
+    with tango.enabled(model, cfg(0.25), **t.options) as h:
+        out = gen(model, batch, n=4)
+        rows = h.report()["samples"]
+    L = batch["input_ids"].shape[1]
+    assert out.shape == (2, L + 4)
+    assert rows[0]["pruned"] and rows[0]["visual_tokens_after"] < rows[0]["visual_tokens_before"]
+    assert rows[1]["videos"] == 0 and rows[1]["visual_tokens_before"] == 0
+    assert torch.equal(out[1, L:], ref_other)  # the non-video request is answered as without Tango
+
+
+# ----------------------------------------------------------------------------------------------- PEFT
+@pytest.mark.parametrize("name", NAMES)
+def test_peft_lora_forward_backward(name):
+    peft = pytest.importorskip("peft")
+    t = TESTERS[name]
+    model = t.fresh_model()
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q_proj|v_proj)")
+    pm = peft.get_peft_model(model, lora)
+    inputs = t.single(model, labels=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        full = pm(**inputs)
+        with tango.enabled(pm, cfg(0.25), **t.options) as h:
+            assert "forward" in model.__dict__  # the base model is the patched one
+            out = pm(**inputs)
+            out.loss.backward()
+            row = h.report()["samples"][0]
+    assert out.logits.shape[1] == full.logits.shape[1] - row["visual_tokens_before"] + row["visual_tokens_after"]
+    assert torch.isfinite(out.loss)
+    grads = [p.grad for n, p in pm.named_parameters() if "lora_" in n]
+    assert grads and all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+    assert not any("lora_" in n for n, _ in model.model.named_parameters() if "language_model" not in n)
+    assert "forward" not in model.__dict__
+
+
+# ----------------------------------------------------------------------------------------------- from_pretrained
+@pytest.mark.parametrize("name", ["llava_onevision", "qwen2_5_vl"])
+@torch.no_grad()
+def test_saved_and_reloaded_model(name, tmp_path):
+    from transformers import AutoModelForImageTextToText
+
+    t = TESTERS[name]
+    model = t.model()
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()
+    loaded.generation_config.eos_token_id = None
+    inputs = t.single(model)
+    with tango.enabled(model, cfg(0.25)):
+        a = gen(model, inputs)
+    with tango.enabled(loaded, cfg(0.25)) as h:
+        b = gen(loaded, inputs)
+        assert h.report()["samples"][0]["pruned"]
+    assert torch.equal(a, b)
+
+
+# ----------------------------------------------------------------------------------------------- errors
+def test_unsupported_model_lists_supported_types():
+    class Config:
+        model_type = "not_a_video_llm"
+
+    class Model:
+        config = Config()
+
+    with pytest.raises(ValueError, match="qwen2_vl.*register_adapter"):
+        tango.enable(Model(), cfg())
+
+
+def test_bad_config_for_model_fails_at_enable():
+    t = TESTERS["llava_onevision"]
+    model = t.model()
+    with pytest.raises(ValueError, match="outside"):
+        tango.enable(model, cfg(0.2, sink_positions=[3, 400]))
+    with pytest.raises(ValueError, match="siglip_head_path"):
+        tango.enable(model, cfg(0.2, saliency_source="siglip_head"))
+    with pytest.raises(ValueError, match="unknown option"):
+        tango.enable(model, cfg(0.2), pool="average")
+    with pytest.raises(ValueError, match="pool_mode"):
+        tango.enable(model, cfg(0.2), pool_mode="max")
+    with pytest.raises(ValueError, match="siglip_head"):
+        tango.enable(TESTERS["qwen2_vl"].model(), cfg(0.2, saliency_source="siglip_head"))
+    with pytest.raises(ValueError, match="unknown strategy"):
+        tango.enable(model, cfg(0.2, strategy="nope"))
+    assert "forward" not in model.__dict__ and "_tango_handle" not in model.__dict__
+
+
+@torch.no_grad()
+def test_explicit_sinks_out_of_qwen_grid_fail_at_call():
+    t = TESTERS["qwen2_vl"]
+    model = t.model()
+    with tango.enabled(model, cfg(0.2, sink_positions=[99])):
+        with pytest.raises(ValueError, match="outside"):
+            model(**t.single(model))
+
+
+@torch.no_grad()
+def test_explicit_sinks_are_applied():
+    t = TESTERS["qwen2_vl"]
+    model = t.model()
+    _SPY_PLANS.clear()
+    with tango.enabled(model, cfg(0.2, strategy="test_spy", sink_positions=[0, 5])):
+        model(**t.single(model))
+    assert _SPY_PLANS[0][0].sink_positions == (0, 5)
+
+
+@torch.no_grad()
+def test_preset_sinks_skipped_on_other_grid_with_a_note():
+    t = TESTERS["llava_onevision"]
+    model = t.model()
+    with pytest.warns(UserWarning, match="no sink positions were applied"):
+        with tango.enabled(model, cfg(0.2)) as h:
+            model(**t.single(model))
+    assert "no sink positions" in h.report()["samples"][0]["note"]
+
+
+@torch.no_grad()
+def test_prune_images_warns_once():
+    t = TESTERS["qwen2_vl"]
+    model = t.model()
+    inputs = t.inputs(model, [[tiny.VideoSpec(8), tiny.ImageSpec()]], ["what?"])
+    with tango.enabled(model, cfg(0.2, prune_images=True)):
+        with pytest.warns(UserWarning, match="prune_images"):
+            model(**inputs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            model(**inputs)
+
+
+def test_register_adapter_refuses_duplicates_and_works_as_decorator():
+    from tango_plugin.adapters import unregister_adapter
+
+    with pytest.raises(ValueError, match="already registered"):
+        tango.register_adapter("qwen2_vl", tango.ModelAdapter)
+
+    @tango.register_adapter("tiny_test_type")
+    class Dummy(tango.ModelAdapter):
+        pass
+
+    try:
+        assert tango.get_adapter("tiny_test_type") is Dummy and "tiny_test_type" in tango.list_adapters()
+        with pytest.raises(ValueError):
+            tango.register_adapter("tiny_test_type", type("Other", (tango.ModelAdapter,), {}))
+    finally:
+        unregister_adapter("tiny_test_type")
+    assert "tiny_test_type" not in tango.list_adapters()
+
+
+@pytest.mark.parametrize("name", ["llava_onevision", "qwen2_vl", "qwen3_vl"])
+@torch.no_grad()
+def test_forward_with_video_and_image_in_one_prompt(name):
+    t = TESTERS[name]
+    model = t.model()
+    inputs = t.inputs(model, [[tiny.ImageSpec(), tiny.VideoSpec(8)]], ["compare the image and the video."])
+    ref = model(**inputs).logits
+    with tango.enabled(model, cfg(1.0)):
+        same = model(**inputs).logits
+    with tango.enabled(model, cfg(0.25)) as h:
+        pruned = model(**inputs).logits
+        row = h.report()["samples"][0]
+    assert torch.equal(same, ref)
+    assert pruned.shape[1] == ref.shape[1] - row["visual_tokens_before"] + row["visual_tokens_after"]
