@@ -1,0 +1,186 @@
+"""Saliency sources, timestamps and decode positions of the adapters, checked against independent computations."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import tango_plugin as tango
+from tango_plugin.model_zoo import tiny
+from tango_plugin.saliency import attention_received_saliency, global_query_saliency
+
+from adapter_testers import TESTERS
+
+pytestmark = pytest.mark.filterwarnings("ignore:tango_plugin. preset sink positions")
+
+
+def _encode(model, inputs, config, **options):
+    with tango.enabled(model, config, **options) as h:
+        videos, raw, _ = h.adapter.encode_videos(inputs, True)
+    return videos
+
+
+def test_global_query_formula_on_a_hand_case():
+    q = torch.zeros(1, 1, 4, 2)
+    q[..., 0] = 1.0  # mean query (1, 0)
+    k = torch.tensor([[[[2.0, 0], [0, 0], [0, 5], [-2, 0]]]])
+    got = global_query_saliency(q, k)
+    logits = torch.tensor([2.0, 0, 0, -2]) / math.sqrt(2)
+    torch.testing.assert_close(got[0], logits.softmax(0))
+    merged = global_query_saliency(q, k, merge=2)  # keys averaged before the softmax
+    torch.testing.assert_close(merged[0], (torch.tensor([1.0, -1.0]) / math.sqrt(2)).softmax(0))
+    recv = attention_received_saliency(q, k)
+    torch.testing.assert_close(recv.sum(-1), torch.ones(1))
+
+
+@torch.no_grad()
+def test_llava_global_query_matches_manual_recomputation():
+    t = TESTERS["llava_onevision"]
+    model = t.model()
+    inputs = t.single(model)
+    videos = _encode(model, inputs, tango.TangoConfig(retention_ratio=0.2))
+    tower = model.model.vision_tower
+    hs = tower(inputs["pixel_values_videos"][0], output_hidden_states=True).hidden_states[-2]
+    attn = tower.encoder.layers[-1].self_attn
+    x = tower.encoder.layers[-1].layer_norm1(hs)
+    F_, P, _ = x.shape
+    q = attn.q_proj(x).view(F_, P, 4, -1).transpose(1, 2)
+    k = attn.k_proj(x).view(F_, P, 4, -1).transpose(1, 2)
+    qbar = q.mean(2, keepdim=True)
+    per_patch = ((qbar @ k.transpose(-1, -2)).squeeze(2) / math.sqrt(q.shape[-1])).softmax(-1).mean(1)
+    side = math.isqrt(P)
+    pooled = torch.nn.functional.interpolate(per_patch.view(F_, 1, side, side), size=(4, 4), mode="bilinear")
+    torch.testing.assert_close(videos[0].saliency, pooled.flatten(1), rtol=1e-5, atol=1e-6)
+
+
+@torch.no_grad()
+def test_siglip_head_source(tmp_path):
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    t = TESTERS["llava_onevision"]
+    model = t.model()
+    vc = model.config.vision_config
+    torch.manual_seed(5)
+    head_model = SiglipVisionModel(SiglipVisionConfig(hidden_size=vc.hidden_size, intermediate_size=128,
+                                                      num_hidden_layers=1, num_attention_heads=4, image_size=112,
+                                                      patch_size=14, vision_use_head=True)).eval()
+    head_model.save_pretrained(tmp_path)
+    config = tango.TangoConfig(retention_ratio=0.2, saliency_source="siglip_head", siglip_head_path=str(tmp_path),
+                               segmentation="fastvid")
+    inputs = t.single(model)
+    videos = _encode(model, inputs, config)
+    hs = model.model.vision_tower(inputs["pixel_values_videos"][0], output_hidden_states=True).hidden_states[-1]
+    z = head_model.post_layernorm(hs)
+    probe = head_model.head.probe.repeat(z.shape[0], 1, 1)
+    _, w = head_model.head.attention(probe, z, z, need_weights=True)
+    expected = model.model.apply_pooling(w[:, 0, :, None]).squeeze(-1)
+    torch.testing.assert_close(videos[0].saliency, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(videos[0].frame_embeddings, head_model.head(z), rtol=1e-5, atol=1e-5)
+    with tango.enabled(model, config) as h:
+        model.generate(**inputs, max_new_tokens=2, do_sample=False)
+        assert h.report()["saliency_source"] == "siglip_head"
+    with pytest.raises(ValueError, match="no attention-pooling head"):
+        SiglipVisionModel(SiglipVisionConfig(hidden_size=64, intermediate_size=64, num_hidden_layers=1,
+                                             num_attention_heads=4, vision_use_head=False)).save_pretrained(
+            tmp_path / "nohead")
+        tango.enable(model, config.replace(siglip_head_path=str(tmp_path / "nohead")))
+
+
+@torch.no_grad()
+def test_qwen25_window_order_is_undone():
+    """Scores from the window-ordered last block equal scores computed in raster order."""
+    from transformers.vision_utils import get_vision_window_index
+
+    t = TESTERS["qwen2_5_vl"]
+    model = t.model()
+    inputs = t.inputs(model, [[tiny.VideoSpec(8, size=168)]], ["what?"])  # 12 x 12 patches: several windows
+    videos = _encode(model, inputs, tango.TangoConfig(retention_ratio=0.2))
+    visual = model.model.visual
+    grid = inputs["video_grid_thw"]
+    captured = {}
+    handle = visual.blocks[-1].attn.register_forward_pre_hook(
+        lambda m, a, kw: captured.update(hs=a[0], pe=kw["position_embeddings"]), with_kwargs=True)
+    try:
+        visual(inputs["pixel_values_videos"], grid_thw=grid)
+    finally:
+        handle.remove()
+    window_index, _ = get_vision_window_index(grid, spatial_merge_size=2, window_size=visual.window_size,
+                                              patch_size=visual.patch_size)
+    assert not torch.equal(window_index, torch.arange(window_index.numel()))  # the order really is permuted
+    inv = torch.argsort(window_index)
+
+    def unpermute(x):
+        return x.reshape(-1, 4, *x.shape[1:])[inv].reshape(x.shape)
+
+    attn = visual.blocks[-1].attn
+    hs = unpermute(captured["hs"])
+    cos, sin = (unpermute(p) for p in captured["pe"])
+    n = hs.shape[0]
+    q, k, _ = attn.qkv(hs).reshape(n, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+    import sys
+
+    q, k = sys.modules[type(attn).__module__].apply_rotary_pos_emb_vision(q, k, cos, sin)
+    gt, gh, gw = grid[0].tolist()
+    q = q.reshape(gt, gh * gw, attn.num_heads, -1).transpose(1, 2)
+    k = k.reshape(gt, gh * gw, attn.num_heads, -1).transpose(1, 2)
+    expected = global_query_saliency(q, k, merge=4)
+    torch.testing.assert_close(videos[0].saliency, expected, rtol=1e-5, atol=1e-6)
+    # and the features line up with the merger output in raster order (what the model scatters)
+    assert videos[0].features.shape[:2] == expected.shape
+
+
+@torch.no_grad()
+def test_timestamps():
+    t = TESTERS["qwen2_5_vl"]
+    model = t.model()
+    inputs = t.inputs(model, [[tiny.VideoSpec(8, second_per_grid=0.5)]], ["what?"])
+    ts = _encode(model, inputs, tango.TangoConfig(retention_ratio=0.2))[0].timestamps
+    torch.testing.assert_close(ts, torch.tensor([0.0, 0.5, 1.0, 1.5]))
+    q2 = TESTERS["qwen2_vl"]
+    m2 = q2.model()
+    ts2 = _encode(m2, q2.single(m2), tango.TangoConfig(retention_ratio=0.2), fps=4)[0].timestamps
+    torch.testing.assert_close(ts2, torch.tensor([0.0, 0.5, 1.0, 1.5]))  # 2 frames per temporal patch at 4 fps
+    lv = TESTERS["llava_onevision"]
+    m3 = lv.model()
+    assert _encode(m3, lv.single(m3), tango.TangoConfig(retention_ratio=0.2))[0].timestamps is None  # -> 0..T-1
+    given = torch.arange(8) * 0.25
+    ts3 = _encode(m3, lv.single(m3), tango.TangoConfig(retention_ratio=0.2), video_timestamps=given)[0].timestamps
+    torch.testing.assert_close(ts3, given.float())
+    with pytest.raises(ValueError, match="fps"):
+        tango.enable(m3, tango.TangoConfig(), fps=0)
+
+
+def _positions_seen(model, inputs, n=3):
+    seen = []
+    lm = model.model.language_model
+    handle = lm.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["position_ids"].clone()), with_kwargs=True)
+    try:
+        out = model.generate(**inputs, max_new_tokens=n, do_sample=False)
+    finally:
+        handle.remove()
+    return seen, out
+
+
+@pytest.mark.parametrize("name", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+@torch.no_grad()
+def test_pruned_decode_continues_at_unpruned_positions(name):
+    """Kept tokens keep their original M-RoPE positions and decode steps get the positions unpruned HF gives."""
+    t = TESTERS[name]
+    model = t.model()
+    inputs = t.inputs(model, [[tiny.VideoSpec(8, second_per_grid=2.0)]], ["what happens?"])
+    full_seen, _ = _positions_seen(model, inputs)
+    with tango.enabled(model, tango.TangoConfig(retention_ratio=0.25)) as h:
+        pruned_seen, _ = _positions_seen(model, inputs)
+        row = h.report()["samples"][0]
+    removed = row["visual_tokens_before"] - row["visual_tokens_after"]
+    assert removed > 0
+    prefill_full, prefill_pruned = full_seen[0], pruned_seen[0]
+    assert prefill_pruned.shape[-1] == prefill_full.shape[-1] - removed
+    # every kept position (rows 1..3) is one of the original ones, in order; text after the video unchanged
+    tail = 10
+    assert torch.equal(prefill_pruned[1:, :, -tail:], prefill_full[1:, :, -tail:])
+    for full_step, pruned_step in zip(full_seen[1:], pruned_seen[1:]):
+        assert torch.equal(pruned_step[1:], full_step[1:])  # 3-D positions identical to unpruned decoding
+        assert torch.equal(pruned_step[0], full_step[0] - removed)  # text row follows the shorter cache
