@@ -162,7 +162,9 @@ class VideoSpliceAdapter(ModelAdapter):
     def user_timestamps(self, index: int, num_frames: int, kw: dict, frames_per_step: int = 1
                         ) -> Optional[torch.Tensor]:
         """Timestamps from the per-call `tango_video_timestamps`, the `video_timestamps` or `fps` options."""
-        given = kw.get("tango_video_timestamps", self.options.get("video_timestamps"))
+        given = kw.get("tango_video_timestamps")
+        if given is None:
+            given = self.options.get("video_timestamps")
         if given is not None:
             ts = given[index] if isinstance(given, (list, tuple)) else given
             ts = torch.as_tensor(ts, dtype=torch.float32).flatten()
@@ -210,8 +212,7 @@ class VideoSpliceAdapter(ModelAdapter):
             return original(*args, **kwargs)
         kw = self._as_kwargs(original, args, kwargs)
         if not self._should_prune(kw):
-            kw.pop("tango_video_timestamps", None)
-            return original(**kw)
+            return self._pass_through(original, kw)
         new_kw, _ = self._splice(kw, generating=False)
         return self._call_original(original, new_kw)
 
@@ -220,8 +221,7 @@ class VideoSpliceAdapter(ModelAdapter):
         if kw.get("inputs") is not None and kw.get("input_ids") is None:
             kw["input_ids"] = kw.pop("inputs")
         if not self._should_prune(kw):
-            kw.pop("tango_video_timestamps", None)
-            return original(**kw)
+            return self._pass_through(original, kw)
         prompt = kw["input_ids"]
         new_kw, short_len = self._splice(kw, generating=True)
         out = self._call_original(original, new_kw)
@@ -233,6 +233,16 @@ class VideoSpliceAdapter(ModelAdapter):
             return full
         out.sequences = full
         return out
+
+    def _pass_through(self, original: Callable, kw: dict) -> Any:
+        """Call the original unchanged, and say in the report that this call pruned nothing."""
+        kw.pop("tango_video_timestamps", None)
+        ids = kw.get("input_ids")
+        batch = ids.shape[0] if isinstance(ids, torch.Tensor) else 1
+        has_video = any(kw.get(k) is not None for k in self.video_kwargs)
+        note = "video passed through unpruned (see the warning)" if has_video else "no video in this call"
+        self.state.last = [SampleReport(sample=b, note=note) for b in range(batch)]
+        return self._call_original(original, kw)
 
     def _should_prune(self, kw: dict) -> bool:
         has_video = any(kw.get(k) is not None for k in self.video_kwargs)

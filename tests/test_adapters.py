@@ -403,3 +403,51 @@ def test_forward_with_video_and_image_in_one_prompt(name):
         row = h.report()["samples"][0]
     assert torch.equal(same, ref)
     assert pruned.shape[1] == ref.shape[1] - row["visual_tokens_before"] + row["visual_tokens_after"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+@torch.no_grad()
+def test_right_padded_batch_forward_with_labels_equals_single_rows(name):
+    """The training layout: right padding, labels; each row's logits and loss terms match its single-sample run."""
+    t = TESTERS[name]
+    model = t.model()
+    media = [[tiny.VideoSpec(t.batch_frames[0], seed=1)], [tiny.VideoSpec(t.batch_frames[1], seed=2)]]
+    prompts = ["what happens?", "how many people are there? describe the scene in detail."]
+    batch = t.inputs(model, media, prompts, padding_side="right", labels=True)
+    with tango.enabled(model, cfg(0.25), **t.options):
+        out = model(**batch)
+        singles = [model(**t.inputs(model, [m], [p], labels=True)) for m, p in zip(media, prompts)]
+    for b, single in enumerate(singles):
+        n = single.logits.shape[1]
+        torch.testing.assert_close(out.logits[b, :n], single.logits[0], rtol=1e-4, atol=1e-4)
+    assert torch.isfinite(out.loss)
+
+
+@torch.no_grad()
+def test_call_without_video_is_reported_as_unpruned():
+    t = TESTERS["qwen2_vl"]
+    model = t.model()
+    with tango.enabled(model, cfg(0.25)) as h:
+        model(**t.single(model))
+        assert h.report()["samples"][0]["pruned"]
+        text = t.inputs(model, [[]], ["just text"])
+        ref_free = h.report()["pruned_calls"]
+        model(**text)
+        rep = h.report()
+    assert rep["samples"] == [dict(rep["samples"][0], pruned=False, note="no video in this call")]
+    assert rep["pruned_calls"] == ref_free
+
+
+def test_entry_point_adapters_are_discovered(monkeypatch):
+    import importlib.metadata as md
+
+    from tango_plugin import adapters
+
+    class EP:
+        name, value = "ep_model_type", "tango_plugin.model_zoo.qwen_vl:Qwen2VLAdapter"
+
+    monkeypatch.setattr(adapters, "_ENTRY_POINTS_LOADED", False)
+    monkeypatch.setattr(md, "entry_points", lambda group=None: [EP()] if group == adapters.ENTRY_POINT_GROUP else [])
+    monkeypatch.setattr(adapters, "_REGISTRY", dict(adapters._REGISTRY))
+    assert "ep_model_type" in tango.list_adapters()
+    assert tango.get_adapter("ep_model_type").__name__ == "Qwen2VLAdapter"
