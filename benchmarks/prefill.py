@@ -31,9 +31,9 @@ import time
 from typing import Callable, Dict, List
 
 import torch
+from tango_plugin.model_zoo.tiny import VideoSpec, _frames, _qwen_patches
 
 import tango_plugin as tango
-from tango_plugin.model_zoo.tiny import _frames, _qwen_patches, VideoSpec
 
 LLM = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
            num_key_value_heads=2, tie_word_embeddings=True, max_position_embeddings=32768, bos_token_id=151643,
@@ -237,8 +237,6 @@ def bench(name: str, builder, args, device, dtype) -> List[dict]:
             "ideal_speedup": full["ttft"] / (vision_time + ideal_prefill),
         })
         print(_fmt_row(rows[-1]), flush=True)
-    del model
-    gc.collect()
     return rows
 
 

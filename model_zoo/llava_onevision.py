@@ -39,7 +39,8 @@ def load_siglip_head(path: str):
     try:
         tower = SiglipVisionModel.from_pretrained(path, local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - re-raised with the field name
-        raise ValueError(f"siglip_head_path={path!r}: cannot load a SigLIP vision checkpoint from there ({exc})") from exc
+        raise ValueError(f"siglip_head_path={path!r}: cannot load a SigLIP vision checkpoint from there "
+                         f"({exc})") from exc
     if not getattr(tower, "use_head", False):
         raise ValueError(f"siglip_head_path={path!r}: the checkpoint has no attention-pooling head "
                          "(vision_use_head is False)")
@@ -85,7 +86,7 @@ class LlavaOnevisionAdapter(VideoSpliceAdapter):
         return enc.layers
 
     def _layer_index(self, feature_layer) -> int:
-        """Index in `encoder.layers` of the layer whose output is the selected feature (hidden_states[i] = layer i-1)."""
+        """Index in `encoder.layers` of the layer that outputs the selected feature (hidden_states[i]: layer i-1)."""
         if isinstance(feature_layer, (list, tuple)):
             feature_layer = feature_layer[-1]
         n = len(self._tower_layers())

@@ -103,7 +103,8 @@ def build_model(model_type: str, tok, seed: int = 0, dtype: torch.dtype = torch.
         cls = tf.LlavaOnevisionForConditionalGeneration
     else:
         ids = dict(image_token_id=_tid(tok, "<|image_pad|>"), video_token_id=_tid(tok, "<|video_pad|>"),
-                   vision_start_token_id=_tid(tok, "<|vision_start|>"), vision_end_token_id=_tid(tok, "<|vision_end|>"))
+                   vision_start_token_id=_tid(tok, "<|vision_start|>"),
+                   vision_end_token_id=_tid(tok, "<|vision_end|>"))
         rope = {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 1e6}
         if model_type == "qwen2_vl":
             vision = dict(depth=2, embed_dim=64, hidden_size=64, num_heads=4, mlp_ratio=2, patch_size=14,
@@ -265,7 +266,8 @@ def video_inputs(model, tok, media: Sequence[Sequence], prompts: Sequence[str], 
             out["pixel_values_videos"] = torch.stack(videos).to(dtype)
         if images:
             s = cfg.vision_config.image_size
-            out["pixel_values"] = torch.stack([torch.cat([im, im]) for im in images]).to(dtype)  # (N, 2 tiles, C, H, W)
+            # (N, 2 tiles, C, H, W): the anyres base tile plus one crop of the single 112 px pinpoint
+            out["pixel_values"] = torch.stack([torch.cat([im, im]) for im in images]).to(dtype)
             out["image_sizes"] = torch.tensor([[s, s]] * len(images))
     else:
         if videos:
@@ -291,9 +293,9 @@ def video_inputs(model, tok, media: Sequence[Sequence], prompts: Sequence[str], 
 
 
 def _llava_image_tokens(model, side: int) -> int:
-    """Image placeholder count of LLaVA-OV's anyres packing for a native-size image and one pinpoint."""
-    pooled = side  # anyres base tile is not pooled for images: side*side base + unpadded crop with newlines
-    return side * side + pooled * (pooled + 1)
+    """Image placeholder count of LLaVA-OV's anyres packing for a native-size image and one pinpoint: the base tile
+    (side x side, not pooled) plus the crop, unpadded, with a newline after each of its rows."""
+    return side * side + side * (side + 1)
 
 
 def media_token_counts(model, media: Sequence) -> List[int]:

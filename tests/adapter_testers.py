@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Dict, Optional
 
 import torch
-
 from tango_plugin.model_zoo import tiny
 
 

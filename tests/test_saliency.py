@@ -6,12 +6,11 @@ import math
 
 import pytest
 import torch
+from adapter_testers import TESTERS
+from tango_plugin.model_zoo import tiny
 
 import tango_plugin as tango
-from tango_plugin.model_zoo import tiny
 from tango_plugin.saliency import attention_received_saliency, global_query_saliency
-
-from adapter_testers import TESTERS
 
 pytestmark = pytest.mark.filterwarnings("ignore:tango_plugin. preset sink positions")
 
