@@ -275,6 +275,11 @@ def test_peft_lora_forward_backward(name):
     assert grads and all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
     assert not any("lora_" in n for n, _ in model.model.named_parameters() if "language_model" not in n)
     assert "forward" not in model.__dict__
+    gen_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+    with torch.no_grad(), tango.enabled(pm, cfg(0.25), **t.options) as h:
+        tokens = pm.generate(**gen_inputs, max_new_tokens=3, do_sample=False)
+        assert h.report()["samples"][0]["pruned"]
+    assert tokens.shape[1] == inputs["input_ids"].shape[1] + 3
 
 
 # ----------------------------------------------------------------------------------------------- from_pretrained
