@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tango_plugin.model_zoo import tiny
 
 import tango_plugin as tango
-from tango_plugin.model_zoo import tiny
 
 pytest.importorskip("torchvision")
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
