@@ -41,7 +41,8 @@ def _load(path: str):
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module
         spec.loader.exec_module(module)
-    spec = importlib.util.spec_from_file_location(f"{_PKG}.st_rope", os.path.join(path, "llava", "model", "st_rope.py"))
+    rope_file = os.path.join(path, "llava", "model", "st_rope.py")
+    spec = importlib.util.spec_from_file_location(f"{_PKG}.st_rope", rope_file)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     pkg.st_rope = module

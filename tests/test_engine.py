@@ -64,7 +64,7 @@ def _holitom_brute(sim, tau):
     def S(s, e):
         if e <= s:
             return 0
-        return (e - s) * sum(all(ok[k][l] for k in range(s, e)) for l in range(L))
+        return (e - s) * sum(all(ok[k][tok] for k in range(s, e)) for tok in range(L))
 
     dp, start = {-1: 0}, {}
     for i in range(T):

@@ -118,7 +118,6 @@ def _merge_context(feats: torch.Tensor, roped: torch.Tensor, num_anchors: int,
         (anchor local indices (B, A), merged anchor features (B, A, D)). With `reference_merge_order` the merged
         features are laid out as the reference writes them (see `TangoConfig.reference_merge_order`).
     """
-    D = feats.shape[-1]
     centers = dpc_knn(roped, num_anchors, cfg.num_neighbors, cfg.max_block_elements, per_item)  # density order
     ascending = centers.sort(dim=1).values
     anchor_roped = _rows(roped, ascending)
