@@ -22,6 +22,9 @@ import torch
 # Side of the distance tiles: large enough for efficient matrix products, small enough that the
 # upper-triangle saving matters from a few thousand points on.
 TILE = 1024
+# torch.cdist computes sets of at most this many points element by element (no matrix product): batched and
+# per-item calls then give identical bits, so small sets are always batched.
+CDIST_DIRECT_MAX = 25
 
 
 def stable_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -132,7 +135,7 @@ def dpc_knn(x: torch.Tensor, cluster_num: int, k: int, max_block_elements: int =
     x = x.float()
     tile = max(32, min(TILE, math.isqrt(max_block_elements)))
     if M <= tile and B * M * M <= max_block_elements:
-        if per_item and B > 1:
+        if per_item and B > 1 and M > CDIST_DIRECT_MAX:
             return torch.cat([_dpc_full(x[b:b + 1], cluster_num, k) for b in range(B)])
         return _dpc_full(x, cluster_num, k)
     return torch.stack([_dpc_tiled(x[b], cluster_num, k, tile, max_block_elements) for b in range(B)])
@@ -146,7 +149,7 @@ def nearest_anchor(points: torch.Tensor, anchors: torch.Tensor, max_block_elemen
     """
     B, n, _ = points.shape
     m = anchors.shape[1]
-    if per_item and B > 1:
+    if per_item and B > 1 and max(n, m) > CDIST_DIRECT_MAX:
         return torch.cat([nearest_anchor(points[b:b + 1], anchors[b:b + 1], max_block_elements) for b in range(B)])
     rows = max(1, max_block_elements // max(1, B * m))
     points, anchors = points.float(), anchors.float()
