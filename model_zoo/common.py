@@ -85,8 +85,10 @@ class VideoSpliceAdapter(ModelAdapter):
 
     #: kwargs that describe the video pixels; removed before calling the original method
     video_kwargs: Tuple[str, ...] = ("pixel_values_videos",)
-    #: kwargs that describe image pixels (only used to decide whether to warn about prune_images)
+    #: kwargs that describe image pixels; removed before calling the original method when images are pruned
     image_kwargs: Tuple[str, ...] = ("pixel_values",)
+    #: True when the adapter implements `encode_images` / `image_encoder_outputs` (`prune_images=True`)
+    supports_image_pruning: bool = False
     #: True for M-RoPE models whose kept tokens must keep their original 3-D positions
     uses_3d_positions: bool = False
     #: preset name for the sink positions (SPEC 1.4)
@@ -106,6 +108,18 @@ class VideoSpliceAdapter(ModelAdapter):
 
     def encode_videos(self, kw: dict, need_saliency: bool) -> Tuple[List[EncodedVideo], Any, float]:
         """Run the vision tower on the call's videos. Returns (videos, raw encoder output, hook seconds)."""
+        raise NotImplementedError
+
+    @property
+    def image_token_id(self) -> int:
+        return self.model.config.image_token_id
+
+    def encode_images(self, kw: dict, need_saliency: bool) -> Tuple[List[EncodedVideo], Any, float]:
+        """Run the vision tower on the call's images, each one an `EncodedVideo` with T=1 (`prune_images=True`)."""
+        raise NotImplementedError
+
+    def image_encoder_outputs(self, raw: Any, images: List[EncodedVideo], blocks: List[Block]) -> Any:
+        """The `mm_encoder_outputs["image"]` object the model's forward expects, holding the blocks' features."""
         raise NotImplementedError
 
     def build_block(self, video: EncodedVideo, plan: PrunePlan) -> Block:
@@ -246,7 +260,10 @@ class VideoSpliceAdapter(ModelAdapter):
 
     def _should_prune(self, kw: dict) -> bool:
         has_video = any(kw.get(k) is not None for k in self.video_kwargs)
-        if self.config.prune_images and any(kw.get(k) is not None for k in self.image_kwargs):
+        has_image = any(kw.get(k) is not None for k in self.image_kwargs)
+        if self.config.prune_images and self.supports_image_pruning and has_image:
+            has_video = True  # images are pruned as single-frame videos: the same splice path
+        elif self.config.prune_images and has_image:
             self.state.warn_once("images", f"prune_images=True but {type(self).__name__} prunes videos only; "
                                            "images are passed to the model unpruned")
         if not has_video:
@@ -281,22 +298,42 @@ class VideoSpliceAdapter(ModelAdapter):
         r = float(self.config.retention_ratio)
         need_saliency = r < 1.0
 
-        videos, raw, hook_seconds = self.encode_videos(kw, need_saliency)
+        # Media items: the videos, then (prune_images=True) each image as a single-frame video. Every item is
+        # located by its own placeholder id, pruned by the strategy and spliced the same way.
+        videos, raw, hook_seconds = ([], None, 0.0)
+        if any(kw.get(k) is not None for k in self.video_kwargs):
+            videos, raw, hook_seconds = self.encode_videos(kw, need_saliency)
+        images, raw_img = [], None
+        prune_images = (self.config.prune_images and self.supports_image_pruning
+                        and any(kw.get(k) is not None for k in self.image_kwargs))
+        if prune_images:
+            images, raw_img, img_seconds = self.encode_images(kw, need_saliency)
+            hook_seconds += img_seconds
         t_start = time.perf_counter()
         vid = (ids == self.video_token_id) & real
-        rows, cols = vid.nonzero(as_tuple=True)
-        counts = [v.num_placeholders for v in videos]
-        if sum(counts) != rows.numel():
-            raise ValueError(f"Video features and video tokens do not match: the videos need {sum(counts)} "
-                             f"placeholder tokens ({counts}), input_ids has {rows.numel()}")
+        pruned_slots = vid | ((ids == self.image_token_id) & real) if prune_images else vid
+        items = videos + images
+        is_image = [False] * len(videos) + [True] * len(images)
+        counts = [v.num_placeholders for v in items]
+        located = []
+        for kind, token_id, group in (("video", self.video_token_id, videos), ("image", self.image_token_id, images)):
+            if kind == "image" and not prune_images:
+                continue
+            rows, cols = ((ids == token_id) & real).nonzero(as_tuple=True)
+            need = [v.num_placeholders for v in group]
+            if sum(need) != rows.numel():
+                raise ValueError(f"{kind.capitalize()} features and {kind} tokens do not match: the {kind}s need "
+                                 f"{sum(need)} placeholder tokens ({need}), input_ids has {rows.numel()}")
+            offset = 0
+            for n in need:
+                located.append((rows[offset:offset + n], cols[offset:offset + n]))
+                offset += n
 
         row_of, positions, blocks, strat_seconds = [], [], [], []
-        offset = 0
-        for i, (video, n) in enumerate(zip(videos, counts)):
-            r_i, p_i = rows[offset:offset + n], cols[offset:offset + n]
-            offset += n
+        for i, (video, (r_i, p_i)) in enumerate(zip(items, located)):
             if bool((r_i != r_i[0]).any()):
-                raise ValueError(f"the placeholder tokens of video {i} span several batch rows")
+                raise ValueError(f"the placeholder tokens of {'image' if is_image[i] else 'video'} {i} span several "
+                                 "batch rows")
             row_of.append(int(r_i[0]))
             positions.append(p_i)
             t0 = time.perf_counter()
@@ -316,8 +353,8 @@ class VideoSpliceAdapter(ModelAdapter):
         # Per row: all real non-video tokens plus the kept video slots, in original order.
         sources = []
         for b in range(B):
-            parts = [(real[b] & ~vid[b]).nonzero(as_tuple=True)[0]]
-            parts += [positions[i][blocks[i].src.to(positions[i].device)] for i in range(len(videos))
+            parts = [(real[b] & ~pruned_slots[b]).nonzero(as_tuple=True)[0]]
+            parts += [positions[i][blocks[i].src.to(positions[i].device)] for i in range(len(items))
                       if row_of[i] == b]
             sources.append(torch.sort(torch.cat(parts), stable=True).values)
         lengths = [int(s.numel()) for s in sources]
@@ -336,6 +373,9 @@ class VideoSpliceAdapter(ModelAdapter):
         new = dict(kw)
         for k in self.video_kwargs:
             new.pop(k, None)
+        if prune_images:
+            for k in self.image_kwargs:
+                new.pop(k, None)
         new.pop("tango_video_timestamps", None)
         new["input_ids"] = gather(ids, self.pad_token_id())
         new_mask = gather(mask, 0)
@@ -367,7 +407,10 @@ class VideoSpliceAdapter(ModelAdapter):
             self.after_splice(pos[-3:] if pos is not None and pos.dim() == 3 else None, new_mask)
 
         mm = dict(kw.get("mm_encoder_outputs") or {})
-        mm["video"] = self.encoder_outputs(raw, videos, blocks)
+        if videos:
+            mm["video"] = self.encoder_outputs(raw, videos, blocks[:len(videos)])
+        if prune_images:
+            mm["image"] = self.image_encoder_outputs(raw_img, images, blocks[len(videos):])
         if not generating and new.get("pixel_values") is not None and mm.get("image") is None:
             # forward refuses pixels next to mm_encoder_outputs, so encode the images here the way generate does
             # (generate encodes them itself before its first forward call).
@@ -383,17 +426,22 @@ class VideoSpliceAdapter(ModelAdapter):
         reports = []
         source_name = self.saliency_source_name() if need_saliency else "none"
         for b in range(B):
-            mine = [i for i in range(len(videos)) if row_of[i] == b]
+            everything = [i for i in range(len(items)) if row_of[i] == b]
+            mine = [i for i in everything if not is_image[i]]
+            pics = [i for i in everything if is_image[i]]
             before = sum(counts[i] for i in mine)
             after = sum(int(blocks[i].src.numel()) for i in mine)
-            notes = sorted({n for i in mine for n in videos[i].extra.get("notes", [])})
+            notes = sorted({n for i in everything for n in items[i].extra.get("notes", [])})
             reports.append(SampleReport(
                 sample=b, videos=len(mine), visual_tokens_before=before, visual_tokens_after=after,
                 kept_by_strategy=sum(blocks[i].kept for i in mine),
-                ratio_kept=(after / before) if before else 1.0, saliency_source=source_name if mine else "none",
-                prune_seconds=sum(strat_seconds[i] for i in mine) + shared * len(mine) / max(1, len(videos)),
-                pruned=bool(mine) and need_saliency,
-                note="; ".join(notes) if mine else "no video in this row"))
+                ratio_kept=(after / before) if before else 1.0, saliency_source=source_name if everything else "none",
+                prune_seconds=sum(strat_seconds[i] for i in everything)
+                + shared * len(everything) / max(1, len(items)),
+                pruned=bool(everything) and need_saliency,
+                note="; ".join(notes) if everything else "no video in this row",
+                images=len(pics), image_tokens_before=sum(counts[i] for i in pics),
+                image_tokens_after=sum(int(blocks[i].src.numel()) for i in pics)))
         self.state.record(reports)
         return new, Lmax
 

@@ -50,7 +50,12 @@ def load_siglip_head(path: str):
 
 
 class LlavaOnevisionAdapter(VideoSpliceAdapter):
-    """Tango for `LlavaOnevisionForConditionalGeneration` (video inputs; images pass through unpruned)."""
+    """Tango for `LlavaOnevisionForConditionalGeneration` (video inputs; images pass through unpruned).
+
+    `prune_images=True` is not implemented here yet and warns: an anyres image's placeholders interleave the base
+    grid, the unpadded crops and one newline per crop row (`pack_image_features`), and pruning them needs a re-pack
+    that keeps those newlines where the model expects them, which has not been written.
+    """
 
     saliency_sources = ("global_query", "siglip_head", "attention_received")
     options_help = {

@@ -27,10 +27,17 @@ from .common import Block, EncodedVideo, VideoSpliceAdapter
 
 
 class QwenVLAdapter(VideoSpliceAdapter):
-    """Shared code of the Qwen-VL family. Images pass through unpruned."""
+    """Shared code of the Qwen-VL family.
+
+    Images pass through unpruned unless `prune_images=True`: then each image is one frame (T=1) whose grid is the
+    merged grid of its `image_grid_thw`, scored by the same saliency hook and pruned by the configured strategy; kept
+    image tokens keep their original 3-D positions like video tokens.
+    """
 
     saliency_sources = ("global_query", "attention_received")
     video_kwargs = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+    image_kwargs = ("pixel_values", "image_grid_thw")
+    supports_image_pruning = True
     uses_3d_positions = True
     #: Qwen2.5-VL: the vision tower runs in window order
     windowed = False
@@ -52,7 +59,19 @@ class QwenVLAdapter(VideoSpliceAdapter):
 
     # ------------------------------------------------------------------------------------------- encoding
     def encode_videos(self, kw: dict, need_saliency: bool) -> Tuple[List[EncodedVideo], Any, float]:
-        pv, grid = kw["pixel_values_videos"], kw["video_grid_thw"]
+        return self._encode(kw, need_saliency, image=False)
+
+    def encode_images(self, kw: dict, need_saliency: bool) -> Tuple[List[EncodedVideo], Any, float]:
+        return self._encode(kw, need_saliency, image=True)
+
+    def image_encoder_outputs(self, raw: Any, images: List[EncodedVideo], blocks: List[Block]) -> Any:
+        return self.encoder_outputs(raw, images, blocks)
+
+    def _encode(self, kw: dict, need_saliency: bool, image: bool) -> Tuple[List[EncodedVideo], Any, float]:
+        if image:
+            pv, grid = kw["pixel_values"], kw["image_grid_thw"]
+        else:
+            pv, grid = kw["pixel_values_videos"], kw["video_grid_thw"]
         visual = self.inner.visual
         ms = visual.spatial_merge_size
         source = self.saliency_source_name()
@@ -81,7 +100,10 @@ class QwenVLAdapter(VideoSpliceAdapter):
         with HookCapture() as cap:
             if need_saliency:
                 cap.pre_hook(attn, qk_hook)
-            out = self.inner.get_video_features(pixel_values_videos=pv, video_grid_thw=grid, return_dict=True)
+            if image:
+                out = self.inner.get_image_features(pixel_values=pv, image_grid_thw=grid, return_dict=True)
+            else:
+                out = self.inner.get_video_features(pixel_values_videos=pv, video_grid_thw=grid, return_dict=True)
         sal = None
         if need_saliency:
             sal = store["merged"]
@@ -97,6 +119,15 @@ class QwenVLAdapter(VideoSpliceAdapter):
         tp = self.model.config.vision_config.temporal_patch_size
         videos = []
         for v, (t, h, w) in enumerate(grids):
+            if image:
+                # a still image is one frame: its t (1 temporal patch for an image) folds into the token grid
+                feats = out.pooler_output[v].reshape(1, t * (h // ms) * (w // ms), -1)
+                videos.append(EncodedVideo(
+                    features=feats, saliency=None if sal is None else sal[v].reshape(1, -1),
+                    grid_hw=(t * (h // ms), w // ms), num_placeholders=feats.shape[1], timestamps=None,
+                    frame_embeddings=feats.float().mean(1) if self.config.segmentation == "fastvid" else None,
+                    extra={"deepstack": [layer[v] for layer in out.deepstack_features]} if self.deepstack else {}))
+                continue
             feats = out.pooler_output[v].reshape(t, (h // ms) * (w // ms), -1)
             ts = self.user_timestamps(v, t, kw, frames_per_step=tp)
             if ts is None and seconds is not None:

@@ -48,6 +48,9 @@ class SampleReport:
         prune_seconds: time of saliency hooks, strategy and splice attributed to this row (vision tower excluded).
         pruned: False when this row was passed through unchanged.
         note: why a row was not pruned, or other facts worth knowing (e.g. sink positions not applied).
+        images: number of still images in the row pruned as single-frame videos (`prune_images=True`; 0 otherwise).
+        image_tokens_before: image placeholder tokens of those images in the unpruned input.
+        image_tokens_after: image tokens the LLM really received (not counted in `visual_tokens_*`).
     """
 
     sample: int
@@ -60,6 +63,9 @@ class SampleReport:
     prune_seconds: float = 0.0
     pruned: bool = False
     note: str = ""
+    images: int = 0
+    image_tokens_before: int = 0
+    image_tokens_after: int = 0
 
 
 @dataclass

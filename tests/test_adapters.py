@@ -362,8 +362,9 @@ def test_preset_sinks_skipped_on_other_grid_with_a_note():
 
 
 @torch.no_grad()
-def test_prune_images_warns_once():
-    t = TESTERS["qwen2_vl"]
+def test_prune_images_warns_once_where_unsupported():
+    # LLaVA-OV images (anyres crops + row newlines) are not pruned yet: say so once.
+    t = TESTERS["llava_onevision"]
     model = t.model()
     inputs = t.inputs(model, [[tiny.VideoSpec(8), tiny.ImageSpec()]], ["what?"])
     with tango.enabled(model, cfg(0.2, prune_images=True)):
@@ -455,3 +456,60 @@ def test_entry_point_adapters_are_discovered(monkeypatch):
     monkeypatch.setattr(adapters, "_REGISTRY", dict(adapters._REGISTRY))
     assert "ep_model_type" in tango.list_adapters()
     assert tango.get_adapter("ep_model_type").__name__ == "Qwen2VLAdapter"
+
+
+QWEN = [n for n in TESTERS if n.startswith("qwen")]
+
+
+@pytest.mark.parametrize("name", QWEN)
+@torch.no_grad()
+def test_prune_images_mixed_batch_counts_and_single_rows(name):
+    t = TESTERS[name]
+    model = t.model()
+    r = 0.25
+    batch = t.inputs(model, [[tiny.VideoSpec(8)], [tiny.ImageSpec()]], ["a video?", "an image?"])
+    n_img = int((batch["input_ids"][1] == model.config.image_token_id).sum())
+    media, prompts = [[tiny.VideoSpec(8)], [tiny.ImageSpec()]], ["a video?", "an image?"]
+    with tango.enabled(model, cfg(r, prune_images=True)) as h:
+        out = gen(model, batch, n=4, return_dict_in_generate=True, output_logits=True)
+        rows = h.report()["samples"]
+        singles = []
+        for m, p in zip(media, prompts):
+            one = t.inputs(model, [m], [p])
+            singles.append((one, gen(model, one, n=4, return_dict_in_generate=True, output_logits=True),
+                            h.report()["samples"][0]))
+    # a single frame keeps ceil(L * r) tokens (SPEC 4.4)
+    assert rows[1]["images"] == 1 and rows[1]["image_tokens_before"] == n_img
+    assert rows[1]["image_tokens_after"] == math.ceil(n_img * r)
+    assert rows[0]["images"] == 0 and rows[0]["image_tokens_after"] == 0
+    L = batch["input_ids"].shape[1]
+    for b, (one, single, row) in enumerate(singles):
+        assert rows[b]["image_tokens_after"] == row["image_tokens_after"]
+        assert rows[b]["visual_tokens_after"] == row["visual_tokens_after"]
+        assert torch.equal(out.sequences[b, L:], single.sequences[0, one["input_ids"].shape[1]:])
+        for step_b, step_1 in zip(out.logits, single.logits):
+            torch.testing.assert_close(step_b[b], step_1[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", QWEN)
+@torch.no_grad()
+def test_prune_images_retention_one_equals_unpruned(name):
+    t = TESTERS[name]
+    model = t.model()
+    batch = t.inputs(model, [[tiny.VideoSpec(8)], [tiny.ImageSpec()]], ["a video?", "an image?"])
+    ref = model(**batch).logits
+    with tango.enabled(model, cfg(1.0, prune_images=True)):
+        out = model(**batch).logits
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", QWEN)
+@torch.no_grad()
+def test_prune_images_image_only_generate(name):
+    t = TESTERS[name]
+    model = t.model()
+    inputs = t.inputs(model, [[tiny.ImageSpec()]], ["an image?"])
+    with tango.enabled(model, cfg(0.25, prune_images=True)) as h:
+        out = gen(model, inputs, n=4)
+    assert out.shape[1] > inputs["input_ids"].shape[1]
+    assert h.report()["samples"][0]["image_tokens_after"] < h.report()["samples"][0]["image_tokens_before"]
