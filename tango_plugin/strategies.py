@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Tuple, Type
+from typing import Dict, Optional, Tuple, Type
 
 import torch
 
@@ -164,5 +164,3 @@ class TangoStrategy(PruningStrategy):
 
         return tango_prune(tokens, config)
 
-
-StrategyFn = Callable[[VisualTokens, TangoConfig], PrunePlan]
