@@ -51,7 +51,10 @@ def test_retention_one_equals_unpruned(name):
         logits = model(**inputs).logits
         tokens = gen(model, inputs)
         rows = h.report()["samples"]
-    assert torch.equal(logits, ref_logits)
+    # Not bit-equal every run: on this CPU the LLaVA-OV path differs in the last bit now and then (about 1 run in
+    # 5, 1e-5 relative), because the features arrive through mm_encoder_outputs instead of being computed inside
+    # forward. A misplaced or dropped token would change logits by orders of magnitude more.
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-5)
     assert torch.equal(tokens, ref_tokens)
     assert [r["ratio_kept"] for r in rows] == [1.0, 1.0]
     assert all(r["visual_tokens_before"] == r["visual_tokens_after"] > 0 for r in rows)
