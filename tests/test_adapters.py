@@ -37,6 +37,27 @@ def test_adapter_resolves_from_registry(name):
     assert issubclass(cls, tango.ModelAdapter) and cls.model_type == t.model_type
 
 
+def _run_singles(t, model, handle, media, prompts):
+    """Each sample of a batch generated alone: (inputs, output with logits, report row) per sample."""
+    singles = []
+    for m, p in zip(media, prompts):
+        one = t.inputs(model, [m], [p])
+        singles.append((one, gen(model, one, n=4, return_dict_in_generate=True, output_logits=True),
+                        handle.report()["samples"][0]))
+    return singles
+
+
+def _assert_batch_matches_singles(batch, out, rows, singles, report_keys):
+    """Batch rows give the single-sample report counts, new tokens and per-step logits."""
+    L = batch["input_ids"].shape[1]
+    for b, (one, single, row) in enumerate(singles):
+        for key in report_keys:
+            assert rows[b][key] == row[key], key
+        assert torch.equal(out.sequences[b, L:], single.sequences[0, one["input_ids"].shape[1]:])
+        for step_b, step_1 in zip(out.logits, single.logits):
+            torch.testing.assert_close(step_b[b], step_1[0], rtol=1e-4, atol=1e-4)
+
+
 # ----------------------------------------------------------------------------------------------- retention 1.0
 @pytest.mark.parametrize("name", [n for n in NAMES if TESTERS[n].matches_stock])
 @torch.no_grad()
@@ -206,17 +227,8 @@ def test_batch_equals_single_samples(name):
     with tango.enabled(model, cfg(0.25), **t.options) as h:
         out = gen(model, batch, n=4, return_dict_in_generate=True, output_logits=True)
         batch_rows = h.report()["samples"]
-        singles = []
-        for m, p in zip(media, prompts):
-            one = t.inputs(model, [m], [p])
-            singles.append((one, gen(model, one, n=4, return_dict_in_generate=True, output_logits=True),
-                            h.report()["samples"][0]))
-    L = batch["input_ids"].shape[1]
-    for b, (one, single, row) in enumerate(singles):
-        assert batch_rows[b]["visual_tokens_after"] == row["visual_tokens_after"]
-        assert torch.equal(out.sequences[b, L:], single.sequences[0, one["input_ids"].shape[1]:])
-        for step_b, step_1 in zip(out.logits, single.logits):
-            torch.testing.assert_close(step_b[b], step_1[0], rtol=1e-4, atol=1e-4)
+        singles = _run_singles(t, model, h, media, prompts)
+    _assert_batch_matches_singles(batch, out, batch_rows, singles, ["visual_tokens_after"])
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -476,22 +488,12 @@ def test_prune_images_mixed_batch_counts_and_single_rows(name):
     with tango.enabled(model, cfg(r, prune_images=True)) as h:
         out = gen(model, batch, n=4, return_dict_in_generate=True, output_logits=True)
         rows = h.report()["samples"]
-        singles = []
-        for m, p in zip(media, prompts):
-            one = t.inputs(model, [m], [p])
-            singles.append((one, gen(model, one, n=4, return_dict_in_generate=True, output_logits=True),
-                            h.report()["samples"][0]))
+        singles = _run_singles(t, model, h, media, prompts)
     # a single frame keeps ceil(L * r) tokens (SPEC 4.4)
     assert rows[1]["images"] == 1 and rows[1]["image_tokens_before"] == n_img
     assert rows[1]["image_tokens_after"] == math.ceil(n_img * r)
     assert rows[0]["images"] == 0 and rows[0]["image_tokens_after"] == 0
-    L = batch["input_ids"].shape[1]
-    for b, (one, single, row) in enumerate(singles):
-        assert rows[b]["image_tokens_after"] == row["image_tokens_after"]
-        assert rows[b]["visual_tokens_after"] == row["visual_tokens_after"]
-        assert torch.equal(out.sequences[b, L:], single.sequences[0, one["input_ids"].shape[1]:])
-        for step_b, step_1 in zip(out.logits, single.logits):
-            torch.testing.assert_close(step_b[b], step_1[0], rtol=1e-4, atol=1e-4)
+    _assert_batch_matches_singles(batch, out, rows, singles, ["image_tokens_after", "visual_tokens_after"])
 
 
 @pytest.mark.parametrize("name", QWEN)
