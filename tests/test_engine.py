@@ -87,8 +87,7 @@ def test_holitom_crafted():
     assert holitom_segments(torch.zeros(6, 5), 0.8) == [1] * 7  # nothing static: one frame per segment
     assert holitom_segments(torch.ones(4, 3), 0.8) == [5]
     assert holitom_segments(torch.ones(0, 3), 0.8) == [1]
-    assert holitom_segments(torch.ones(5, 3), 0.8, max_window=2) == [1, 2, 2, 1] or sum(
-        holitom_segments(torch.ones(5, 3), 0.8, max_window=2)) == 6
+    assert holitom_segments(torch.ones(5, 3), 0.8, max_window=2) == [2, 2, 2]
 
 
 @pytest.mark.parametrize("seed", range(6))
