@@ -26,6 +26,7 @@ def test_prune_command_on_saved_tensors(tmp_path, capsys):
 
 
 def test_bad_ratio_is_a_clear_error(tmp_path, capsys):
-    args = ["demo", "--no-model", "--ratio", "1.5", "--frames", "2", "--grid", "2", "--dim", "12", "--out", str(tmp_path)]
+    args = ["demo", "--no-model", "--ratio", "1.5", "--frames", "2", "--grid", "2", "--dim", "12",
+            "--out", str(tmp_path)]
     assert main(args) == 2
     assert "retention_ratio=1.5" in capsys.readouterr().err
