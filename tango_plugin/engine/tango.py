@@ -11,7 +11,7 @@ batch, and the per-frame salient picks of a segment are one batched DPC-KNN.
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -278,20 +278,19 @@ def _segment_sizes(token_sim: torch.Tensor, tokens: VisualTokens, cfg: TangoConf
     return fastvid_segments(consecutive_similarity(emb), cfg.similarity_threshold, cfg.fastvid_min_cuts)
 
 
-def tango_prune(tokens: VisualTokens, cfg: TangoConfig, segments: Optional[List[int]] = None) -> PrunePlan:
+def tango_prune(tokens: VisualTokens, cfg: TangoConfig) -> PrunePlan:
     """Tango on one video. Inputs are not modified; the output follows the features' dtype and device.
 
     Args:
         tokens: the video's tokens (see `VisualTokens`).
         cfg: the run's settings.
-        segments: optional precomputed segment lengths (testing and diagnostics).
     """
     feats = tokens.features
     T, L, D = feats.shape
     strope_sections(D)  # clear error for an odd or too small D
     video = _Video(tokens, cfg)
     token_sim = _token_similarity(feats)  # segmentation and the static test
-    sizes = segments if segments is not None else _segment_sizes(token_sim, tokens, cfg)
+    sizes = _segment_sizes(token_sim, tokens, cfg)
 
     kept = _Kept()
     starts = [sum(sizes[:i]) for i in range(len(sizes))]
