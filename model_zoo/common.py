@@ -201,6 +201,51 @@ class VideoSpliceAdapter(ModelAdapter):
         from tango_plugin.strategies import get_strategy
 
         get_strategy(self.config.strategy)  # unknown strategy -> ValueError now, not at the first call
+        if self.config.intra_llm_layer is not None:
+            self._validate_intra_llm()
+
+    # ------------------------------------------------------------------------------------------ intra-LLM stage
+    _intra = None  # IntraLLMStage while installed
+
+    def text_layers(self):
+        """The language model's decoder layers (the intra-LLM stage hooks them)."""
+        return self.inner.language_model.layers
+
+    def min_intra_llm_layer(self) -> int:
+        """Smallest allowed `intra_llm_layer` (Qwen3-VL: its deepstack adds visual features after early layers)."""
+        return 1
+
+    def _validate_intra_llm(self) -> None:
+        from .intra_llm import SUPPORTED_IMPLEMENTATIONS
+
+        k, depth = self.config.intra_llm_layer, len(self.text_layers())
+        low = self.min_intra_llm_layer()
+        if not low <= k < depth:
+            raise ValueError(f"intra_llm_layer={k} does not fit this model: its language model has {depth} decoder "
+                             f"layers, so allowed values are {low}..{depth - 1} (layer K-1 scores, layers K.. see the "
+                             "reduced sequence)")
+        impl = self.model.config.get_text_config()._attn_implementation
+        if impl not in SUPPORTED_IMPLEMENTATIONS:
+            raise ValueError(f"intra_llm_layer needs the language model on one of {list(SUPPORTED_IMPLEMENTATIONS)} "
+                             f"attention; this model uses {impl!r} (load it with attn_implementation='sdpa')")
+
+    def install(self) -> None:
+        if self.config.intra_llm_layer is None:
+            return
+        from .intra_llm import IntraLLMStage
+
+        self._intra = IntraLLMStage(self.text_layers(), self.config.intra_llm_layer, self.config.intra_llm_ratio,
+                                    on_reduced=self._record_intra_llm)
+        self._intra.install()
+
+    def close(self) -> None:
+        if self._intra is not None:
+            self._intra.remove()
+            self._intra = None
+
+    def _record_intra_llm(self, visual_after: List[int]) -> None:
+        for report, count in zip(self.state.last, visual_after):
+            report.intra_llm_tokens_after = count
 
     @staticmethod
     def _as_kwargs(original: Callable, args: tuple, kwargs: dict) -> dict:
@@ -227,6 +272,9 @@ class VideoSpliceAdapter(ModelAdapter):
         kw = self._as_kwargs(original, args, kwargs)
         if not self._should_prune(kw):
             return self._pass_through(original, kw)
+        if self._intra is not None:
+            self.state.warn_once("intra-forward", "intra_llm_layer is applied in generate only (forward returns one "
+                                                  "logit row per input token); this forward call runs without it")
         new_kw, _ = self._splice(kw, generating=False)
         return self._call_original(original, new_kw)
 
@@ -238,7 +286,13 @@ class VideoSpliceAdapter(ModelAdapter):
             return self._pass_through(original, kw)
         prompt = kw["input_ids"]
         new_kw, short_len = self._splice(kw, generating=True)
-        out = self._call_original(original, new_kw)
+        if self._intra is not None:
+            self._intra.arm(self._video_spans(new_kw))
+        try:
+            out = self._call_original(original, new_kw)
+        finally:
+            if self._intra is not None:
+                self._intra.disarm()
         # Give back what the unpruned model returns: the caller's prompt followed by the new tokens, so that
         # `out[:, inputs.input_ids.shape[1]:]` still slices the answer.
         seqs = out if isinstance(out, torch.Tensor) else out.sequences
@@ -443,7 +497,22 @@ class VideoSpliceAdapter(ModelAdapter):
                 images=len(pics), image_tokens_before=sum(counts[i] for i in pics),
                 image_tokens_after=sum(int(blocks[i].src.numel()) for i in pics)))
         self.state.record(reports)
+        self._row_video_sizes = [[int(blocks[i].src.numel()) for i in range(len(items))
+                                  if row_of[i] == b and not is_image[i]] for b in range(B)]
         return new, Lmax
+
+    def _video_spans(self, new_kw: dict) -> List[List[torch.Tensor]]:
+        """Per row, one tensor of positions per video in the shortened prompt (its block, newline tokens included)."""
+        ids = new_kw["input_ids"]
+        mask = new_kw.get("attention_mask")
+        slots = ids == self.video_token_id
+        if mask is not None:
+            slots &= mask.bool()
+        spans = []
+        for b, sizes in enumerate(self._row_video_sizes):
+            pos = slots[b].nonzero(as_tuple=True)[0]
+            spans.append(list(torch.split(pos, sizes)) if sizes else [])
+        return spans
 
 
 __all__ = ["EncodedVideo", "Block", "VideoSpliceAdapter", "identity_plan"]

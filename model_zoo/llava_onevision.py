@@ -129,6 +129,7 @@ class LlavaOnevisionAdapter(VideoSpliceAdapter):
             self._head = (post_ln, head)
 
     def close(self) -> None:
+        super().close()
         self._head = None
 
     # ------------------------------------------------------------------------------------------- encoding

@@ -50,6 +50,11 @@ class QwenVLAdapter(VideoSpliceAdapter):
     def video_token_id(self) -> int:
         return self.model.config.video_token_id
 
+    def min_intra_llm_layer(self) -> int:
+        # Qwen3-VL adds deepstack features to the visual positions after the first len(deepstack) layers; those
+        # layers must still see the full sequence.
+        return max(1, len(self.model.config.vision_config.deepstack_visual_indexes)) if self.deepstack else 1
+
     def validate(self) -> None:
         super().validate()
         blocks = getattr(self.inner.visual, "blocks", None)

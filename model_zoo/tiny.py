@@ -80,24 +80,28 @@ def _text_config(tok, **extra) -> dict:
     return cfg
 
 
-def build_model(model_type: str, tok, seed: int = 0, dtype: torch.dtype = torch.float32, **overrides):
+def build_model(model_type: str, tok, seed: int = 0, dtype: torch.dtype = torch.float32,
+                text_overrides: Optional[dict] = None, **overrides):
     """A tiny random `...ForConditionalGeneration` of the given `model_type`, in eval mode, SDPA attention.
 
     Args:
         model_type: one of `MODEL_TYPES`.
         tok: a tokenizer from `build_tokenizer` (its special-token ids are written into the config).
         seed: torch seed of the random init (same seed, same weights).
+        text_overrides: extra keys for the language model's config (e.g. `num_hidden_layers`).
         overrides: extra keys for the vision config (e.g. `image_size` for LLaVA-OV).
     """
     import transformers as tf
 
     torch.manual_seed(seed)
+    text_overrides = text_overrides or {}
     if model_type == "llava_onevision":
         vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                       image_size=112, patch_size=14, vision_use_head=False)
         vision.update(overrides)
         cfg = tf.LlavaOnevisionConfig(
-            vision_config=tf.SiglipVisionConfig(**vision), text_config=tf.Qwen2Config(**_text_config(tok)),
+            vision_config=tf.SiglipVisionConfig(**vision),
+            text_config=tf.Qwen2Config(**_text_config(tok, **text_overrides)),
             image_token_index=_tid(tok, "<image>"), video_token_index=_tid(tok, "<video>"), vision_feature_layer=-1,
             vision_feature_select_strategy="full", image_grid_pinpoints=[[vision["image_size"]] * 2])
         cls = tf.LlavaOnevisionForConditionalGeneration
@@ -109,17 +113,18 @@ def build_model(model_type: str, tok, seed: int = 0, dtype: torch.dtype = torch.
         if model_type == "qwen2_vl":
             vision = dict(depth=2, embed_dim=64, hidden_size=64, num_heads=4, mlp_ratio=2, patch_size=14,
                           spatial_merge_size=2, temporal_patch_size=2)
-            text = _text_config(tok, rope_parameters=rope)
+            text = _text_config(tok, rope_parameters=rope, **text_overrides)
             cfg_cls, cls = tf.Qwen2VLConfig, tf.Qwen2VLForConditionalGeneration
         elif model_type == "qwen2_5_vl":
             vision = dict(depth=2, hidden_size=64, out_hidden_size=64, intermediate_size=128, num_heads=4,
                           window_size=56, fullatt_block_indexes=[1], patch_size=14, tokens_per_second=2)
-            text = _text_config(tok, rope_parameters=rope)
+            text = _text_config(tok, rope_parameters=rope, **text_overrides)
             cfg_cls, cls = tf.Qwen2_5_VLConfig, tf.Qwen2_5_VLForConditionalGeneration
         elif model_type == "qwen3_vl":
             vision = dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=4, out_hidden_size=64,
                           patch_size=16, num_position_embeddings=64, deepstack_visual_indexes=[0])
-            text = _text_config(tok, head_dim=16, rope_parameters=dict(rope, mrope_interleaved=True))
+            qwen3_text = {"head_dim": 16, "rope_parameters": dict(rope, mrope_interleaved=True)}
+            text = _text_config(tok, **{**qwen3_text, **text_overrides})
             cfg_cls, cls = tf.Qwen3VLConfig, tf.Qwen3VLForConditionalGeneration
         else:
             raise ValueError(f"unknown tiny model_type {model_type!r}; known: {list(MODEL_TYPES)}")

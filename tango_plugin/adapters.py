@@ -75,8 +75,11 @@ class ModelAdapter:
             raise ValueError(f"saliency_source={source!r} is not supported by {type(self).__name__}; "
                              f"supported: {['auto', *self.saliency_sources]}")
 
+    def install(self) -> None:
+        """Attach hooks the adapter needs on the model (called by `enable` after `validate` passed)."""
+
     def close(self) -> None:
-        """Release whatever the adapter holds (called by `TangoHandle.remove`)."""
+        """Release whatever the adapter holds and detach what `install` attached (called by `TangoHandle.remove`)."""
 
     def saliency_source_name(self) -> str:
         """The saliency source actually used ("auto" resolved)."""

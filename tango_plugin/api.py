@@ -51,6 +51,8 @@ class SampleReport:
         images: number of still images in the row pruned as single-frame videos (`prune_images=True`; 0 otherwise).
         image_tokens_before: image placeholder tokens of those images in the unpruned input.
         image_tokens_after: image tokens the LLM really received (not counted in `visual_tokens_*`).
+        intra_llm_tokens_after: video tokens left after the intra-LLM stage (`intra_llm_layer`), newline tokens
+            included; None when that stage did not run on this call.
     """
 
     sample: int
@@ -66,6 +68,7 @@ class SampleReport:
     images: int = 0
     image_tokens_before: int = 0
     image_tokens_after: int = 0
+    intra_llm_tokens_after: Optional[int] = None
 
 
 @dataclass
@@ -223,6 +226,7 @@ def enable(model: Any, config: Optional[TangoConfig] = None, *,
     state = RunState()
     instance = adapter_cls(target, config, state, **options)
     instance.validate()
+    instance.install()
 
     previous = {name: target.__dict__[name] for name in _PATCHED if name in target.__dict__}
     handle = TangoHandle(target, instance, config, state, previous)

@@ -51,6 +51,12 @@ class TangoConfig:
             vectors land on other anchors' positions. Off by default (each anchor keeps its own merge); on to
             reproduce the paper's numbers. The kept positions are the same either way.
         max_block_elements: memory bound of the blocked distance computations (elements of one block).
+        intra_llm_layer: K of the intra-LLM stage of the LLaVA-Video runs (SPEC section 6), or None (off, the
+            default). Layers 0..K-1 see the whole prompt; before layer K each video keeps the
+            `round(n * intra_llm_ratio)` tokens the last prompt token attends to most in layer K-1 and the rest are
+            merged into them. The reference uses K = 18 of 28. Applied in `generate` only. Must be below the
+            model's depth (checked at `enable`).
+        intra_llm_ratio: share of each video's tokens kept at the intra-LLM layer (reference: 0.5).
 
     Example:
         ```python
@@ -88,6 +94,10 @@ class TangoConfig:
         "not on their own anchor); the kept set is the same either way", default=False)
     max_block_elements: int = _help("elements per block of the blocked distance matrix, >= 1024",
                                     default=1 << 24)
+    intra_llm_layer: Optional[int] = _help(
+        "intra-LLM stage: first decoder layer that sees the reduced sequence (layer K-1 scores); None = off",
+        default=None)
+    intra_llm_ratio: float = _help("intra-LLM stage: share of each video's tokens kept, in (0, 1]", default=0.5)
 
     def __post_init__(self) -> None:
         if self.similarity_threshold is None and _is_number(self.retention_ratio):
@@ -109,6 +119,9 @@ class TangoConfig:
         _check_int("fastvid_min_cuts", self.fastvid_min_cuts, 1)
         _check_int("holitom_max_window", self.holitom_max_window, 1)
         _check_int("max_block_elements", self.max_block_elements, 1024)
+        if self.intra_llm_layer is not None:
+            _check_int("intra_llm_layer", self.intra_llm_layer, 1)
+        _check_range("intra_llm_ratio", self.intra_llm_ratio, 0.0, 1.0, low_open=True)
         _check_range("base_time", self.base_time, 1.0, math.inf, low_open=True)
         _check_range("base_space", self.base_space, 1.0, math.inf, low_open=True)
         if self.segmentation not in SEGMENTATIONS:
@@ -165,6 +178,24 @@ class TangoConfig:
         data = dict(get_preset(name))
         data.update(overrides)
         return cls.from_dict(data)
+
+    @staticmethod
+    def pre_llm_retention(target_ratio: float, num_layers: int, intra_llm_layer: int,
+                          intra_llm_ratio: float = 0.5) -> float:
+        """Pre-LLM retention that makes the layer-averaged token count equal `target_ratio` (SPEC section 6).
+
+        `min(1, num_layers * r / (K + (num_layers - K) * p))`; the reference's run scripts print it with 6
+        significant digits (r = 0.1, 28 layers, K = 18, p = 0.5 -> 0.121739, the `llava-video` preset).
+        """
+        _check_range("target_ratio", target_ratio, 0.0, 1.0, low_open=True)
+        _check_int("num_layers", num_layers, 2)
+        if isinstance(intra_llm_layer, bool) or not isinstance(intra_llm_layer, int) \
+                or not 1 <= intra_llm_layer < num_layers:
+            raise ValueError(f"intra_llm_layer={intra_llm_layer!r} is not allowed; expected an integer in "
+                             f"[1, {num_layers - 1}] (below num_layers={num_layers})")
+        _check_range("intra_llm_ratio", intra_llm_ratio, 0.0, 1.0, low_open=True)
+        layers_seen = intra_llm_layer + (num_layers - intra_llm_layer) * intra_llm_ratio
+        return min(1.0, num_layers * target_ratio / layers_seen)
 
     @staticmethod
     def help() -> dict:
