@@ -243,6 +243,17 @@ class VideoSpliceAdapter(ModelAdapter):
             self._intra.remove()
             self._intra = None
 
+    def _intra_applies(self, kw: dict) -> bool:
+        """The stage caches a shorter sequence in layers K..: only a dynamic cache allows per-layer lengths."""
+        impl = kw.get("cache_implementation") or getattr(self.model.generation_config, "cache_implementation", None)
+        cache = kw.get("past_key_values", kw.get("cache"))
+        if impl not in (None, "dynamic") or (cache is not None and type(cache).__name__ != "DynamicCache"):
+            what = impl if impl not in (None, "dynamic") else type(cache).__name__
+            self.state.warn_once("intra-cache", f"intra_llm_layer needs a dynamic cache (layers K.. cache fewer "
+                                                f"tokens); this generate call uses {what!r} and runs without it")
+            return False
+        return True
+
     def _record_intra_llm(self, visual_after: List[int]) -> None:
         for report, count in zip(self.state.last, visual_after):
             report.intra_llm_tokens_after = count
@@ -286,7 +297,7 @@ class VideoSpliceAdapter(ModelAdapter):
             return self._pass_through(original, kw)
         prompt = kw["input_ids"]
         new_kw, short_len = self._splice(kw, generating=True)
-        if self._intra is not None:
+        if self._intra is not None and self._intra_applies(kw):
             self._intra.arm(self._video_spans(new_kw))
         try:
             out = self._call_original(original, new_kw)

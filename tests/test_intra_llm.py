@@ -371,3 +371,16 @@ def test_prefill_mask_padding_rows_attend_to_themselves_only():
     assert mask[0, 0].tolist() == [True, False, False, False]  # the added slot: itself only, so no NaN
     assert mask[0, 1].tolist() == [False, True, False, False]  # real tokens never see it
     assert torch.equal(mask[1], torch.ones(4, 4, dtype=torch.bool).tril())
+
+
+@torch.no_grad()
+def test_static_cache_runs_without_the_stage_and_says_so():
+    model, tok = _build("qwen2_vl")
+    inputs = tiny.video_inputs(model, tok, [[tiny.VideoSpec(8, seed=0)]], ["what is going on?"])
+    with tango.enabled(model, tango.TangoConfig(retention_ratio=0.5)):
+        ref = gen(model, inputs, cache_implementation="static")
+    with tango.enabled(model, _cfg(0.5)) as h:
+        with pytest.warns(UserWarning, match="needs a dynamic cache.*'static'"):
+            out = gen(model, inputs, cache_implementation="static")
+        assert h.report()["samples"][0]["intra_llm_tokens_after"] is None
+    assert torch.equal(out, ref)
