@@ -184,12 +184,18 @@ class IntraLLMStage:
                                "prefill (was its attention implementation changed after enable()?)")
         B, L, _ = hidden.shape
         scores = self.scores.to(hidden.device)
+        spans = self.spans
+        if B != len(spans):
+            # beam search / num_return_sequences: generate repeats every row `B / rows` times (repeat_interleave)
+            if not spans or B % len(spans):
+                raise RuntimeError(f"tango_plugin intra-LLM stage: the decoder got {B} rows for {len(spans)} prompts")
+            spans = [spans[b // (B // len(spans))] for b in range(B)]
         rows, new_rows, visual_after = [], [], []
         for b in range(B):
             dropped = torch.zeros(L, dtype=torch.bool, device=hidden.device)
             row = hidden[b].clone()
             count = 0
-            for span in self.spans[b] if b < len(self.spans) else []:
+            for span in spans[b]:
                 span = span.to(hidden.device)
                 kept, merged = intra_llm_merge(hidden[b, span], scores[b, span], self.ratio)
                 dropped[span] = True
@@ -212,7 +218,7 @@ class IntraLLMStage:
         self._prefill_layers_left = len(self.layers) - self.k
         self.scores = None
         if self.on_reduced is not None:
-            self.on_reduced(visual_after)
+            self.on_reduced(visual_after[:: B // len(self.spans)])
 
     def _mask_format(self, given: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.dtype]:
         """dtype of the masks we hand the layers: the given mask's, or bool for SDPA / additive for eager."""

@@ -384,3 +384,32 @@ def test_static_cache_runs_without_the_stage_and_says_so():
             out = gen(model, inputs, cache_implementation="static")
         assert h.report()["samples"][0]["intra_llm_tokens_after"] is None
     assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("model_type", ["llava_onevision", "qwen2_vl"])
+@torch.no_grad()
+def test_beam_search_batch_equals_single_samples(model_type):
+    # generate repeats each prompt once per beam; every copy is reduced like its prompt
+    model, tok = _build(model_type)
+    media = [[tiny.VideoSpec(8, seed=1)], [tiny.VideoSpec(8, seed=2)]]
+    prompts = ["what is it?", "a much longer question about the whole video"]
+    batch = tiny.video_inputs(model, tok, media, prompts)
+    with tango.enabled(model, _cfg(0.5)) as h:
+        out = gen(model, batch, n=4, num_beams=2)
+        rows = h.report()["samples"]
+        singles = [(gen(model, one, n=4, num_beams=2), one, h.report()["samples"][0]) for one in
+                   (tiny.video_inputs(model, tok, [m], [p]) for m, p in zip(media, prompts))]
+    L = batch["input_ids"].shape[1]
+    for b, (single, one, row) in enumerate(singles):
+        assert rows[b]["intra_llm_tokens_after"] == row["intra_llm_tokens_after"] > 0
+        assert torch.equal(out[b, L:], single[0, one["input_ids"].shape[1]:])
+
+
+@torch.no_grad()
+def test_beam_search_at_retention_one_without_the_stage_equals_unpruned():
+    model, tok = _build("qwen2_vl")
+    batch = tiny.video_inputs(model, tok, [[tiny.VideoSpec(8, seed=1)], [tiny.VideoSpec(6, seed=2)]],
+                              ["what is it?", "a much longer question about the whole video"])
+    ref = gen(model, batch, n=4, num_beams=2)
+    with tango.enabled(model, tango.TangoConfig(retention_ratio=1.0)):
+        assert torch.equal(gen(model, batch, n=4, num_beams=2), ref)
