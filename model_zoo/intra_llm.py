@@ -275,6 +275,7 @@ class IntraLLMStage:
     def _gather_seq(t: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """Gather dim -2 (the sequence) of a (..., B or 1, L, d) tensor with per-row indices (B, L')."""
         B, Lr = keep.shape
+        keep = keep.to(t.device)  # layers may sit on different devices (device_map="auto")
         lead = t.shape[:-3]
         t = t.expand(*lead, B, *t.shape[-2:])
         idx = keep[..., None].expand(*lead, B, Lr, t.shape[-1])
@@ -300,13 +301,15 @@ class IntraLLMStage:
             # no mask: every key visible, causal among the new tokens
             steps = self._decoded
             new = torch.ones(q, steps, dtype=torch.bool, device=hidden.device).tril(steps - q)
-            allowed = torch.cat([red.valid[:, None, :].expand(B, q, Lr), new[None].expand(B, q, steps)], dim=-1)
+            valid = red.valid.to(hidden.device)
+            allowed = torch.cat([valid[:, None, :].expand(B, q, Lr), new[None].expand(B, q, steps)], dim=-1)
             return self._as_format(allowed[:, None], self._mask_format(None, hidden.dtype))
         if given.dim() != 4:
             raise ValueError(f"tango_plugin intra-LLM stage: unsupported decode attention mask of shape "
                              f"{tuple(given.shape)}")
         allowed = self._allowed(given)[:, 0].expand(B, -1, -1)  # (B, q, full + steps)
-        old = allowed[..., : red.full_length].gather(2, red.keep[:, None, :].expand(B, q, Lr)) & red.valid[:, None]
+        keep, valid = red.keep.to(given.device), red.valid.to(given.device)
+        old = allowed[..., : red.full_length].gather(2, keep[:, None, :].expand(B, q, Lr)) & valid[:, None]
         allowed = torch.cat([old, allowed[..., red.full_length:]], dim=-1)
         return self._as_format(allowed[:, None], given.dtype)
 
