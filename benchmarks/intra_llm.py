@@ -9,8 +9,8 @@ of 196 tokens). Rows, each at the same layer-averaged visual-token share `--targ
   LLaVA-Video runs do.
 
 Columns: visual tokens entering the LLM and left after layer K, the layer-averaged share, LLM prefill time, time to
-first token, and the decode time per token (`generate(max_new_tokens=N)` minus the first token, over N-1 tokens;
-layers >= K attend over the shorter cache). Medians of `--reps` after a warm-up.
+first token, and the median time of one decode step (from one language-model call to the next; layers >= K attend
+over the shorter cache). Medians of `--reps` after a warm-up.
 
 Usage:
     python benchmarks/intra_llm.py            # 32 frames, 3 reps
@@ -36,17 +36,21 @@ LAYERS = 24
 
 
 def timed_decode(model, inputs, device, new_tokens: int) -> float:
-    """Seconds per decoded token after the first (greedy, no early stop)."""
-    def run(n):
-        with torch.inference_mode():
-            sync(device)
-            t0 = time.perf_counter()
-            model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False)
-            sync(device)
-            return time.perf_counter() - t0
+    """Median seconds of one decode step (from one language-model call to the next, sampling included)."""
+    lm = model.model.language_model
+    starts = []
 
-    first, total = run(1), run(new_tokens)
-    return (total - first) / (new_tokens - 1)
+    def mark(*_):
+        sync(device)
+        starts.append(time.perf_counter())
+
+    hook = lm.register_forward_pre_hook(mark)
+    try:
+        with torch.inference_mode():
+            model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+    finally:
+        hook.remove()
+    return statistics.median(b - a for a, b in zip(starts[1:], starts[2:]))
 
 
 def main(argv=None) -> None:
