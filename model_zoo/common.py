@@ -297,8 +297,10 @@ class VideoSpliceAdapter(ModelAdapter):
             return self._pass_through(original, kw)
         prompt = kw["input_ids"]
         new_kw, short_len = self._splice(kw, generating=True)
-        if self._intra is not None and self._intra_applies(kw):
-            self._intra.arm(self._video_spans(new_kw))
+        if self._intra is not None and self._intra_applies(kw) and not self._intra.arm(self._video_spans(new_kw)):
+            self.state.warn_once("intra-impl", "intra_llm_layer needs SDPA or eager attention in the language model; "
+                                               "it was switched to another implementation after enable(), so this "
+                                               "call runs without the intra-LLM stage")
         try:
             out = self._call_original(original, new_kw)
         finally:

@@ -146,11 +146,19 @@ class IntraLLMStage:
         return ALL_ATTENTION_FUNCTIONS.get_interface(self._implementation, eager)
 
     # ------------------------------------------------------------------------------------------ per call
-    def arm(self, spans: List[List[torch.Tensor]]) -> None:
-        """Prune at the next prefill. `spans[b]`: one tensor of prompt positions per video of row b."""
+    def arm(self, spans: List[List[torch.Tensor]]) -> bool:
+        """Prune at the next prefill. `spans[b]`: one tensor of prompt positions per video of row b.
+
+        Returns False (and stays disarmed) when the model was switched to an unsupported attention implementation
+        after `enable`.
+        """
         self.disarm()
+        self._implementation = self._shared_config._attn_implementation  # the model's current choice
+        if self._implementation not in SUPPORTED_IMPLEMENTATIONS:
+            return False
         self.spans = spans
         self.armed = True
+        return True
 
     def disarm(self) -> None:
         self.armed = False

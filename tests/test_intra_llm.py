@@ -413,3 +413,21 @@ def test_beam_search_at_retention_one_without_the_stage_equals_unpruned():
     ref = gen(model, batch, n=4, num_beams=2)
     with tango.enabled(model, tango.TangoConfig(retention_ratio=1.0)):
         assert torch.equal(gen(model, batch, n=4, num_beams=2), ref)
+
+
+@torch.no_grad()
+def test_switching_attention_after_enable_is_followed_or_refused():
+    model, tok = _build("qwen2_vl")
+    inputs = tiny.video_inputs(model, tok, [[tiny.VideoSpec(8, seed=0)]], ["what is going on?"])
+    with tango.enabled(model, _cfg(0.5)):
+        sdpa = gen(model, inputs, return_dict_in_generate=True, output_logits=True)
+    with tango.enabled(model, _cfg(0.5)) as h:
+        model.config._attn_implementation = "eager"  # the scoring layer follows the model's current choice
+        eager = gen(model, inputs, return_dict_in_generate=True, output_logits=True)
+        assert torch.equal(eager.sequences, sdpa.sequences)
+        torch.testing.assert_close(eager.logits[0], sdpa.logits[0], rtol=1e-4, atol=1e-4)
+        model.config.get_text_config()._attn_implementation_internal = "flash_attention_2"
+        with pytest.warns(UserWarning, match="switched to another implementation"):
+            with pytest.raises((ImportError, ValueError, RuntimeError, KeyError)):  # no flash-attn here: HF fails
+                gen(model, inputs)
+        assert h.report()["samples"][0]["intra_llm_tokens_after"] is None
