@@ -10,14 +10,21 @@ Options (`tango_plugin.enable(model, cfg, **options)`):
         frame that kept at least one token).
     fps / video_timestamps: frame times for the temporal terms; without them frame t is at t seconds.
 
+Image path (`prune_images=True`): `get_image_features` runs the tower on every anyres crop and `pack_image_features`
+lays an image's placeholders out as the base crop's side x side grid (NOT pooled, no newline) followed by the tail:
+the high-res crops stitched, unpadded (and bilinearly shrunk past `anyres_max_9`) with one newline after each row,
+or, for an image without crops (`batch_num_images` > 1), a single newline. The base grid is pruned as one frame
+(T=1, ceil(L * r) tokens); the tail is kept as the model packed it.
+
 Saliency sources: "global_query" (default; the feature layer's own q/k, SPEC 1.3 applied to SigLIP, pooled like the
 features, SPEC 1.2), "siglip_head" (the SigLIP attention-pooling head loaded from `config.siglip_head_path`, the
-reference's signal, SPEC 1.1) and "attention_received".
+reference's signal, SPEC 1.1) and "attention_received". Images use the same hook on the base crop, unpooled.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any, List, Tuple
 
 import torch
@@ -50,14 +57,20 @@ def load_siglip_head(path: str):
 
 
 class LlavaOnevisionAdapter(VideoSpliceAdapter):
-    """Tango for `LlavaOnevisionForConditionalGeneration` (video inputs; images pass through unpruned).
+    """Tango for `LlavaOnevisionForConditionalGeneration`: video inputs, and still images with `prune_images=True`.
 
-    `prune_images=True` is not implemented here yet and warns: an anyres image's placeholders interleave the base
-    grid, the unpadded crops and one newline per crop row (`pack_image_features`), and pruning them needs a re-pack
-    that keeps those newlines where the model expects them, which has not been written.
+    With `prune_images=True` each image's base-resolution grid (the first anyres crop, side x side tokens, not pooled)
+    is pruned as one frame by the configured strategy and saliency hook, and the rest of the image's placeholders
+    (the unpadded high-res crops with their row newlines, or the single newline of a crop-less image) reach the LLM
+    unchanged. The high-res part is left alone because its rows end in newline tokens at fixed places and may have
+    been unpadded and resized, so it is not a grid of the crops' own tokens; the base grid is. Preset sink positions
+    are written for the pooled video grid, so on an image grid of another size they are skipped with a note. The
+    `pool_mode` / `newline` options apply to videos only: images keep the model's own layout.
     """
 
     saliency_sources = ("global_query", "siglip_head", "attention_received")
+    image_kwargs = ("pixel_values", "image_sizes", "batch_num_images")
+    supports_image_pruning = True
     options_help = {
         **VideoSpliceAdapter.options_help,
         "pool_mode": "'bilinear' (HF LLaVA-OV, default) or 'average' (LLaVA-Video: avg_pool2d 2, floor)",
@@ -142,42 +155,111 @@ class LlavaOnevisionAdapter(VideoSpliceAdapter):
         g = x.transpose(1, 2).reshape(N, C, side, side)
         return F.avg_pool2d(g, 2).flatten(2).transpose(1, 2)
 
-    def encode_videos(self, kw: dict, need_saliency: bool) -> Tuple[List[EncodedVideo], Any, float]:
-        pv = kw["pixel_values_videos"]
-        num_videos, frames = pv.shape[:2]
+    def _saliency_hooks(self, cap: HookCapture, feature_layer, store: dict, rows=None) -> None:
+        """Hooks on the feature layer that put (crops, patches) scores in `store["patch"]` (and, for the SigLIP head,
+        per-crop embeddings in `store["frame"]`); `rows` picks the crops to score (None: all)."""
+        layer = self._tower_layers()[self._layer_index(feature_layer)]
+        source = self.saliency_source_name()
+        if source == "siglip_head":
+            post_ln, head = self._head
+
+            def head_hook(mod, args, output):
+                out = output[0] if isinstance(output, tuple) else output
+                if rows is not None:
+                    out = out[rows.to(out.device)]
+                post_ln.to(out.device, out.dtype)
+                head.to(out.device, out.dtype)
+                z = post_ln(out)
+                probe = head.probe.repeat(z.shape[0], 1, 1)
+                pooled, weights = head.attention(probe, z, z, need_weights=True, average_attn_weights=True)
+                store["patch"] = weights[:, 0].float()
+                # the head's own output is the per-frame global embedding (fastvid segmentation)
+                store["frame"] = (pooled + head.mlp(head.layernorm(pooled)))[:, 0].float()
+
+            cap.post_hook(layer, head_hook)
+            return
+
+        def qk_hook(mod, args, kwargs):
+            hs = first_arg(args, kwargs, "hidden_states")
+            if rows is not None:
+                hs = hs[rows.to(hs.device)]
+            n, p, _ = hs.shape
+            q = mod.q_proj(hs).view(n, p, -1, mod.head_dim).transpose(1, 2)
+            k = mod.k_proj(hs).view(n, p, -1, mod.head_dim).transpose(1, 2)
+            store["patch"] = score(source, q, k)
+
+        cap.pre_hook(layer.self_attn, qk_hook)
+
+    def _feature_args(self, kw: dict) -> Tuple[Any, str]:
         cfg = self.model.config
         feature_layer = kw.get("vision_feature_layer")
         feature_layer = cfg.vision_feature_layer if feature_layer is None else feature_layer
-        strategy = kw.get("vision_feature_select_strategy") or cfg.vision_feature_select_strategy
-        layer = self._tower_layers()[self._layer_index(feature_layer)]
-        source = self.saliency_source_name()
+        return feature_layer, kw.get("vision_feature_select_strategy") or cfg.vision_feature_select_strategy
+
+    def _crops_per_image(self, kw: dict) -> List[int]:
+        """Crops `get_image_features` feeds the tower per image (the base crop first), computed the way it does."""
+        sizes = kw["image_sizes"]
+        per_sample = kw.get("batch_num_images")
+        patching = [True] * len(sizes) if per_sample is None else [int(n) == 1 for n in per_sample
+                                                                    for _ in range(int(n))]
+        count = sys.modules[type(self.inner).__module__].image_size_to_num_patches
+        cfg = self.model.config
+        return [count(image_size=size, grid_pinpoints=cfg.image_grid_pinpoints,
+                      patch_size=cfg.vision_config.image_size) if patch else 1
+                for size, patch in zip(sizes, patching)]
+
+    def encode_images(self, kw: dict, need_saliency: bool) -> Tuple[List[EncodedVideo], Any, float]:
+        pv = kw["pixel_values"]
+        feature_layer, strategy = self._feature_args(kw)
+        crops = self._crops_per_image(kw)
+        # the tower sees each image's crops back to back, base crop first (a 5-D input loses its padding crops)
+        base_rows = [sum(crops[:i]) for i in range(len(crops))]
+        store: dict = {}
+        with HookCapture() as cap:
+            if need_saliency:
+                self._saliency_hooks(cap, feature_layer, store, rows=torch.tensor(base_rows))
+            extra = {}
+            if kw.get("vision_aspect_ratio") is not None:
+                extra["vision_aspect_ratio"] = kw["vision_aspect_ratio"]
+            if kw.get("batch_num_images") is not None:
+                extra["batch_num_images"] = kw["batch_num_images"]
+            out = self.inner.get_image_features(pixel_values=pv, image_sizes=kw["image_sizes"],
+                                                vision_feature_layer=feature_layer,
+                                                vision_feature_select_strategy=strategy, return_dict=True, **extra)
+        packed = list(out.pooler_output)  # per image: base grid, then the tail (high-res rows + newlines)
+        base_len = out.last_hidden_state.shape[1] - (1 if strategy == "default" else 0)
+        side = math.isqrt(base_len)
+        grid = (side, side) if side * side == base_len else (1, base_len)
+        sal = None
+        if need_saliency:
+            sal = store["patch"][:, 1:] if strategy == "default" else store["patch"]
+        images = []
+        for i, feats in enumerate(packed):
+            base = feats[:base_len][None]
+            frame_emb = None
+            if need_saliency and self.config.segmentation == "fastvid":
+                frame_emb = store["frame"][i:i + 1] if "frame" in store else base.float().mean(1)
+            images.append(EncodedVideo(
+                features=base, saliency=None if sal is None else sal[i:i + 1], grid_hw=grid,
+                num_placeholders=int(feats.shape[0]), timestamps=None, frame_embeddings=frame_emb,
+                extra={"image_tail": feats[base_len:]}))
+        return images, out, cap.seconds
+
+    def image_encoder_outputs(self, raw: Any, images: List[EncodedVideo], blocks: List[Block]) -> Any:
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        # forward concatenates the per-image tensors in order, as it does with pack_image_features' list
+        return BaseModelOutputWithPooling(pooler_output=[b.features for b in blocks])
+
+    def encode_videos(self, kw: dict, need_saliency: bool) -> Tuple[List[EncodedVideo], Any, float]:
+        pv = kw["pixel_values_videos"]
+        num_videos, frames = pv.shape[:2]
+        feature_layer, strategy = self._feature_args(kw)
         store: dict = {}
 
         with HookCapture() as cap:
-            if need_saliency and source == "siglip_head":
-                post_ln, head = self._head
-
-                def head_hook(mod, args, output):
-                    out = output[0] if isinstance(output, tuple) else output
-                    post_ln.to(out.device, out.dtype)
-                    head.to(out.device, out.dtype)
-                    z = post_ln(out)
-                    probe = head.probe.repeat(z.shape[0], 1, 1)
-                    pooled, weights = head.attention(probe, z, z, need_weights=True, average_attn_weights=True)
-                    store["patch"] = weights[:, 0].float()
-                    # the head's own output is the per-frame global embedding (fastvid segmentation)
-                    store["frame"] = (pooled + head.mlp(head.layernorm(pooled)))[:, 0].float()
-
-                cap.post_hook(layer, head_hook)
-            elif need_saliency:
-                def qk_hook(mod, args, kwargs):
-                    hs = first_arg(args, kwargs, "hidden_states")
-                    n, p, _ = hs.shape
-                    q = mod.q_proj(hs).view(n, p, -1, mod.head_dim).transpose(1, 2)
-                    k = mod.k_proj(hs).view(n, p, -1, mod.head_dim).transpose(1, 2)
-                    store["patch"] = score(source, q, k)
-
-                cap.pre_hook(layer.self_attn, qk_hook)
+            if need_saliency:
+                self._saliency_hooks(cap, feature_layer, store)
             if self.pool_mode == "average":
                 cap.post_hook(self.inner.multi_modal_projector, lambda m, a, o: store.__setitem__("proj", o))
             out = self.inner.get_video_features(pixel_values_videos=pv, vision_feature_layer=feature_layer,
@@ -213,6 +295,12 @@ class LlavaOnevisionAdapter(VideoSpliceAdapter):
         T, L, D = video.features.shape
         kept = plan.kept_indices.to(video.features.device)
         feats = plan.features.to(video.features.dtype)
+        if "image_tail" in video.extra:
+            # an image: the kept base tokens, then every tail placeholder (high-res rows and newlines) as packed
+            tail = video.extra["image_tail"]
+            src = torch.cat([kept, torch.arange(T * L, video.num_placeholders, device=kept.device)])
+            return Block(src=src, features=torch.cat([feats, tail.to(feats.device, feats.dtype)]),
+                         kept=int(kept.numel()))
         nl = video.extra["newline"][None]
         if self.newline == "one_token":
             # the newline takes the video's last placeholder slot, after every kept token

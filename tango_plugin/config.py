@@ -45,7 +45,8 @@ class TangoConfig:
         siglip_head_path: local folder of a SigLIP checkpoint whose attention-pooling head scores LLaVA-OV
             frames (saliency_source="siglip_head").
         prune_images: also prune still images, each as a single-frame video (T=1, keeps ceil(L * r) tokens).
-            Supported by the Qwen-VL adapters; LLaVA-OV warns and passes its (anyres) images through unpruned.
+            Qwen-VL: the whole image grid. LLaVA-OV: the base-resolution grid of each anyres image; its high-res
+            crops and their row newlines pass through unpruned.
         reference_merge_order: write merged context features the way the paper's code does. Its context merge
             computes each anchor's merged vector but stores it on the anchors taken in density order, so merged
             vectors land on other anchors' positions. Off by default (each anchor keeps its own merge); on to
@@ -87,8 +88,8 @@ class TangoConfig:
     saliency_source: str = _help("attention signal: " + ", ".join(SALIENCY_SOURCES), default="auto")
     siglip_head_path: Optional[str] = _help("local SigLIP checkpoint folder for the attention-pooling head",
                                             default=None)
-    prune_images: bool = _help("also prune still images as single-frame videos (Qwen-VL adapters; "
-                               "LLaVA-OV warns and leaves images unpruned)", default=False)
+    prune_images: bool = _help("also prune still images as single-frame videos (Qwen-VL: the whole image; "
+                               "LLaVA-OV: the base-resolution grid, high-res crops unpruned)", default=False)
     reference_merge_order: bool = _help(
         "reproduce the reference's context-merge write order (merged values land on anchors in density order, "
         "not on their own anchor); the kept set is the same either way", default=False)
