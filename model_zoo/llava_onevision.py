@@ -8,13 +8,16 @@ Options (`tango_plugin.enable(model, cfg, **options)`):
     pool_mode: "bilinear" (default, what the HF model does) or "average" (LLaVA-Video: `avg_pool2d(2)`, floor).
     newline: "one_token" (default, one newline per video) or "grid" (LLaVA-Video: one newline after each row of a
         frame that kept at least one token).
+    image_highres: with `prune_images=True`, "keep" (default: an image's high-res crops and their row newlines pass
+        through) or "prune" (the stitched high-res grid is pruned too, as its own frame; see the class docstring).
     fps / video_timestamps: frame times for the temporal terms; without them frame t is at t seconds.
 
 Image path (`prune_images=True`): `get_image_features` runs the tower on every anyres crop and `pack_image_features`
 lays an image's placeholders out as the base crop's side x side grid (NOT pooled, no newline) followed by the tail:
 the high-res crops stitched, unpadded (and bilinearly shrunk past `anyres_max_9`) with one newline after each row,
 or, for an image without crops (`batch_num_images` > 1), a single newline. The base grid is pruned as one frame
-(T=1, ceil(L * r) tokens); the tail is kept as the model packed it.
+(T=1, ceil(L * r) tokens); the tail is kept as the model packed it, or, with `image_highres="prune"`, its stitched
+high-res grid is pruned as a second frame (scores laid out by the model's own `pack_image_features`).
 
 Saliency sources: "global_query" (default; the feature layer's own q/k, SPEC 1.3 applied to SigLIP, pooled like the
 features, SPEC 1.2), "siglip_head" (the SigLIP attention-pooling head loaded from `config.siglip_head_path`, the
@@ -31,12 +34,13 @@ import torch
 import torch.nn.functional as F
 
 from tango_plugin.saliency import HookCapture, first_arg, score
-from tango_plugin.strategies import PrunePlan
+from tango_plugin.strategies import PrunePlan, VisualTokens, prune
 
 from .common import Block, EncodedVideo, VideoSpliceAdapter
 
 POOL_MODES = ("bilinear", "average")
 NEWLINE_MODES = ("one_token", "grid")
+HIGHRES_MODES = ("keep", "prune")
 
 
 def load_siglip_head(path: str):
@@ -66,6 +70,13 @@ class LlavaOnevisionAdapter(VideoSpliceAdapter):
     been unpadded and resized, so it is not a grid of the crops' own tokens; the base grid is. Preset sink positions
     are written for the pooled video grid, so on an image grid of another size they are skipped with a note. The
     `pool_mode` / `newline` options apply to videos only: images keep the model's own layout.
+
+    `image_highres="prune"` also prunes the high-res part, as a second frame with its own ceil(L * r) budget: its
+    grid is the stitched (unpadded, possibly resized) crops without the newlines, scored by the same hook on every
+    crop and laid out by the model's own `pack_image_features`; a newline follows each row that kept a token, and no
+    sink positions apply there (they name places in one crop's grid). Each crop's scores are a softmax over that
+    crop only, so scores of different crops compare only as well as the crops' attention spreads do; that is why it
+    is opt-in.
     """
 
     saliency_sources = ("global_query", "siglip_head", "attention_received")
@@ -75,12 +86,14 @@ class LlavaOnevisionAdapter(VideoSpliceAdapter):
         **VideoSpliceAdapter.options_help,
         "pool_mode": "'bilinear' (HF LLaVA-OV, default) or 'average' (LLaVA-Video: avg_pool2d 2, floor)",
         "newline": "'one_token' (one newline per video, default) or 'grid' (one after each row that kept a token)",
+        "image_highres": "prune_images: 'keep' (default; high-res crops pass through) or 'prune' (pruned as a frame)",
     }
 
     def __init__(self, model, config, state=None, **options) -> None:
         super().__init__(model, config, state, **options)
         self.pool_mode = self.options.get("pool_mode", "bilinear")
         self.newline = self.options.get("newline", "one_token")
+        self.image_highres = self.options.get("image_highres", "keep")
         self._head = None
 
     # ------------------------------------------------------------------------------------------- settings
@@ -124,6 +137,8 @@ class LlavaOnevisionAdapter(VideoSpliceAdapter):
             raise ValueError(f"pool_mode={self.pool_mode!r} is not supported; allowed: {list(POOL_MODES)}")
         if self.newline not in NEWLINE_MODES:
             raise ValueError(f"newline={self.newline!r} is not supported; allowed: {list(NEWLINE_MODES)}")
+        if self.image_highres not in HIGHRES_MODES:
+            raise ValueError(f"image_highres={self.image_highres!r} is not supported; allowed: {list(HIGHRES_MODES)}")
         self._layer_index(self.model.config.vision_feature_layer)
         tokens = self.grid_side() ** 2
         if self.config.sink_positions is not None:
@@ -214,12 +229,15 @@ class LlavaOnevisionAdapter(VideoSpliceAdapter):
         crops = self._crops_per_image(kw)
         # the tower sees each image's crops back to back, base crop first (a 5-D input loses its padding crops)
         base_rows = [sum(crops[:i]) for i in range(len(crops))]
+        highres = self.image_highres == "prune"
+        aspect = kw.get("vision_aspect_ratio") or self.model.config.vision_aspect_ratio
         store: dict = {}
         with HookCapture() as cap:
             if need_saliency:
-                self._saliency_hooks(cap, feature_layer, store, rows=torch.tensor(base_rows))
+                self._saliency_hooks(cap, feature_layer, store, rows=None if highres else torch.tensor(base_rows))
             extra = {}
             if kw.get("vision_aspect_ratio") is not None:
+                # generate hands the caller's value to get_image_features (a plain forward drops it): honour it
                 extra["vision_aspect_ratio"] = kw["vision_aspect_ratio"]
             if kw.get("batch_num_images") is not None:
                 extra["batch_num_images"] = kw["batch_num_images"]
@@ -236,13 +254,20 @@ class LlavaOnevisionAdapter(VideoSpliceAdapter):
         images = []
         for i, feats in enumerate(packed):
             base = feats[:base_len][None]
+            row = base_rows[i] if highres else i  # the base crop's row in the scored crops
             frame_emb = None
             if need_saliency and self.config.segmentation == "fastvid":
-                frame_emb = store["frame"][i:i + 1] if "frame" in store else base.float().mean(1)
+                frame_emb = store["frame"][row:row + 1] if "frame" in store else base.float().mean(1)
+            extra = {"image_tail": feats[base_len:]}
+            if highres and need_saliency and crops[i] > 1:
+                # the crops' scores laid out exactly like the features (stitched, unpadded, resized), no newlines
+                per_crop = sal[base_rows[i]:base_rows[i] + crops[i], :, None]
+                laid, _ = self.inner.pack_image_features([per_crop], kw["image_sizes"][i:i + 1], image_newline=None,
+                                                         vision_aspect_ratio=aspect)
+                extra["highres_saliency"] = laid[0][base_len:, 0]
             images.append(EncodedVideo(
-                features=base, saliency=None if sal is None else sal[i:i + 1], grid_hw=grid,
-                num_placeholders=int(feats.shape[0]), timestamps=None, frame_embeddings=frame_emb,
-                extra={"image_tail": feats[base_len:]}))
+                features=base, saliency=None if sal is None else sal[row:row + 1], grid_hw=grid,
+                num_placeholders=int(feats.shape[0]), timestamps=None, frame_embeddings=frame_emb, extra=extra))
         return images, out, cap.seconds
 
     def image_encoder_outputs(self, raw: Any, images: List[EncodedVideo], blocks: List[Block]) -> Any:
@@ -297,10 +322,11 @@ class LlavaOnevisionAdapter(VideoSpliceAdapter):
         feats = plan.features.to(video.features.dtype)
         if "image_tail" in video.extra:
             # an image: the kept base tokens, then every tail placeholder (high-res rows and newlines) as packed
-            tail = video.extra["image_tail"]
+            tail = video.extra["image_tail"].to(feats.device, feats.dtype)
+            if "highres_saliency" in video.extra:
+                return self._highres_block(video, kept, feats, tail)
             src = torch.cat([kept, torch.arange(T * L, video.num_placeholders, device=kept.device)])
-            return Block(src=src, features=torch.cat([feats, tail.to(feats.device, feats.dtype)]),
-                         kept=int(kept.numel()))
+            return Block(src=src, features=torch.cat([feats, tail]), kept=int(kept.numel()))
         nl = video.extra["newline"][None]
         if self.newline == "one_token":
             # the newline takes the video's last placeholder slot, after every kept token
@@ -318,6 +344,33 @@ class LlavaOnevisionAdapter(VideoSpliceAdapter):
         table = torch.cat([feats, nl])
         rows = torch.where(is_nl, torch.full_like(order, kept.numel()), order)
         return Block(src=src, features=table[rows], kept=int(kept.numel()))
+
+    def _highres_block(self, image: EncodedVideo, kept: torch.Tensor, feats: torch.Tensor, tail: torch.Tensor
+                       ) -> Block:
+        """Base tokens kept by the plan, then the high-res grid pruned as its own frame (`image_highres="prune"`)."""
+        sal = image.extra["highres_saliency"]
+        n = sal.numel()
+        rows = tail.shape[0] - n  # the tail is rows x (cols + 1): every row ends in a newline
+        cols = n // rows
+        grid = tail.reshape(rows, cols + 1, -1)
+        tokens = grid[:, :cols].reshape(1, n, -1)
+        emb = tokens.float().mean(1) if self.config.segmentation == "fastvid" else None
+        plan = prune(VisualTokens(features=tokens, saliency=sal[None].to(tokens.device), grid_hw=(rows, cols),
+                                  frame_embeddings=emb), self.config)
+        hr = plan.kept_indices.to(tail.device)
+        row = hr // cols
+        last = torch.ones_like(hr, dtype=torch.bool)
+        last[:-1] = row[1:] != row[:-1]
+        # placeholder slots: kept (r, c) at r * (cols + 1) + c, its row's newline at r * (cols + 1) + cols
+        slot = row * (cols + 1) + hr % cols
+        nl_slot = row[last] * (cols + 1) + cols
+        order = torch.argsort(torch.cat([slot, nl_slot]))
+        hr_src = torch.cat([slot, nl_slot])[order]
+        hr_feats = torch.cat([plan.features.to(feats.dtype),
+                              image.extra["image_tail"][cols].to(feats)[None].expand(nl_slot.numel(), -1)])[order]
+        base_len = image.features.shape[1]
+        return Block(src=torch.cat([kept, base_len + hr_src]), features=torch.cat([feats, hr_feats]),
+                     kept=int(kept.numel() + hr.numel()))
 
     def encoder_outputs(self, raw: Any, videos: List[EncodedVideo], blocks: List[Block]) -> Any:
         from transformers.modeling_outputs import BaseModelOutputWithPooling

@@ -67,15 +67,16 @@ class _Spy(PruningStrategy):
 
 
 # ----------------------------------------------------------------------------------------------- retention 1.0
+@pytest.mark.parametrize("highres", ["keep", "prune"])
 @torch.no_grad()
-def test_retention_one_with_images_equals_unpruned():
+def test_retention_one_with_images_equals_unpruned(highres):
     model = T.model()
     media = [[tiny.ImageSpec()], [tiny.VideoSpec(8, seed=2)], [tiny.ImageSpec(seed=3), tiny.VideoSpec(8, seed=4)]]
     prompts = ["an image?", "a video?", "compare the image and the video."]
     inputs = image_inputs(model, media, prompts)
     ref_logits = model(**inputs).logits
     ref_tokens = gen(model, inputs)
-    with tango.enabled(model, cfg(1.0)) as h:
+    with tango.enabled(model, cfg(1.0), image_highres=highres) as h:
         logits = model(**inputs).logits
         rows = h.report()["samples"]
         tokens = gen(model, inputs)
@@ -286,3 +287,136 @@ def test_adapter_without_image_support_still_warns(monkeypatch):
         with pytest.warns(UserWarning, match="prunes videos only"):
             model(**inputs)
         assert h.report()["samples"][0]["images"] == 0
+
+
+# ----------------------------------------------------------------------------------------------- image_highres="prune"
+@pytest.mark.parametrize("r", [0.25, 0.1])
+@torch.no_grad()
+def test_highres_prune_layout_and_counts(r):
+    model = T.model()
+    inputs = image_inputs(model, [[tiny.ImageSpec()]], ["an image?"])
+    full = model.model.get_image_features(pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"],
+                                          return_dict=True).pooler_output[0]
+    _PLANS.clear()
+    seen = Seen(model)
+    try:
+        with tango.enabled(model, cfg(r, strategy="test_llava_images_spy"), image_highres="prune") as h:
+            model(**inputs)
+            row = h.report()["samples"][0]
+    finally:
+        seen.remove()
+    (base_tokens, base_plan), (hr_tokens, hr_plan) = _PLANS
+    assert base_tokens.grid_hw == hr_tokens.grid_hw == (SIDE, SIDE)  # one 112 px crop: an 8 x 8 high-res grid
+    hr_grid = full[BASE:].reshape(SIDE, SIDE + 1, -1)
+    torch.testing.assert_close(hr_tokens.features[0], hr_grid[:, :SIDE].reshape(BASE, -1), rtol=0, atol=0)
+    keep = math.ceil(BASE * r)
+    assert base_plan.kept_indices.numel() == hr_plan.kept_indices.numel() == keep
+    # expected high-res block: kept tokens in raster order, a newline after the last kept token of each row
+    newline = model.model.image_newline
+    expected, kept_rows = [], hr_plan.kept_indices // SIDE
+    for j, feat in enumerate(hr_plan.features):
+        expected.append(feat)
+        if j + 1 == len(kept_rows) or kept_rows[j + 1] != kept_rows[j]:
+            expected.append(newline)
+    expected = torch.stack(expected)
+    n_rows = torch.unique(kept_rows).numel()
+    sent = torch.cat(list(seen.calls[-1]["mm_encoder_outputs"]["image"].pooler_output))
+    assert sent.shape[0] == 2 * keep + n_rows == row["image_tokens_after"]
+    torch.testing.assert_close(sent[:keep], base_plan.features, rtol=0, atol=0)
+    torch.testing.assert_close(sent[keep:], expected, rtol=0, atol=0)
+    assert int((seen.calls[-1]["input_ids"] == model.config.image_token_id).sum()) == sent.shape[0]
+
+
+@torch.no_grad()
+def test_highres_saliency_is_the_crops_global_query():
+    model = T.model()
+    inputs = image_inputs(model, [[tiny.ImageSpec()]], ["an image?"])
+    _PLANS.clear()
+    with tango.enabled(model, cfg(0.25, strategy="test_llava_images_spy"), image_highres="prune"):
+        model(**inputs)
+    (base_tokens, _), (hr_tokens, _) = _PLANS
+    tower = model.model.vision_tower
+    layer = tower.encoder.layers[-1]
+    hs = tower(inputs["pixel_values"][0], output_hidden_states=True).hidden_states[-2]  # base crop, high-res crop
+    x = layer.layer_norm1(hs)
+    q = layer.self_attn.q_proj(x).view(2, BASE, 4, -1).transpose(1, 2)
+    k = layer.self_attn.k_proj(x).view(2, BASE, 4, -1).transpose(1, 2)
+    expected = global_query_saliency(q, k)
+    torch.testing.assert_close(base_tokens.saliency[0], expected[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(hr_tokens.saliency[0], expected[1], rtol=1e-5, atol=1e-6)
+
+
+@torch.no_grad()
+def test_highres_prune_batch_equals_single_samples():
+    model = T.model()
+    media = [[tiny.ImageSpec(seed=5)], [tiny.VideoSpec(8, seed=1)]]
+    prompts = ["describe the scene in detail.", "what happens?"]
+    batch = image_inputs(model, media, prompts)
+    with tango.enabled(model, cfg(0.25), image_highres="prune") as h:
+        out = gen(model, batch, n=4)
+        rows = h.report()["samples"]
+        singles = []
+        for m, p in zip(media, prompts):
+            one = image_inputs(model, [m], [p])
+            singles.append((one, gen(model, one, n=4), h.report()["samples"][0]))
+    L = batch["input_ids"].shape[1]
+    assert rows[0]["image_tokens_after"] < math.ceil(BASE * 0.25) + TAIL
+    for b, (one, single, row) in enumerate(singles):
+        assert rows[b]["image_tokens_after"] == row["image_tokens_after"]
+        assert torch.equal(out[b, L:], single[0, one["input_ids"].shape[1]:])
+
+
+def test_bad_image_highres_option_fails_at_enable():
+    model = T.model()
+    with pytest.raises(ValueError, match="image_highres"):
+        tango.enable(model, cfg(0.25), image_highres="drop")
+    assert "forward" not in model.__dict__
+
+
+# ----------------------------------------------------------------------------------------------- real processor
+def _processor_inputs(model, tok):
+    """Two non-square images through the real LlavaOnevisionProcessor: several crops, unpadded high-res grids."""
+    pytest.importorskip("torchvision")
+    from transformers import LlavaOnevisionImageProcessor, LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor
+
+    pins = [[112, 112], [112, 224], [224, 112], [224, 224]]
+    model.config.image_grid_pinpoints = pins
+    size = {"height": 112, "width": 112}
+    proc = LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessor(size=size, image_grid_pinpoints=pins), tokenizer=tok,
+        video_processor=LlavaOnevisionVideoProcessor(size=size), num_image_tokens=BASE,
+        vision_feature_select_strategy="full")
+    g = torch.Generator().manual_seed(0)
+    images = [(torch.rand(3, 100, 190, generator=g) * 255).to(torch.uint8),
+              (torch.rand(3, 150, 90, generator=g) * 255).to(torch.uint8)]
+    return proc(text=["<image>what is it?", "<image>and this one?"], images=images, return_tensors="pt",
+                padding=True)
+
+
+@pytest.mark.parametrize("highres", ["keep", "prune"])
+@torch.no_grad()
+def test_processor_images_with_several_crops(highres):
+    tok = T.tokenizer()
+    model = tiny.build_model("llava_onevision", tok)
+    inputs = _processor_inputs(model, tok)
+    assert inputs["pixel_values"].shape[1] == 3  # base + 2 crops each
+    before = (inputs["input_ids"] == model.config.image_token_id).sum(-1).tolist()
+    assert before[0] != before[1]  # different unpadded high-res grids
+    ref = model(**inputs).logits
+    ref_tokens = gen(model, inputs, n=3)
+    with tango.enabled(model, cfg(1.0), image_highres=highres):
+        same = model(**inputs).logits
+        same_tokens = gen(model, inputs, n=3)
+    torch.testing.assert_close(same, ref, rtol=1e-5, atol=1e-5)
+    assert torch.equal(same_tokens, ref_tokens)
+    with tango.enabled(model, cfg(0.25), image_highres=highres) as h:
+        out = gen(model, inputs, n=3)
+        rows = h.report()["samples"]
+    keep = math.ceil(BASE * 0.25)
+    assert [r["image_tokens_before"] for r in rows] == before
+    if highres == "keep":
+        assert [r["image_tokens_after"] for r in rows] == [n - BASE + keep for n in before]
+    else:
+        assert all(r["image_tokens_after"] < n - BASE + keep for r, n in zip(rows, before))
+    L = inputs["input_ids"].shape[1]
+    assert out.shape == (2, L + 3) and torch.equal(out[:, :L], inputs["input_ids"])
