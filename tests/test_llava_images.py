@@ -420,3 +420,40 @@ def test_processor_images_with_several_crops(highres):
         assert all(r["image_tokens_after"] < n - BASE + keep for r, n in zip(rows, before))
     L = inputs["input_ids"].shape[1]
     assert out.shape == (2, L + 3) and torch.equal(out[:, :L], inputs["input_ids"])
+
+
+@torch.no_grad()
+def test_highres_prune_on_a_resized_grid():
+    """16 crops: past `anyres_max_9` the model shrinks the stitched grid bilinearly; the scores follow the same way."""
+    pytest.importorskip("torchvision")
+    from transformers import LlavaOnevisionImageProcessor, LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor
+
+    tok = T.tokenizer()
+    model = tiny.build_model("llava_onevision", tok)
+    pins = [[448, 448]]
+    model.config.image_grid_pinpoints = pins
+    size = {"height": 112, "width": 112}
+    proc = LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessor(size=size, image_grid_pinpoints=pins), tokenizer=tok,
+        video_processor=LlavaOnevisionVideoProcessor(size=size), num_image_tokens=BASE,
+        vision_feature_select_strategy="full")
+    image = (torch.rand(3, 400, 430, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    inputs = proc(text=["<image>what is it?"], images=[image], return_tensors="pt")
+    full = model.model.get_image_features(pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"],
+                                          batch_num_images=inputs["batch_num_images"]).pooler_output[0]
+    tail = full[BASE:]
+    rows = int((tail == model.model.image_newline).all(-1).sum())
+    cols = tail.shape[0] // rows - 1
+    assert rows * cols < 30 * 32  # resized: smaller than the unpadded 4 x 4 crops' grid
+    ref = model(**inputs).logits
+    with tango.enabled(model, cfg(1.0), image_highres="prune"):
+        torch.testing.assert_close(model(**inputs).logits, ref, rtol=1e-5, atol=1e-5)
+    _PLANS.clear()
+    with tango.enabled(model, cfg(0.2, strategy="test_llava_images_spy"), image_highres="prune") as h:
+        model(**inputs)
+        row = h.report()["samples"][0]
+    (_, base_plan), (hr_tokens, hr_plan) = _PLANS
+    assert hr_tokens.grid_hw == (rows, cols) and hr_tokens.saliency.shape == (1, rows * cols)
+    assert hr_plan.kept_indices.numel() == math.ceil(rows * cols * 0.2)
+    kept_rows = torch.unique(hr_plan.kept_indices // cols).numel()
+    assert row["image_tokens_after"] == math.ceil(BASE * 0.2) + hr_plan.kept_indices.numel() + kept_rows
