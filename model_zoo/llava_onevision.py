@@ -21,7 +21,8 @@ high-res grid is pruned as a second frame (scores laid out by the model's own `p
 
 Saliency sources: "global_query" (default; the feature layer's own q/k, SPEC 1.3 applied to SigLIP, pooled like the
 features, SPEC 1.2), "siglip_head" (the SigLIP attention-pooling head loaded from `config.siglip_head_path`, the
-reference's signal, SPEC 1.1) and "attention_received". Images use the same hook on the base crop, unpooled.
+reference's signal, SPEC 1.1) and "attention_received". Images use the same hook, unpooled, on the base crop (and
+on the high-res crops with `image_highres="prune"`).
 """
 
 from __future__ import annotations
