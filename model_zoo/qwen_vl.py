@@ -9,8 +9,19 @@ Saliency ("global_query", SPEC 1.3): a pre-hook on `visual.blocks[-1].attn` reco
 unit. Qwen2.5-VL's window order is undone with `argsort(window_index)`. Qwen3-VL's deepstack features are pruned with
 the same indices as the main features.
 
-Timestamps: Qwen2.5-VL `second_per_grid_ts` (seconds per temporal patch); otherwise the `fps` option
-(t * temporal_patch_size / fps) or `video_timestamps`; else the temporal-patch index.
+Timestamps (seconds per temporal patch, for ST-RoPE), in this order: the per-call `tango_video_timestamps` or the
+`video_timestamps` option; the `fps` option; Qwen2.5-VL's `second_per_grid_ts` (its processor returns it, so
+Qwen2.5-VL needs no option); else the temporal-patch index 0..T-1, with a one-time warning naming `fps` /
+`video_timestamps`.
+
+- Qwen2-VL / Qwen2.5-VL: `fps` gives t * temporal_patch_size / fps (the patch's first frame), as
+  `second_per_grid_ts` does; `video_timestamps` with one value per input frame keeps each patch's first frame.
+- Qwen3-VL: its processor writes each temporal patch's time into the prompt text ("<1.2 seconds>", the mean of the
+  patch's first and last sampled frame index / the video's fps, from the video metadata) and returns nothing the
+  model's forward receives, so the adapter cannot see those times. Give `fps=` (the rate of the sampled frames;
+  times = (t * temporal_patch_size + (temporal_patch_size - 1) / 2) / fps, the processor's formula for uniformly
+  sampled frames) or `video_timestamps=` (one value per temporal patch, used as given, or one per sampled frame,
+  e.g. `frames_indices / metadata.fps`: each patch gets the mean of its first and last frame, as in the text).
 """
 
 from __future__ import annotations
@@ -134,9 +145,11 @@ class QwenVLAdapter(VideoSpliceAdapter):
                     extra={"deepstack": [layer[v] for layer in out.deepstack_features]} if self.deepstack else {}))
                 continue
             feats = out.pooler_output[v].reshape(t, (h // ms) * (w // ms), -1)
-            ts = self.user_timestamps(v, t, kw, frames_per_step=tp)
+            ts = self.video_timestamps(v, t, kw, tp)
             if ts is None and seconds is not None:
                 ts = torch.arange(t, dtype=torch.float32) * float(seconds[v])
+            if ts is None and need_saliency:
+                self.state.warn_once("timestamps", self.missing_timestamps_note)
             extra = {}
             if self.deepstack:
                 extra["deepstack"] = [layer[v] for layer in out.deepstack_features]
@@ -146,6 +159,15 @@ class QwenVLAdapter(VideoSpliceAdapter):
                 frame_embeddings=feats.float().mean(1) if self.config.segmentation == "fastvid" else None,
                 extra=extra))
         return videos, out, cap.seconds
+
+    #: the one-time warning when a video has no time source (ST-RoPE then uses the temporal-patch index)
+    missing_timestamps_note = ("no video timestamps (no second_per_grid_ts, fps or video_timestamps): ST-RoPE uses "
+                               "the temporal-patch index 0..T-1 as time; pass fps= (frames per second of the sampled "
+                               "frames) or video_timestamps= to tango.enable")
+
+    def video_timestamps(self, index: int, t: int, kw: dict, tp: int):
+        """(t,) seconds of video `index` from `tango_video_timestamps` / `video_timestamps` / `fps`, or None."""
+        return self.user_timestamps(index, t, kw, frames_per_step=tp)
 
     def build_block(self, video: EncodedVideo, plan: PrunePlan) -> Block:
         block = super().build_block(video, plan)
@@ -206,10 +228,36 @@ class Qwen2_5_VLAdapter(QwenVLAdapter):
 
 
 class Qwen3VLAdapter(QwenVLAdapter):
-    """Qwen3-VL: per-slice timestamps in the text, deepstack features pruned with the same indices."""
+    """Qwen3-VL: deepstack features pruned with the same indices.
+
+    Its processor writes the per-slice timestamps into the prompt text only ("<x.x seconds>"); the model inputs carry
+    no times, so pass `fps=` or `video_timestamps=` to `enable` (see the module docstring) or ST-RoPE runs on the
+    temporal-patch index (with a warning). Both options give the processor's times: the mean of each temporal
+    patch's first and last frame time.
+    """
 
     preset_name = "qwen3-vl"
     deepstack = True
+    missing_timestamps_note = ("Qwen3-VL's processor puts the video timestamps into the prompt text only, so the "
+                               "adapter cannot see them: ST-RoPE uses the temporal-patch index 0..T-1 as time; pass "
+                               "fps= (frames per second of the sampled frames) or video_timestamps= to tango.enable")
+
+    def video_timestamps(self, index: int, t: int, kw: dict, tp: int):
+        given = kw.get("tango_video_timestamps")
+        if given is None:
+            given = self.options.get("video_timestamps")
+        if given is not None:
+            ts = given[index] if isinstance(given, (list, tuple)) else given
+            ts = torch.as_tensor(ts, dtype=torch.float32).flatten()
+            if tp > 1 and ts.numel() == t * tp:
+                # one time per sampled frame: the processor's per-slice time is (first + last frame of the patch) / 2
+                per = ts.reshape(t, tp)
+                return (per[:, 0] + per[:, -1]) / 2
+            return self.user_timestamps(index, t, kw, frames_per_step=tp)
+        fps = self.options.get("fps")
+        if fps is not None:
+            return (torch.arange(t, dtype=torch.float32) * tp + (tp - 1) / 2) / float(fps)
+        return None
 
 
 __all__ = ["QwenVLAdapter", "Qwen2VLAdapter", "Qwen2_5_VLAdapter", "Qwen3VLAdapter"]
