@@ -41,15 +41,36 @@ def _density(knn_dists: torch.Tensor) -> torch.Tensor:
     return (-(knn_dists[..., 1:] ** 2).mean(dim=-1)).exp()
 
 
+def _neighbour_delta(rho: torch.Tensor, knn_d: torch.Tensor, knn_i: torch.Tensor, max_dist: torch.Tensor):
+    """delta from each point's k+1 nearest (ascending) lists, and the "peaks" whose lists hold no denser point.
+
+    If a denser point is in i's list, the first one is i's nearest denser point overall (every point closer to i
+    is in the list). Peaks get `max_dist` here; the caller scans their whole rows (a few percent of the points).
+
+    Args:
+        rho: (B, M); knn_d / knn_i: (B, M, kk) distances and indices; max_dist: (B,).
+    """
+    B, M, kk = knn_i.shape
+    idx = torch.arange(M, device=rho.device)
+    rho_nb = torch.gather(rho, 1, knn_i.reshape(B, M * kk)).view(B, M, kk)
+    denser_nb = _denser(rho_nb, knn_i, rho[..., None], idx[None, :, None])
+    has_nb = denser_nb.any(dim=-1)
+    first = denser_nb.to(torch.uint8).argmax(dim=-1, keepdim=True)
+    delta = torch.where(has_nb, knn_d.gather(-1, first).squeeze(-1), max_dist[:, None])
+    return delta, ~has_nb
+
+
 def _dpc_full(x: torch.Tensor, cluster_num: int, k: int) -> torch.Tensor:
     B, M, _ = x.shape
     dist = torch.cdist(x, x)
-    knn = torch.topk(dist, min(k + 1, M), dim=-1, largest=False).values
-    rho = _density(knn)
+    knn_d, knn_i = torch.topk(dist, min(k + 1, M), dim=-1, largest=False)
+    rho = _density(knn_d)
+    max_dist = dist.flatten(1).max(dim=1).values
+    delta, peaks = _neighbour_delta(rho, knn_d, knn_i, max_dist)
+    b, i = torch.nonzero(peaks, as_tuple=True)
     idx = torch.arange(M, device=x.device)
-    denser = _denser(rho[:, None, :], idx[None, None, :], rho[:, :, None], idx[None, :, None])
-    max_dist = dist.flatten(1).max(dim=1).values[:, None, None]
-    delta = torch.where(denser, dist, max_dist).min(dim=-1).values
+    denser = _denser(rho[b], idx[None, :], rho[b, i][:, None], i[:, None])  # (peaks, M)
+    delta[b, i] = torch.where(denser, dist[b, i], max_dist[b][:, None]).min(dim=-1).values
     return stable_topk(rho * delta, cluster_num)
 
 
@@ -99,12 +120,9 @@ def _dpc_tiled(x: torch.Tensor, cluster_num: int, k: int, tile: int, max_block_e
             del block
     rho = _density(best_d)
     idx = torch.arange(M, device=x.device)
-    # nearest denser point among the neighbours (the lists are sorted by distance)
-    denser_nb = _denser(rho[best_i], best_i, rho[:, None], idx[:, None])
-    has_nb = denser_nb.any(dim=-1)
-    first = denser_nb.float().argmax(dim=-1)
-    delta = torch.where(has_nb, best_d.gather(1, first[:, None]).squeeze(1), max_dist)
-    peaks = torch.nonzero(~has_nb).flatten()
+    delta, peak_mask = _neighbour_delta(rho[None], best_d[None], best_i[None], max_dist.reshape(1))
+    delta = delta[0]
+    peaks = torch.nonzero(peak_mask[0]).flatten()
     peak_rows = max(1, min(tile, max_block_elements // M))
     for a in range(0, peaks.numel(), peak_rows):
         p = peaks[a:a + peak_rows]
