@@ -1,8 +1,9 @@
-"""Command line: `tango-plugin demo | info | prune`.
+"""Command line: `tango-plugin demo | info | prune | run`.
 
     tango-plugin demo                 # generated video, no downloads: engine + tiny random Video LLMs
     tango-plugin info                 # registered strategies, adapters and presets
     tango-plugin prune tokens.pt      # run the engine on saved tensors (features, saliency, grid_hw, ...)
+    tango-plugin run --model DIR --video clip.mp4 --question "..." --compare   # a local checkpoint on a video file
 """
 
 from __future__ import annotations
@@ -103,6 +104,16 @@ def cmd_prune(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    from .run_model import run
+
+    try:
+        return run(args)
+    except ImportError as exc:  # a missing extra: say which, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tango-plugin", description="Tango visual-token pruning for Video LLMs")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -125,6 +136,21 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--output", help="where to save kept_indices and features")
     prune.add_argument("--picture", help="PNG of what was kept")
     prune.set_defaults(func=cmd_prune)
+    run = sub.add_parser("run", help="answer a question about a video file with a local checkpoint, pruned")
+    run.add_argument("--model", required=True, help="local checkpoint folder (model and processor files)")
+    run.add_argument("--video", required=True, help="video file PyAV can read")
+    run.add_argument("--question", default="Describe this video.")
+    run.add_argument("--frames", type=int, default=32, help="frames sampled uniformly over the video")
+    run.add_argument("--ratio", type=float, default=None,
+                     help="retention ratio in (0, 1] (default: 0.1, or the preset's)")
+    run.add_argument("--preset", help="TangoConfig preset, e.g. llava-video (`tango-plugin info` lists them)")
+    run.add_argument("--config", help="TangoConfig as JSON (instead of a preset; --ratio still overrides)")
+    run.add_argument("--max-new-tokens", type=int, default=32)
+    run.add_argument("--device", default="cpu", help="cpu or cuda")
+    run.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
+    run.add_argument("--compare", action="store_true", help="also run the unpruned model and show both")
+    run.add_argument("--picture", help="PNG of the tokens kept in the video")
+    run.set_defaults(func=cmd_run)
     return parser
 
 

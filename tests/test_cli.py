@@ -1,5 +1,6 @@
 """The command line: the demo's engine part writes real pictures; `prune` runs on saved tensors."""
 
+import pytest
 import torch
 
 from tango_plugin.cli import main
@@ -30,3 +31,201 @@ def test_bad_ratio_is_a_clear_error(tmp_path, capsys):
             "--out", str(tmp_path)]
     assert main(args) == 2
     assert "retention_ratio=1.5" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ tango-plugin run (checkpoints)
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{% for c in message['content'] %}"
+    "{% if c['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>{% elif c['type'] == 'text' %}"
+    "{{ c['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+VIDEO_FRAMES, VIDEO_FPS, VIDEO_SIDE = 12, 6, 112
+
+
+def _write_video(path) -> None:
+    """A 12-frame 112 x 112 MPEG-4 clip at 6 fps: a random pattern sliding right by 4 pixels a frame."""
+    import numpy as np
+
+    av = pytest.importorskip("av")
+    base = np.random.default_rng(0).integers(0, 255, (VIDEO_SIDE, VIDEO_SIDE, 3), dtype=np.uint8)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=VIDEO_FPS)
+        stream.width = stream.height = VIDEO_SIDE
+        stream.pix_fmt = "yuv420p"
+        for i in range(VIDEO_FRAMES):
+            frame = av.VideoFrame.from_ndarray(np.roll(base, 4 * i, axis=1), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def _save_checkpoint(folder, model_type: str, with_processor: bool = True) -> str:
+    """A tiny random model and a real processor built from its classes, saved the way a checkpoint folder is."""
+    import transformers as tf
+    from tango_plugin.model_zoo import tiny
+
+    tok = tiny.build_tokenizer("llava" if model_type == "llava_onevision" else "qwen")
+    model = tiny.build_model(model_type, tok)
+    if model_type == "qwen2_vl":  # with a chat template (the template path of `run`)
+        px = dict(min_pixels=56 * 56, max_pixels=VIDEO_SIDE * VIDEO_SIDE)
+        proc = tf.Qwen2VLProcessor(image_processor=tf.Qwen2VLImageProcessor(**px), tokenizer=tok,
+                                   video_processor=tf.Qwen2VLVideoProcessor(**px, cap_pixels_per_frame=False),
+                                   chat_template=QWEN_CHAT_TEMPLATE)
+    else:  # no chat template: the plain "<video>" prompt path
+        size = {"height": VIDEO_SIDE, "width": VIDEO_SIDE}
+        proc = tf.LlavaOnevisionProcessor(
+            image_processor=tf.LlavaOnevisionImageProcessor(size=size, image_grid_pinpoints=[[112, 112]]),
+            tokenizer=tok, video_processor=tf.LlavaOnevisionVideoProcessor(size=size), num_image_tokens=64,
+            vision_feature_select_strategy="full")
+    model.save_pretrained(folder)
+    if with_processor:
+        proc.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    pytest.importorskip("torchvision")
+    pytest.importorskip("av")
+    root = tmp_path_factory.mktemp("run")
+    _write_video(root / "clip.mp4")
+    return {"video": str(root / "clip.mp4"),
+            "qwen2_vl": _save_checkpoint(root / "qwen2_vl", "qwen2_vl"),
+            "llava_onevision": _save_checkpoint(root / "llava_onevision", "llava_onevision")}
+
+
+def _expected_times():
+    import numpy as np
+
+    indices = np.linspace(0, VIDEO_FRAMES - 1, 4).astype(int)  # lmms-eval / VLMEvalKit uniform sampling
+    return indices.tolist(), torch.tensor(indices, dtype=torch.float32) / VIDEO_FPS
+
+
+def _spy_enabled(monkeypatch):
+    import tango_plugin
+
+    seen = []
+    real = tango_plugin.enabled
+
+    def spy(model, config=None, **kwargs):
+        seen.append(kwargs)
+        return real(model, config, **kwargs)
+
+    monkeypatch.setattr(tango_plugin, "enabled", spy)
+    return seen
+
+
+def _tokens_line(text: str):
+    import re
+
+    before, after = re.search(r"visual tokens: (\d+) -> (\d+)", text).groups()
+    return int(before), int(after)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("model_type", ["qwen2_vl", "llava_onevision"])
+def test_run_on_saved_checkpoint_and_video_file(checkpoints, model_type, monkeypatch, capsys):
+    import transformers as tf
+    from tango_plugin.model_zoo import common
+
+    folder = checkpoints[model_type]
+    # the folder loads back through the auto classes, as `run` loads it
+    loaded = tf.AutoModelForImageTextToText.from_pretrained(folder, local_files_only=True)
+    assert loaded.config.model_type == model_type
+    proc = tf.AutoProcessor.from_pretrained(folder, local_files_only=True)
+    assert bool(proc.chat_template) == (model_type == "qwen2_vl")
+    capsys.readouterr()
+
+    calls = _spy_enabled(monkeypatch)
+    strategy_times = []
+    real_prune = common.prune
+    monkeypatch.setattr(common, "prune", lambda tokens, cfg: strategy_times.append(tokens.timestamps)
+                        or real_prune(tokens, cfg))
+    args = ["run", "--model", folder, "--video", checkpoints["video"], "--frames", "4", "--ratio", "0.25",
+            "--max-new-tokens", "3", "--compare"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+
+    indices, times = _expected_times()
+    assert f"sampled 4 frames {indices}" in text and f"{VIDEO_FRAMES} frames at {VIDEO_FPS} fps" in text
+    assert len(calls) == 1
+    torch.testing.assert_close(calls[0]["video_timestamps"], times)  # frame index / average fps of the file
+    if model_type == "llava_onevision":  # one LLaVA-OV frame per sampled frame: the strategy sees those times
+        torch.testing.assert_close(strategy_times[0], times)
+    else:  # one Qwen2-VL frame per temporal patch (2 frames): the patch's first frame
+        torch.testing.assert_close(strategy_times[0], times[::2])
+    assert ("prompt: chat template" in text) == (model_type == "qwen2_vl")
+
+    before, after = _tokens_line(text)
+    if model_type == "qwen2_vl":  # 112 px frames: 8 x 8 patches, 2 x 2 merge -> 16 tokens per 2-frame patch
+        assert before == 2 * 16 and after == -(-before // 4)  # the Qwen adapters keep ceil(n * r)
+    else:  # 4 frames of 4 x 4 pooled tokens plus the one newline
+        assert before == 4 * 16 + 1 and 1 < after < before
+    assert f"ratio {after / before:.3f}" in text
+    table = [line for line in text.splitlines() if line.startswith("| ")]
+    assert table[1].split("|")[1].strip() == "unpruned" and table[1].split("|")[3].strip() == str(before)
+    assert table[2].split("|")[1].strip() == "tango r=0.25" and table[2].split("|")[3].strip() == str(after)
+    answers = [row.split("|")[7].strip() for row in table[1:]]
+    assert all(answers)  # both answers printed (3 random tokens each)
+    assert "saliency source: global_query" in text and "pruning time:" in text and "time to generate" in text
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_run_config_file_topk_budget_and_picture(checkpoints, tmp_path, capsys):
+    from tango_plugin import TangoConfig
+
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(TangoConfig(retention_ratio=0.5, strategy="topk").to_json())
+    png = tmp_path / "kept.png"
+    args = ["run", "--model", checkpoints["llava_onevision"], "--video", checkpoints["video"], "--frames", "3",
+            "--config", str(cfg), "--ratio", "0.25", "--max-new-tokens", "2", "--picture", str(png)]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "strategy topk, retention_ratio 0.25" in text  # --ratio overrides the file's ratio
+    # top-k keeps ceil(16 * 0.25) = 4 tokens in each of the 3 frames, plus the newline token
+    assert _tokens_line(text) == (3 * 16 + 1, 3 * 4 + 1)
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" in data and "3 frames x 16 tokens" in text
+
+
+@pytest.mark.parametrize("change,expect", [
+    (["--video", "/no/such/clip.mp4"], "--video /no/such/clip.mp4: no such file"),
+    (["--ratio", "1.5"], "--ratio 1.5: the retention ratio must be in (0, 1]"),
+    (["--frames", "0"], "--frames 0: at least 1 frame"),
+    (["--model", "/no/such/folder"], "--model /no/such/folder: no such folder"),
+    (["--preset", "nope"], "--preset nope: unknown preset; known presets:"),
+])
+def test_run_bad_input_is_a_clear_error(checkpoints, change, expect, capsys):
+    args = {"--model": checkpoints["qwen2_vl"], "--video": checkpoints["video"], "--frames": "4"}
+    args.update(dict(zip(change[::2], change[1::2])))
+    assert main(["run", *[x for kv in args.items() for x in kv]]) == 2
+    captured = capsys.readouterr()
+    assert expect in captured.err and "Traceback" not in captured.err
+
+
+def test_run_unsupported_model_or_no_processor(checkpoints, tmp_path, capsys):
+    import transformers as tf
+
+    other = tmp_path / "text_only"
+    tf.Qwen2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                   num_key_value_heads=1).save_pretrained(other)
+    assert main(["run", "--model", str(other), "--video", checkpoints["video"]]) == 2
+    err = capsys.readouterr().err
+    assert "model type 'qwen2' is not supported" in err and "llava_onevision" in err
+    bare = _save_checkpoint(tmp_path / "bare", "qwen2_vl", with_processor=False)
+    assert main(["run", "--model", bare, "--video", checkpoints["video"], "--frames", "2"]) == 2
+    assert f"--model {bare}:" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_run_odd_frame_count_on_qwen_repeats_the_last_time(checkpoints, monkeypatch, capsys):
+    # 3 frames: the Qwen processor repeats the last frame to fill the second 2-frame patch; the times follow
+    calls = _spy_enabled(monkeypatch)
+    args = ["run", "--model", checkpoints["qwen2_vl"], "--video", checkpoints["video"], "--frames", "3",
+            "--max-new-tokens", "1"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "sampled 3 frames [0, 5, 11]" in text and "retention_ratio 0.1" in text  # the default ratio
+    torch.testing.assert_close(calls[0]["video_timestamps"], torch.tensor([0, 5, 11, 11]) / VIDEO_FPS)
+    assert _tokens_line(text) == (32, 4)  # ceil(32 * 0.1)
