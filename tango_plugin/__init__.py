@@ -14,6 +14,7 @@ from .strategies import (
     list_strategies,
     prune,
     register_strategy,
+    unregister_strategy,
 )
 
 __version__ = "0.1.0"
@@ -49,5 +50,6 @@ __all__ = [
     "list_strategies",
     "prune",
     "register_strategy",
+    "unregister_strategy",
     *_LAZY,
 ]

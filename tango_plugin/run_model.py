@@ -261,7 +261,7 @@ def _recording(cfg: TangoConfig) -> Iterator[Tuple[TangoConfig, List[Tuple[Any, 
     try:
         yield cfg.replace(strategy=name), seen
     finally:
-        strategies._STRATEGIES.pop(name, None)  # no public unregister; leave the registry as it was
+        strategies.unregister_strategy(name)  # leave the registry as it was
 
 
 def run(args) -> int:

@@ -100,6 +100,13 @@ def register_strategy(name: str, strategy: Optional[Type[PruningStrategy]] = Non
     return _register
 
 
+def unregister_strategy(name: str) -> None:
+    """Remove the strategy registered under `name` (a temporary or test strategy); unknown names are an error."""
+    if name not in _STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; registered strategies: {list_strategies()}")
+    del _STRATEGIES[name]
+
+
 def list_strategies() -> list:
     return sorted(_STRATEGIES)
 

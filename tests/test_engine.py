@@ -277,6 +277,10 @@ def test_baselines_and_registry():
 
     res = _run(v, strategy="test_first_token")
     assert res.kept_indices.tolist() == [0, 16, 32, 48]
+    tp.unregister_strategy("test_first_token")
+    assert "test_first_token" not in tp.list_strategies()
+    with pytest.raises(ValueError, match="unknown strategy 'test_first_token'"):
+        tp.unregister_strategy("test_first_token")
     with pytest.raises(ValueError, match="unknown strategy 'nope'.*tango"):
         _run(v, strategy="nope")
 
