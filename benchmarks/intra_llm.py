@@ -28,7 +28,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from prefill import DTYPES, build_llava, median_of, sync, timed_generate, warn_slow_bf16  # noqa: E402
+from prefill import DTYPES, FPS, build_llava, median_of, sync, timed_generate, warn_slow_bf16  # noqa: E402
 
 import tango_plugin as tango  # noqa: E402
 
@@ -87,7 +87,7 @@ def main(argv=None) -> None:
     print("|" + "---|" * header.count(" | ") + "---|")
     base = None
     for name, cfg in settings:
-        handle = tango.enable(model, cfg) if cfg is not None else None
+        handle = tango.enable(model, cfg, fps=FPS) if cfg is not None else None
         try:
             timed_generate(model, inputs, device)  # warm-up
             res = median_of(lambda: timed_generate(model, inputs, device), reps)

@@ -36,6 +36,8 @@ from tango_plugin.model_zoo.tiny import VideoSpec, _frames, _qwen_patches
 
 import tango_plugin as tango
 
+# The sampled frames' rate: ST-RoPE times are frame / FPS seconds (a 32 s clip at 32 frames).
+FPS = 1.0
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -217,7 +219,7 @@ def bench(name: str, builder, args, device, dtype) -> List[dict]:
     mrope = name != "LLaVA-OV"
     rows = []
     # warm-up: allocator, kernels and the engine, on a short pruned run
-    with tango.enabled(model, tango.TangoConfig(retention_ratio=min(args.ratios))):
+    with tango.enabled(model, tango.TangoConfig(retention_ratio=min(args.ratios)), fps=FPS):
         timed_generate(model, inputs, device)
     full = None
     for r in sorted(args.ratios, reverse=True):
@@ -227,7 +229,7 @@ def bench(name: str, builder, args, device, dtype) -> List[dict]:
             visual = int((inputs["input_ids"] == model.config.video_token_id).sum())
             seq, overhead = inputs["input_ids"].shape[1], 0.0
         else:
-            with tango.enabled(model, cfg) as h:
+            with tango.enabled(model, cfg, fps=FPS) as h:
                 timed_generate(model, inputs, device)  # warm-up at this ratio
                 h.reset()
                 res = median_of(lambda: timed_generate(model, inputs, device), args.reps)

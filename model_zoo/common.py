@@ -173,15 +173,21 @@ class VideoSpliceAdapter(ModelAdapter):
             return (), note
         return preset, ""
 
-    def user_timestamps(self, index: int, num_frames: int, kw: dict, frames_per_step: int = 1
-                        ) -> Optional[torch.Tensor]:
-        """Timestamps from the per-call `tango_video_timestamps`, the `video_timestamps` or `fps` options."""
+    def given_timestamps(self, index: int, kw: dict) -> Optional[torch.Tensor]:
+        """The seconds given for video `index` (per call first, then the `video_timestamps` option), flat float32."""
         given = kw.get("tango_video_timestamps")
         if given is None:
             given = self.options.get("video_timestamps")
-        if given is not None:
-            ts = given[index] if isinstance(given, (list, tuple)) else given
-            ts = torch.as_tensor(ts, dtype=torch.float32).flatten()
+        if given is None:
+            return None
+        ts = given[index] if isinstance(given, (list, tuple)) else given
+        return torch.as_tensor(ts, dtype=torch.float32).flatten()
+
+    def user_timestamps(self, index: int, num_frames: int, kw: dict, frames_per_step: int = 1
+                        ) -> Optional[torch.Tensor]:
+        """Timestamps from the per-call `tango_video_timestamps`, the `video_timestamps` or `fps` options."""
+        ts = self.given_timestamps(index, kw)
+        if ts is not None:
             if ts.numel() == num_frames * frames_per_step and frames_per_step > 1:
                 ts = ts.reshape(num_frames, frames_per_step)[:, 0]
             if ts.numel() != num_frames:

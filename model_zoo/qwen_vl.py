@@ -243,12 +243,8 @@ class Qwen3VLAdapter(QwenVLAdapter):
                                "fps= (frames per second of the sampled frames) or video_timestamps= to tango.enable")
 
     def video_timestamps(self, index: int, t: int, kw: dict, tp: int):
-        given = kw.get("tango_video_timestamps")
-        if given is None:
-            given = self.options.get("video_timestamps")
-        if given is not None:
-            ts = given[index] if isinstance(given, (list, tuple)) else given
-            ts = torch.as_tensor(ts, dtype=torch.float32).flatten()
+        ts = self.given_timestamps(index, kw)
+        if ts is not None:
             if tp > 1 and ts.numel() == t * tp:
                 # one time per sampled frame: the processor's per-slice time is (first + last frame of the patch) / 2
                 per = ts.reshape(t, tp)
