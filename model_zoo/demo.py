@@ -49,7 +49,8 @@ def run_model_demo(ratio: float = 0.1, frames: int = 16, seed: int = 0, new_toke
         full_ms = _prefill_ms(model, inputs)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            handle = enable(model, TangoConfig(retention_ratio=ratio, **extra), **options)
+            # the generated frames stand for a clip sampled at 1 fps: ST-RoPE times are frame / fps seconds
+            handle = enable(model, TangoConfig(retention_ratio=ratio, **extra), fps=1.0, **options)
             with torch.no_grad():
                 pruned_ids = model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False)
             report = handle.report()
