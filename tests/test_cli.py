@@ -229,3 +229,15 @@ def test_run_odd_frame_count_on_qwen_repeats_the_last_time(checkpoints, monkeypa
     assert "sampled 3 frames [0, 5, 11]" in text and "retention_ratio 0.1" in text  # the default ratio
     torch.testing.assert_close(calls[0]["video_timestamps"], torch.tensor([0, 5, 11, 11]) / VIDEO_FPS)
     assert _tokens_line(text) == (32, 4)  # ceil(32 * 0.1)
+
+
+def test_model_demo_prunes_every_tiny_model(capsys):
+    from tango_plugin.model_zoo.demo import run_model_demo
+
+    rows = run_model_demo(ratio=0.25, frames=4, new_tokens=2)
+    assert {r["model"] for r in rows} >= {"llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"}
+    for r in rows:
+        assert 0 < r["after"] < r["before"], r["model"]
+        assert r["same_prompt"] and len(r["new_pruned"]) == 2, r["model"]
+        assert not any("no video timestamps" in w or "cannot see them" in w for w in r["warnings"]), r["model"]
+    assert "| qwen3_vl" in capsys.readouterr().out
