@@ -181,22 +181,19 @@ class VideoSpliceAdapter(ModelAdapter):
         if given is None:
             return None
         ts = given[index] if isinstance(given, (list, tuple)) else given
-        return torch.as_tensor(ts, dtype=torch.float32).flatten()
+        return torch.as_tensor(ts, dtype=torch.float64).flatten()  # float64, as the paper interpolates frame times
 
-    def user_timestamps(self, index: int, num_frames: int, kw: dict, frames_per_step: int = 1
-                        ) -> Optional[torch.Tensor]:
-        """Timestamps from the per-call `tango_video_timestamps`, the `video_timestamps` or `fps` options."""
+    def user_timestamps(self, index: int, num_frames: int, kw: dict) -> Optional[torch.Tensor]:
+        """One time per frame from the per-call `tango_video_timestamps`, the `video_timestamps` or `fps` options."""
         ts = self.given_timestamps(index, kw)
         if ts is not None:
-            if ts.numel() == num_frames * frames_per_step and frames_per_step > 1:
-                ts = ts.reshape(num_frames, frames_per_step)[:, 0]
             if ts.numel() != num_frames:
                 raise ValueError(f"video_timestamps for video {index} has {ts.numel()} values; the video has "
-                                 f"{num_frames} frames (temporal patches)")
+                                 f"{num_frames} frames")
             return ts
         fps = self.options.get("fps")
         if fps is not None:
-            return torch.arange(num_frames, dtype=torch.float32) * frames_per_step / float(fps)
+            return torch.arange(num_frames, dtype=torch.float64) / float(fps)
         return None
 
     def validate(self) -> None:

@@ -12,22 +12,25 @@ the same indices as the main features.
 Timestamps (seconds per temporal patch, for ST-RoPE), in this order: the per-call `tango_video_timestamps` or the
 `video_timestamps` option; the `fps` option; Qwen2.5-VL's `second_per_grid_ts` (its processor returns it, so
 Qwen2.5-VL needs no option); else the temporal-patch index 0..T-1, with a one-time warning naming `fps` /
-`video_timestamps`.
+`video_timestamps`. One value per temporal patch is used as given; one per sampled frame (an odd count included:
+the processor repeats the last frame) is reduced to one per patch:
 
-- Qwen2-VL / Qwen2.5-VL: `fps` gives t * temporal_patch_size / fps (the patch's first frame), as
-  `second_per_grid_ts` does; `video_timestamps` with one value per input frame keeps each patch's first frame.
+- Qwen2-VL / Qwen2.5-VL: as the paper's Qwen runs do, the frame times are interpolated at T evenly spaced points
+  from the first to the last frame (`np.interp(linspace(0, n - 1, T), arange(n), times)`, in float64), so the first
+  patch gets the first frame's time and the last patch the last frame's. `fps` means frame k at k / fps,
+  `second_per_grid_ts` frame k at k * second_per_grid_ts / temporal_patch_size.
 - Qwen3-VL: its processor writes each temporal patch's time into the prompt text ("<1.2 seconds>", the mean of the
   patch's first and last sampled frame index / the video's fps, from the video metadata) and returns nothing the
   model's forward receives, so the adapter cannot see those times. Give `fps=` (the rate of the sampled frames;
   times = (t * temporal_patch_size + (temporal_patch_size - 1) / 2) / fps, the processor's formula for uniformly
-  sampled frames) or `video_timestamps=` (one value per temporal patch, used as given, or one per sampled frame,
-  e.g. `frames_indices / metadata.fps`: each patch gets the mean of its first and last frame, as in the text).
+  sampled frames) or `video_timestamps=` (per sampled frame, e.g. `frames_indices / metadata.fps`: each patch gets
+  the mean of its first and last frame, as in the text).
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Any, List, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch
 
@@ -35,6 +38,21 @@ from tango_plugin.saliency import HookCapture, first_arg, score
 from tango_plugin.strategies import PrunePlan
 
 from .common import Block, EncodedVideo, VideoSpliceAdapter
+
+
+def patch_times(frame_times: torch.Tensor, num_patches: int) -> torch.Tensor:
+    """Frame times (n,) linearly interpolated at `num_patches` evenly spaced points from the first to the last frame,
+    in float64 (the paper's `np.interp(np.linspace(0, n - 1, T), np.arange(n), times)`)."""
+    times = frame_times.detach().to("cpu", torch.float64).flatten()
+    n = times.numel()
+    if num_patches == 1 or n == 1:
+        return times[:1].expand(num_patches).clone()
+    # the same float64 operations as numpy's linspace and interp (so the same values as the paper's code)
+    where = torch.arange(num_patches, dtype=torch.float64) * ((n - 1) / (num_patches - 1))
+    left = where.floor().long().clamp(max=n - 2)
+    out = (times[left + 1] - times[left]) * (where - left) + times[left]
+    out[-1] = times[-1]  # linspace ends exactly on the last frame, where interp returns its time
+    return out
 
 
 class QwenVLAdapter(VideoSpliceAdapter):
@@ -145,9 +163,7 @@ class QwenVLAdapter(VideoSpliceAdapter):
                     extra={"deepstack": [layer[v] for layer in out.deepstack_features]} if self.deepstack else {}))
                 continue
             feats = out.pooler_output[v].reshape(t, (h // ms) * (w // ms), -1)
-            ts = self.video_timestamps(v, t, kw, tp)
-            if ts is None and seconds is not None:
-                ts = torch.arange(t, dtype=torch.float32) * float(seconds[v])
+            ts = self.video_timestamps(v, t, kw, tp, None if seconds is None else float(seconds[v]))
             if ts is None and need_saliency:
                 self.state.warn_once("timestamps", self.missing_timestamps_note)
             extra = {}
@@ -165,9 +181,35 @@ class QwenVLAdapter(VideoSpliceAdapter):
                                "the temporal-patch index 0..T-1 as time; pass fps= (frames per second of the sampled "
                                "frames) or video_timestamps= to tango.enable")
 
-    def video_timestamps(self, index: int, t: int, kw: dict, tp: int):
-        """(t,) seconds of video `index` from `tango_video_timestamps` / `video_timestamps` / `fps`, or None."""
-        return self.user_timestamps(index, t, kw, frames_per_step=tp)
+    def video_timestamps(self, index: int, t: int, kw: dict, tp: int, second_per_grid: Optional[float] = None):
+        """(t,) seconds per temporal patch of video `index`, or None when nothing gives times.
+
+        As the paper's Qwen runs compute them: the sampled frames' times interpolated at t evenly spaced points
+        from the first to the last frame (`np.interp(linspace(0, n - 1, t), arange(n), frame_times)`), so the
+        first patch gets the first frame's time and the last patch the last frame's. Frame times come from
+        `video_timestamps` (one per sampled frame; one per patch is used as given), else `fps` (frame k at
+        k / fps), else `second_per_grid_ts` (frame k at k * second_per_grid_ts / temporal_patch_size).
+        """
+        frames = self.given_timestamps(index, kw)
+        if frames is not None:
+            if frames.numel() == t:
+                return frames
+            self.check_frame_count(index, frames.numel(), t, tp)
+        elif self.options.get("fps") is not None:
+            frames = torch.arange(t * tp, dtype=torch.float64) / float(self.options["fps"])
+        elif second_per_grid is not None:
+            frames = torch.arange(t * tp, dtype=torch.float64) * (second_per_grid / tp)
+        else:
+            return None
+        return patch_times(frames, t)
+
+    @staticmethod
+    def check_frame_count(index: int, n: int, t: int, tp: int) -> None:
+        # the processor pads the sampled frames to a multiple of temporal_patch_size (repeating the last one)
+        if -(-n // tp) != t:
+            raise ValueError(f"video_timestamps for video {index} has {n} values; the video has {t} temporal "
+                             f"patches of {tp} frames: give one time per patch ({t}) or per sampled frame "
+                             f"({t * tp - tp + 1} to {t * tp})")
 
     def build_block(self, video: EncodedVideo, plan: PrunePlan) -> Block:
         block = super().build_block(video, plan)
@@ -242,17 +284,19 @@ class Qwen3VLAdapter(QwenVLAdapter):
                                "adapter cannot see them: ST-RoPE uses the temporal-patch index 0..T-1 as time; pass "
                                "fps= (frames per second of the sampled frames) or video_timestamps= to tango.enable")
 
-    def video_timestamps(self, index: int, t: int, kw: dict, tp: int):
+    def video_timestamps(self, index: int, t: int, kw: dict, tp: int, second_per_grid: Optional[float] = None):
         ts = self.given_timestamps(index, kw)
         if ts is not None:
-            if tp > 1 and ts.numel() == t * tp:
-                # one time per sampled frame: the processor's per-slice time is (first + last frame of the patch) / 2
-                per = ts.reshape(t, tp)
-                return (per[:, 0] + per[:, -1]) / 2
-            return self.user_timestamps(index, t, kw, frames_per_step=tp)
+            if ts.numel() == t:
+                return ts
+            self.check_frame_count(index, ts.numel(), t, tp)
+            # one time per sampled frame, the last repeated as the processor pads the frames; each patch's time is
+            # the mean of its first and last frame, as in the prompt text
+            per = torch.cat([ts, ts[-1:].expand(t * tp - ts.numel())]).reshape(t, tp)
+            return (per[:, 0] + per[:, -1]) / 2
         fps = self.options.get("fps")
         if fps is not None:
-            return (torch.arange(t, dtype=torch.float32) * tp + (tp - 1) / 2) / float(fps)
+            return (torch.arange(t, dtype=torch.float64) * tp + (tp - 1) / 2) / float(fps)
         return None
 
 

@@ -103,7 +103,7 @@ def read_video(path: str, num_frames: int) -> SampledVideo:
         raise ValueError(f"--video {path}: the stream has no frame rate, so frame times are unknown")
     frames = np.stack([kept[int(i)] for i in indices])
     return SampledVideo(frames=frames, indices=indices, fps=fps, total_frames=total,
-                        timestamps=torch.as_tensor(indices, dtype=torch.float32) / fps)
+                        timestamps=torch.as_tensor(indices, dtype=torch.float64) / fps)
 
 
 def build_config(ratio: Optional[float], preset: Optional[str], config_path: Optional[str]) -> Tuple[TangoConfig, str]:
@@ -308,10 +308,7 @@ def run(args) -> int:
         answer, seconds = _generate(model, processor, inputs, args.max_new_tokens, args.device)
         n = int((inputs["input_ids"] == _video_token_id(model)).sum())
         rows.append(["unpruned", str(n), str(n), "1.000", "-", f"{seconds:.3f}", _cell(answer)])
-    times = _pad_times(video.timestamps, model)
-    if len(times) != len(video.timestamps):
-        print(f"note: {len(video.indices)} frames are not a multiple of the temporal patch size; the processor "
-              "repeats the last frame, so its time is repeated too")
+    times = video.timestamps  # one per sampled frame; the adapter reduces them to its temporal patches
     with contextlib.ExitStack() as stack:
         run_cfg, seen = stack.enter_context(_recording(cfg)) if args.picture else (cfg, [])
         handle = stack.enter_context(tango.enabled(model, run_cfg, video_timestamps=times))
@@ -341,15 +338,6 @@ def run(args) -> int:
     if args.picture:
         _write_picture(args.picture, seen)
     return 0
-
-
-def _pad_times(times: torch.Tensor, model) -> torch.Tensor:
-    """Frame times as the model sees the frames: Qwen processors repeat the last frame up to a multiple of the
-    temporal patch size (2), so the last time is repeated the same way (as Qwen3-VL's `_calculate_timestamps`
-    does with the frame indices)."""
-    tp = int(getattr(getattr(model.config, "vision_config", None), "temporal_patch_size", 1) or 1)
-    missing = -len(times) % tp
-    return torch.cat([times, times[-1:].expand(missing)]) if missing else times
 
 
 def _cell(text: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from tango_plugin.model_zoo import common, tiny
@@ -168,8 +169,10 @@ def test_qwen2_5_timestamps_from_processor_second_per_grid_ts(monkeypatch):
             rows = h.report()["samples"]
     assert len(seen) == 2
     for v, tokens in enumerate(seen):
-        expected = torch.arange(grid_t[v], dtype=torch.float32) * float(spg[v])
-        torch.testing.assert_close(tokens.timestamps, expected)
+        # the paper's Qwen times: frame times (k * spg / 2) interpolated from the first to the last frame
+        n = 2 * grid_t[v]
+        expected = np.interp(np.linspace(0, n - 1, grid_t[v]), np.arange(n), np.arange(n) * float(spg[v]) / 2)
+        torch.testing.assert_close(tokens.timestamps, torch.from_numpy(expected), rtol=0, atol=0)
     assert not [w for w in caught if "timestamps" in str(w.message)]  # the processor gave the times: no warning
     assert [r["videos"] for r in rows] == [1, 0, 1] and rows[0]["pruned"] and rows[2]["pruned"]
     assert out.shape[1] == inputs["input_ids"].shape[1] + NEW_TOKENS
@@ -189,8 +192,8 @@ def test_qwen3_timestamps_only_in_the_text_options_reproduce_them(monkeypatch):
     # mean of the patch's first and last frame time. Those times appear in the prompt text and nowhere else.
     indices = proc.video_processor.sample_frames(_metadata(total_num_frames=16, fps=8.0), fps=4)
     assert indices.tolist() == [0, 2, 4, 6, 9, 11, 13, 15]  # not evenly spaced
-    expected = torch.tensor(proc._calculate_timestamps(indices, 8.0, 2), dtype=torch.float32)
-    torch.testing.assert_close(expected, torch.tensor([0.125, 0.625, 1.25, 1.75]))
+    expected = torch.tensor(proc._calculate_timestamps(indices, 8.0, 2), dtype=torch.float64)
+    torch.testing.assert_close(expected, torch.tensor([0.125, 0.625, 1.25, 1.75], dtype=torch.float64))
     assert _text_seconds(tok, inputs["input_ids"][0]) == [float(f"{x:.1f}") for x in expected.tolist()]
     fwd = set(inputs.keys())
     assert fwd == {"input_ids", "attention_mask", "mm_token_type_ids", "pixel_values_videos", "video_grid_thw",
@@ -209,7 +212,7 @@ def test_qwen3_timestamps_only_in_the_text_options_reproduce_them(monkeypatch):
     assert not [w for w in again if "timestamps" in str(w.message)]
 
     # video_timestamps, one per sampled frame (frames_indices / fps) or one per temporal patch: the text's times
-    per_frame = torch.tensor(indices, dtype=torch.float32) / 8.0
+    per_frame = torch.tensor(indices, dtype=torch.float64) / 8.0
     for given in (per_frame, expected, [expected]):
         seen.clear()
         with warnings.catch_warnings(record=True) as caught:
@@ -235,8 +238,8 @@ def test_qwen3_fps_option_matches_the_processor_text_for_evenly_sampled_frames(m
     inputs = proc(text=QWEN_TEXTS[:2], videos=[VIDEO], videos_kwargs={"video_metadata": [meta],
                                                                        "do_sample_frames": False},
                   return_tensors="pt", padding=True)
-    expected = torch.tensor(proc._calculate_timestamps(list(range(0, 16, 2)), 8.0, 2), dtype=torch.float32)
-    torch.testing.assert_close(expected, torch.tensor([0.125, 0.625, 1.125, 1.625]))
+    expected = torch.tensor(proc._calculate_timestamps(list(range(0, 16, 2)), 8.0, 2), dtype=torch.float64)
+    torch.testing.assert_close(expected, torch.tensor([0.125, 0.625, 1.125, 1.625], dtype=torch.float64))
     assert _text_seconds(tok, inputs["input_ids"][0]) == [float(f"{x:.1f}") for x in expected.tolist()]
     seen = _spy_strategy(monkeypatch)
     with tango.enabled(model, tango.TangoConfig(retention_ratio=0.25), fps=4) as h:
@@ -264,5 +267,6 @@ def test_qwen2_without_times_warns_once(monkeypatch):
             model.generate(**inputs, max_new_tokens=2, do_sample=False)
         with tango.enabled(model, tango.TangoConfig(retention_ratio=1.0)):  # nothing pruned: times unused
             model.generate(**inputs, max_new_tokens=2, do_sample=False)
-    torch.testing.assert_close(seen[0].timestamps, torch.tensor([0.0, 0.5, 1.0, 1.5]))  # t * 2 frames / 4 fps
+    # 8 frames at 4 fps (0 .. 1.75 s) interpolated over the 4 patches, first to last frame (the paper's np.interp)
+    torch.testing.assert_close(seen[0].timestamps, torch.tensor([0.0, 7 / 12, 7 / 6, 1.75], dtype=torch.float64))
     assert not [w for w in caught if "timestamps" in str(w.message)]

@@ -136,19 +136,50 @@ def test_timestamps():
     model = t.model()
     inputs = t.inputs(model, [[tiny.VideoSpec(8, second_per_grid=0.5)]], ["what?"])
     ts = _encode(model, inputs, tango.TangoConfig(retention_ratio=0.2))[0].timestamps
-    torch.testing.assert_close(ts, torch.tensor([0.0, 0.5, 1.0, 1.5]))
+    # 8 frames, 0.25 s apart (second_per_grid_ts / 2), interpolated over the 4 patches from the first to the last
+    torch.testing.assert_close(ts, torch.tensor([0.0, 7 / 12, 7 / 6, 1.75], dtype=torch.float64))
     q2 = TESTERS["qwen2_vl"]
     m2 = q2.model()
     ts2 = _encode(m2, q2.single(m2), tango.TangoConfig(retention_ratio=0.2), fps=4)[0].timestamps
-    torch.testing.assert_close(ts2, torch.tensor([0.0, 0.5, 1.0, 1.5]))  # 2 frames per temporal patch at 4 fps
+    torch.testing.assert_close(ts2, torch.tensor([0.0, 7 / 12, 7 / 6, 1.75], dtype=torch.float64))  # 8 frames, 4 fps
     lv = TESTERS["llava_onevision"]
     m3 = lv.model()
     assert _encode(m3, lv.single(m3), tango.TangoConfig(retention_ratio=0.2))[0].timestamps is None  # -> 0..T-1
     given = torch.arange(8) * 0.25
     ts3 = _encode(m3, lv.single(m3), tango.TangoConfig(retention_ratio=0.2), video_timestamps=given)[0].timestamps
-    torch.testing.assert_close(ts3, given.float())
+    torch.testing.assert_close(ts3, given.double())
     with pytest.raises(ValueError, match="fps"):
         tango.enable(m3, tango.TangoConfig(), fps=0)
+
+
+def test_qwen_patch_times_are_the_papers_interpolation_bit_for_bit():
+    import numpy as np
+    from tango_plugin.model_zoo.qwen_vl import patch_times
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):  # irregular frame indices (as sampled by index rounding), any frame / patch counts
+        n, t = int(rng.integers(1, 65)), int(rng.integers(1, 33))
+        frame_times = [float(i) / 29.97 for i in np.sort(rng.integers(0, 9000, n))]
+        expected = np.interp(np.linspace(0, n - 1, t), np.arange(n), frame_times)
+        assert np.array_equal(patch_times(torch.tensor(frame_times, dtype=torch.float64), t).numpy(), expected)
+
+
+@torch.no_grad()
+def test_qwen_per_frame_times_with_an_odd_frame_count():
+    # 7 sampled frames: the processor repeats the last one, so the video has 4 two-frame patches
+    times = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0], dtype=torch.float64)
+    q2 = TESTERS["qwen2_vl"]
+    m2 = q2.model()
+    inputs = q2.single(m2)
+    assert inputs["video_grid_thw"][0, 0] == 4
+    ts = _encode(m2, inputs, tango.TangoConfig(retention_ratio=0.2), video_timestamps=times)[0].timestamps
+    torch.testing.assert_close(ts, torch.tensor([0.0, 1.0, 2.0, 3.0], dtype=torch.float64))  # first .. last frame
+    q3 = TESTERS["qwen3_vl"]
+    m3 = q3.model()
+    ts = _encode(m3, q3.single(m3), tango.TangoConfig(retention_ratio=0.2), video_timestamps=times)[0].timestamps
+    torch.testing.assert_close(ts, torch.tensor([0.25, 1.25, 2.25, 3.0], dtype=torch.float64))  # patch means
+    with pytest.raises(ValueError, match=r"video 0 has 9 values.*4 temporal patches.*\(4\).*7 to 8"):
+        _encode(m2, inputs, tango.TangoConfig(retention_ratio=0.2), video_timestamps=torch.arange(9.0))
 
 
 def _positions_seen(model, inputs, n=3):
