@@ -276,20 +276,17 @@ def run(args) -> int:
         raise ValueError(f"--dtype {args.dtype}: expected one of {', '.join(DTYPES)}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: torch sees no CUDA device here; use --device cpu")
-    if args.ratio is not None and not (0.0 < args.ratio <= 1.0):
-        raise ValueError(f"--ratio {args.ratio}: the retention ratio must be in (0, 1]")
-    if not os.path.isfile(args.video):
-        raise ValueError(f"--video {args.video}: no such file")
     try:
         import transformers  # noqa: F401
     except ImportError as exc:
         raise ImportError("tango-plugin run needs transformers: pip install -e \".[hf,video]\"") from exc
-    model_type = _check_model_dir(args.model)
+    # the cheap checks first (config, model folder), then decoding, then loading the weights
     cfg, source = build_config(args.ratio, args.preset, args.config)
+    model_type = _check_model_dir(args.model)
+    video = read_video(args.video, args.frames)
 
     import tango_plugin as tango
 
-    video = read_video(args.video, args.frames)
     processor = load_processor(args.model)
     t0 = time.perf_counter()
     model = load_model(args.model, args.device, args.dtype)
