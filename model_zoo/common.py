@@ -174,7 +174,7 @@ class VideoSpliceAdapter(ModelAdapter):
         return preset, ""
 
     def given_timestamps(self, index: int, kw: dict) -> Optional[torch.Tensor]:
-        """The seconds given for video `index` (per call first, then the `video_timestamps` option), flat float32."""
+        """The seconds given for video `index` (per call first, then the `video_timestamps` option), flat float64."""
         given = kw.get("tango_video_timestamps")
         if given is None:
             given = self.options.get("video_timestamps")

@@ -21,10 +21,9 @@ the processor repeats the last frame) is reduced to one per patch:
   `second_per_grid_ts` frame k at k * second_per_grid_ts / temporal_patch_size.
 - Qwen3-VL: its processor writes each temporal patch's time into the prompt text ("<1.2 seconds>", the mean of the
   patch's first and last sampled frame index / the video's fps, from the video metadata) and returns nothing the
-  model's forward receives, so the adapter cannot see those times. Give `fps=` (the rate of the sampled frames;
-  times = (t * temporal_patch_size + (temporal_patch_size - 1) / 2) / fps, the processor's formula for uniformly
-  sampled frames) or `video_timestamps=` (per sampled frame, e.g. `frames_indices / metadata.fps`: each patch gets
-  the mean of its first and last frame, as in the text).
+  model's forward receives, so the adapter cannot see those times. Give `fps=` (the rate of the sampled frames:
+  frame k at k / fps) or `video_timestamps=` (per sampled frame, e.g. `frames_indices / metadata.fps`); each patch
+  gets the mean of its first and last frame time, the processor's `_calculate_timestamps`.
 """
 
 from __future__ import annotations
@@ -194,22 +193,22 @@ class QwenVLAdapter(VideoSpliceAdapter):
         if frames is not None:
             if frames.numel() == t:
                 return frames
-            self.check_frame_count(index, frames.numel(), t, tp)
+            # the processor pads the sampled frames to a multiple of temporal_patch_size (repeating the last one)
+            if -(-frames.numel() // tp) != t:
+                raise ValueError(f"video_timestamps for video {index} has {frames.numel()} values; the video has "
+                                 f"{t} temporal patches of {tp} frames: give one time per patch ({t}) or per "
+                                 f"sampled frame ({t * tp - tp + 1} to {t * tp})")
         elif self.options.get("fps") is not None:
             frames = torch.arange(t * tp, dtype=torch.float64) / float(self.options["fps"])
         elif second_per_grid is not None:
             frames = torch.arange(t * tp, dtype=torch.float64) * (second_per_grid / tp)
         else:
             return None
-        return patch_times(frames, t)
+        return self.patch_times(frames, t, tp)
 
-    @staticmethod
-    def check_frame_count(index: int, n: int, t: int, tp: int) -> None:
-        # the processor pads the sampled frames to a multiple of temporal_patch_size (repeating the last one)
-        if -(-n // tp) != t:
-            raise ValueError(f"video_timestamps for video {index} has {n} values; the video has {t} temporal "
-                             f"patches of {tp} frames: give one time per patch ({t}) or per sampled frame "
-                             f"({t * tp - tp + 1} to {t * tp})")
+    def patch_times(self, frame_times: torch.Tensor, t: int, tp: int) -> torch.Tensor:
+        """One time per temporal patch from the sampled frames' times (the paper's interpolation)."""
+        return patch_times(frame_times, t)
 
     def build_block(self, video: EncodedVideo, plan: PrunePlan) -> Block:
         block = super().build_block(video, plan)
@@ -284,20 +283,11 @@ class Qwen3VLAdapter(QwenVLAdapter):
                                "adapter cannot see them: ST-RoPE uses the temporal-patch index 0..T-1 as time; pass "
                                "fps= (frames per second of the sampled frames) or video_timestamps= to tango.enable")
 
-    def video_timestamps(self, index: int, t: int, kw: dict, tp: int, second_per_grid: Optional[float] = None):
-        ts = self.given_timestamps(index, kw)
-        if ts is not None:
-            if ts.numel() == t:
-                return ts
-            self.check_frame_count(index, ts.numel(), t, tp)
-            # one time per sampled frame, the last repeated as the processor pads the frames; each patch's time is
-            # the mean of its first and last frame, as in the prompt text
-            per = torch.cat([ts, ts[-1:].expand(t * tp - ts.numel())]).reshape(t, tp)
-            return (per[:, 0] + per[:, -1]) / 2
-        fps = self.options.get("fps")
-        if fps is not None:
-            return (torch.arange(t, dtype=torch.float64) * tp + (tp - 1) / 2) / float(fps)
-        return None
+    def patch_times(self, frame_times: torch.Tensor, t: int, tp: int) -> torch.Tensor:
+        """The processor's prompt-text times (`_calculate_timestamps`): the last frame repeated up to t * tp frames,
+        then the mean of each patch's first and last frame time."""
+        per = torch.cat([frame_times, frame_times[-1:].expand(t * tp - frame_times.numel())]).reshape(t, tp)
+        return (per[:, 0] + per[:, -1]) / 2
 
 
 __all__ = ["QwenVLAdapter", "Qwen2VLAdapter", "Qwen2_5_VLAdapter", "Qwen3VLAdapter"]

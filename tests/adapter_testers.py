@@ -97,3 +97,18 @@ def default_strategy() -> str:
 
 __all__ = ["Tester", "TESTERS", "hooks_of", "tango_hooks_of", "instance_attrs", "strip", "placeholder_count", "gen",
            "default_strategy", "Optional"]
+
+
+def spy_strategy(monkeypatch) -> list:
+    """Record the `VisualTokens` of every strategy call the adapters make (the real strategy still runs)."""
+    from tango_plugin.model_zoo import common
+
+    seen = []
+    real = common.prune
+
+    def spy(tokens, config):
+        seen.append(tokens)
+        return real(tokens, config)
+
+    monkeypatch.setattr(common, "prune", spy)
+    return seen

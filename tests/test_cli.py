@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from adapter_testers import spy_strategy
 
 from tango_plugin.cli import main
 from tango_plugin.synthetic import synthetic_video
@@ -127,7 +128,6 @@ def _tokens_line(text: str):
 @pytest.mark.parametrize("model_type", ["qwen2_vl", "llava_onevision"])
 def test_run_on_saved_checkpoint_and_video_file(checkpoints, model_type, monkeypatch, capsys):
     import transformers as tf
-    from tango_plugin.model_zoo import common
 
     folder = checkpoints[model_type]
     # the folder loads back through the auto classes, as `run` loads it
@@ -138,10 +138,7 @@ def test_run_on_saved_checkpoint_and_video_file(checkpoints, model_type, monkeyp
     capsys.readouterr()
 
     calls = _spy_enabled(monkeypatch)
-    strategy_times = []
-    real_prune = common.prune
-    monkeypatch.setattr(common, "prune", lambda tokens, cfg: strategy_times.append(tokens.timestamps)
-                        or real_prune(tokens, cfg))
+    seen_tokens = spy_strategy(monkeypatch)
     args = ["run", "--model", folder, "--video", checkpoints["video"], "--frames", "4", "--ratio", "0.25",
             "--max-new-tokens", "3", "--compare"]
     assert main(args) == 0
@@ -152,9 +149,9 @@ def test_run_on_saved_checkpoint_and_video_file(checkpoints, model_type, monkeyp
     assert len(calls) == 1
     torch.testing.assert_close(calls[0]["video_timestamps"], times)  # frame index / average fps of the file
     if model_type == "llava_onevision":  # one LLaVA-OV frame per sampled frame: the strategy sees those times
-        torch.testing.assert_close(strategy_times[0], times)
+        torch.testing.assert_close(seen_tokens[0].timestamps, times)
     else:  # one Qwen2-VL frame per temporal patch (2 frames): the paper's interpolation, first and last frame here
-        torch.testing.assert_close(strategy_times[0], times[[0, 3]])
+        torch.testing.assert_close(seen_tokens[0].timestamps, times[[0, 3]])
     assert ("prompt: chat template" in text) == (model_type == "qwen2_vl")
 
     before, after = _tokens_line(text)
@@ -222,20 +219,15 @@ def test_run_unsupported_model_or_no_processor(checkpoints, tmp_path, capsys):
 def test_run_odd_frame_count_on_qwen(checkpoints, monkeypatch, capsys):
     # 3 frames: the Qwen processor repeats the last frame to fill the second 2-frame patch; the adapter gets the
     # 3 sampled times and interpolates them over the 2 patches (the paper's np.interp): frames 0 and 11
-    from tango_plugin.model_zoo import common
-
     calls = _spy_enabled(monkeypatch)
-    strategy_times = []
-    real_prune = common.prune
-    monkeypatch.setattr(common, "prune", lambda tokens, cfg: strategy_times.append(tokens.timestamps)
-                        or real_prune(tokens, cfg))
+    seen_tokens = spy_strategy(monkeypatch)
     args = ["run", "--model", checkpoints["qwen2_vl"], "--video", checkpoints["video"], "--frames", "3",
             "--max-new-tokens", "1"]
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "sampled 3 frames [0, 5, 11]" in text and "retention_ratio 0.1" in text  # the default ratio
     torch.testing.assert_close(calls[0]["video_timestamps"], torch.tensor([0, 5, 11], dtype=torch.float64) / VIDEO_FPS)
-    torch.testing.assert_close(strategy_times[0], torch.tensor([0, 11], dtype=torch.float64) / VIDEO_FPS)
+    torch.testing.assert_close(seen_tokens[0].timestamps, torch.tensor([0, 11], dtype=torch.float64) / VIDEO_FPS)
     assert _tokens_line(text) == (32, 4)  # ceil(32 * 0.1)
 
 

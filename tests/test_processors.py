@@ -14,7 +14,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from tango_plugin.model_zoo import common, tiny
+from adapter_testers import spy_strategy
+from tango_plugin.model_zoo import tiny
 
 import tango_plugin as tango
 
@@ -79,19 +80,6 @@ def _llava_inputs(tok):
         video_processor=LlavaOnevisionVideoProcessor(size=size), num_image_tokens=64,
         vision_feature_select_strategy="full")
     return proc(text=["<video>what happens?", "describe it"], videos=[VIDEO], return_tensors="pt", padding=True)
-
-
-def _spy_strategy(monkeypatch):
-    """Record the `VisualTokens` every strategy call of the adapters receives (the real strategy still runs)."""
-    seen = []
-    real = common.prune
-
-    def spy(tokens, config):
-        seen.append(tokens)
-        return real(tokens, config)
-
-    monkeypatch.setattr(common, "prune", spy)
-    return seen
 
 
 @pytest.mark.parametrize("model_type,style,make", [("qwen2_vl", "qwen", _qwen_inputs),
@@ -161,7 +149,7 @@ def test_qwen2_5_timestamps_from_processor_second_per_grid_ts(monkeypatch):
     torch.testing.assert_close(torch.as_tensor(spg, dtype=torch.float32), torch.tensor([2 / 4.0, 2 / 10.0]))
     grid_t = inputs["video_grid_thw"][:, 0].tolist()
     assert grid_t == [4, 2]
-    seen = _spy_strategy(monkeypatch)
+    seen = spy_strategy(monkeypatch)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with tango.enabled(model, tango.TangoConfig(retention_ratio=0.25)) as h:
@@ -198,7 +186,7 @@ def test_qwen3_timestamps_only_in_the_text_options_reproduce_them(monkeypatch):
     fwd = set(inputs.keys())
     assert fwd == {"input_ids", "attention_mask", "mm_token_type_ids", "pixel_values_videos", "video_grid_thw",
                    "pixel_values", "image_grid_thw"}  # no fps, metadata or seconds reach the model
-    seen = _spy_strategy(monkeypatch)
+    seen = spy_strategy(monkeypatch)
     cfg = tango.TangoConfig(retention_ratio=0.25)
 
     # no option: the strategy gets no times (temporal-patch index), and the handle says so once, naming the options
@@ -241,7 +229,7 @@ def test_qwen3_fps_option_matches_the_processor_text_for_evenly_sampled_frames(m
     expected = torch.tensor(proc._calculate_timestamps(list(range(0, 16, 2)), 8.0, 2), dtype=torch.float64)
     torch.testing.assert_close(expected, torch.tensor([0.125, 0.625, 1.125, 1.625], dtype=torch.float64))
     assert _text_seconds(tok, inputs["input_ids"][0]) == [float(f"{x:.1f}") for x in expected.tolist()]
-    seen = _spy_strategy(monkeypatch)
+    seen = spy_strategy(monkeypatch)
     with tango.enabled(model, tango.TangoConfig(retention_ratio=0.25), fps=4) as h:
         out = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)
         rows = h.report()["samples"]
@@ -255,7 +243,7 @@ def test_qwen2_without_times_warns_once(monkeypatch):
     tok = tiny.build_tokenizer("qwen")
     model = tiny.build_model("qwen2_vl", tok)
     inputs = _qwen_inputs(tok)
-    seen = _spy_strategy(monkeypatch)
+    seen = spy_strategy(monkeypatch)
     with tango.enabled(model, tango.TangoConfig(retention_ratio=0.25)):
         with pytest.warns(UserWarning, match=r"no video timestamps.*fps=.*video_timestamps="):
             model.generate(**inputs, max_new_tokens=2, do_sample=False)
