@@ -32,7 +32,7 @@ import time
 from typing import Callable, Dict, List
 
 import torch
-from tango_plugin.model_zoo.tiny import VideoSpec, _frames, _qwen_patches
+from tango_plugin.testing import VideoSpec, qwen_patches, synthetic_frames
 
 import tango_plugin as tango
 
@@ -120,7 +120,7 @@ def make_frames(frames: int, size: int, kind: str) -> torch.Tensor:
     tokens, the conservative case for speed); "smooth": a slowly drifting pattern (mostly static tokens, which
     Tango collapses per segment, so far fewer than r survive)."""
     if kind == "smooth":
-        return _frames(VideoSpec(frames), size, frames)
+        return synthetic_frames(VideoSpec(frames), size, frames)
     g = torch.Generator().manual_seed(0)
     return torch.rand(frames, 3, size, size, generator=g) * 2 - 1
 
@@ -152,7 +152,7 @@ def build_qwen2vl(frames: int, device, dtype, video: str = "noise"):
     cfg._attn_implementation = "sdpa"
     torch.manual_seed(0)
     model = tf.Qwen2VLForConditionalGeneration(cfg).to(device, dtype).eval()
-    patches, grid = _qwen_patches(make_frames(frames, 392, video), 14)
+    patches, grid = qwen_patches(make_frames(frames, 392, video), 14)
     n_video = grid[0] * grid[1] * grid[2] // 4
     ids = _prompt_ids(cfg.video_token_id, n_video, device, start=cfg.vision_start_token_id,
                       end=cfg.vision_end_token_id)

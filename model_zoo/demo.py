@@ -16,7 +16,7 @@ from tango_plugin import TangoConfig, enable
 from tango_plugin.adapters import list_adapters
 from tango_plugin.table import markdown_table
 
-from .tiny import MODEL_TYPES, VideoSpec, build_model, build_tokenizer, video_inputs
+from tango_plugin.testing import MODEL_TYPES, VideoSpec, build_model, build_tokenizer, video_inputs
 
 
 def _prefill_ms(model, inputs, repeats: int = 3) -> float:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Optional
 
 import torch
-from tango_plugin.model_zoo import tiny
+from tango_plugin import testing as tiny
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ import torch
 from adapter_testers import spy_strategy
 
 from tango_plugin.cli import main
-from tango_plugin.synthetic import synthetic_video
+from tango_plugin.testing import synthetic_video
 
 
 def test_demo_engine_part_writes_pngs(tmp_path, capsys):
@@ -64,7 +64,7 @@ def _write_video(path) -> None:
 def _save_checkpoint(folder, model_type: str, with_processor: bool = True) -> str:
     """A tiny random model and a real processor built from its classes, saved the way a checkpoint folder is."""
     import transformers as tf
-    from tango_plugin.model_zoo import tiny
+    from tango_plugin import testing as tiny
 
     tok = tiny.build_tokenizer("llava" if model_type == "llava_onevision" else "qwen")
     model = tiny.build_model(model_type, tok)

@@ -12,7 +12,7 @@ from tango_plugin.engine.dpc import _dpc_full, dpc_knn, merge_clusters, nearest_
 from tango_plugin.engine.segmentation import fastvid_segments, holitom_segments
 from tango_plugin.engine.strope import apply_strope_, strope_sections
 from tango_plugin.engine.tango import adjusted_ratio, frame_budgets, segment_budgets
-from tango_plugin.synthetic import synthetic_video
+from tango_plugin.testing import synthetic_video
 
 
 def _video(T=8, side=4, D=64, seed=0, **kw):

@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 from adapter_testers import gen, hooks_of
-from tango_plugin.model_zoo import tiny
+from tango_plugin import testing as tiny
 
 import tango_plugin as tango
 from tango_plugin.engine.intra_llm import intra_llm_merge

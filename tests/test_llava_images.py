@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 from adapter_testers import TESTERS, gen
-from tango_plugin.model_zoo import tiny
+from tango_plugin import testing as tiny
 from tango_plugin.model_zoo.llava_onevision import LlavaOnevisionAdapter
 
 import tango_plugin as tango

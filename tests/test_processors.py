@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from adapter_testers import spy_strategy
-from tango_plugin.model_zoo import tiny
+from tango_plugin import testing as tiny
 
 import tango_plugin as tango
 

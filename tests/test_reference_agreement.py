@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import tango_plugin as tp
-from tango_plugin.synthetic import synthetic_video
+from tango_plugin.testing import synthetic_video
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 from reference import reference_path, run_reference  # noqa: E402

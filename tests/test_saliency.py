@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 from adapter_testers import TESTERS
-from tango_plugin.model_zoo import tiny
+from tango_plugin import testing as tiny
 
 import tango_plugin as tango
 from tango_plugin.saliency import attention_received_saliency, global_query_saliency

@@ -6,7 +6,7 @@ in exactly the layout the Hugging Face processors produce.
 
 Example:
     ```python
-    >>> from tango_plugin.model_zoo import tiny
+    >>> from tango_plugin import testing as tiny
     >>> tok = tiny.build_tokenizer("qwen")
     >>> model = tiny.build_model("qwen2_vl", tok)
     >>> inputs = tiny.video_inputs(model, tok, [tiny.VideoSpec(frames=8)], prompts=["what happens?"])
@@ -155,7 +155,7 @@ class ImageSpec:
     seed: int = 100
 
 
-def _frames(spec, size: int, n: int) -> torch.Tensor:
+def synthetic_frames(spec, size: int, n: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(spec.seed)
     # Smooth frames (a random low-res pattern upsampled, drifting in time) so that neighbouring frames are similar,
     # as in real video; pure noise would make every token dynamic.
@@ -165,7 +165,7 @@ def _frames(spec, size: int, n: int) -> torch.Tensor:
     return torch.nn.functional.interpolate(low, size=(size, size), mode="bilinear", align_corners=False) * 2 - 1
 
 
-def _qwen_patches(frames: torch.Tensor, patch: int, tp: int = 2, ms: int = 2):
+def qwen_patches(frames: torch.Tensor, patch: int, tp: int = 2, ms: int = 2):
     F, C, H, W = frames.shape
     if F % tp:
         frames = torch.cat([frames, frames[-1:].expand(tp - F % tp, -1, -1, -1)])
@@ -223,13 +223,13 @@ def video_inputs(model, tok, media: Sequence[Sequence], prompts: Sequence[str], 
         for m in sample:
             size = m.size or _native_size(model)
             if isinstance(m, VideoSpec):
-                frames = _frames(m, size, m.frames)
+                frames = synthetic_frames(m, size, m.frames)
                 if mt == "llava_onevision":
                     videos.append(frames)
                     parts.append("<video>" * video_token_count(model, m))
                 else:
                     vc = cfg.vision_config
-                    patches, grid = _qwen_patches(frames, vc.patch_size, vc.temporal_patch_size, vc.spatial_merge_size)
+                    patches, grid = qwen_patches(frames, vc.patch_size, vc.temporal_patch_size, vc.spatial_merge_size)
                     videos.append(patches)
                     grids_v.append(grid)
                     spg.append(m.second_per_grid if m.second_per_grid is not None else 1.0)
@@ -242,7 +242,7 @@ def video_inputs(model, tok, media: Sequence[Sequence], prompts: Sequence[str], 
                     else:
                         parts.append("<|vision_start|>" + "<|video_pad|>" * (grid[0] * per_slice) + "<|vision_end|>")
             else:
-                frame = _frames(m, size, 1)
+                frame = synthetic_frames(m, size, 1)
                 if mt == "llava_onevision":
                     images.append(frame)
                     side = cfg.vision_config.image_size // cfg.vision_config.patch_size
@@ -250,7 +250,7 @@ def video_inputs(model, tok, media: Sequence[Sequence], prompts: Sequence[str], 
                     parts.append("<image>" * _llava_image_tokens(model, side))
                 else:
                     vc = cfg.vision_config
-                    patches, grid = _qwen_patches(frame.expand(vc.temporal_patch_size, -1, -1, -1), vc.patch_size,
+                    patches, grid = qwen_patches(frame.expand(vc.temporal_patch_size, -1, -1, -1), vc.patch_size,
                                                   vc.temporal_patch_size, vc.spatial_merge_size)
                     images.append(patches)
                     grids_i.append(grid)
@@ -309,5 +309,5 @@ def media_token_counts(model, media: Sequence) -> List[int]:
     return [sum(video_token_count(model, m) for m in s if isinstance(m, VideoSpec)) for s in media]
 
 
-__all__ = ["build_tokenizer", "build_model", "video_inputs", "VideoSpec", "ImageSpec", "video_token_count",
+__all__ = ["build_tokenizer", "build_model", "video_inputs", "VideoSpec", "ImageSpec", "video_token_count", "synthetic_frames", "qwen_patches",
            "media_token_counts", "MODEL_TYPES", "SPECIALS"]

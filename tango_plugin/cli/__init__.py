@@ -16,10 +16,10 @@ from typing import List, Optional
 
 import torch
 
-from . import TangoConfig, list_strategies, prune_video_tokens
-from .picture import kept_map_png
-from .synthetic import synthetic_video
-from .table import markdown_table
+from .. import TangoConfig, list_strategies, prune_video_tokens
+from ..picture import kept_map_png
+from ..testing import synthetic_video
+from ..table import markdown_table
 
 
 def _engine_demo(args) -> None:
@@ -51,7 +51,7 @@ def _engine_demo(args) -> None:
 
 def _model_demo(args) -> None:
     try:
-        from .model_zoo.demo import run_model_demo
+        from ..model_zoo.demo import run_model_demo
     except ImportError as exc:  # transformers missing: say so instead of skipping silently
         print(f"\nModel demo skipped: {exc}. Install the 'hf' extra: pip install 'tango-plugin[hf]'")
         return
@@ -67,11 +67,11 @@ def cmd_demo(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .presets import list_presets
+    from ..presets import list_presets
 
     print("strategies:", ", ".join(list_strategies()))
     try:
-        from .adapters import list_adapters
+        from ..adapters import list_adapters
 
         print("adapters (config.model_type):", ", ".join(list_adapters()))
     except ImportError as exc:
@@ -105,7 +105,7 @@ def cmd_prune(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .run_model import run
+    from ..run_model import run
 
     try:
         return run(args)
