@@ -27,8 +27,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import tango_plugin as tp  # noqa: E402
-from tango_plugin.testing import synthetic_video  # noqa: E402
 from tango_plugin.table import markdown_table  # noqa: E402
+from tango_plugin.testing import synthetic_video  # noqa: E402
 
 SIZES = [(32, 14, 896, 0.1), (32, 14, 3584, 0.1), (64, 13, 3584, 0.1217), (96, 14, 3584, 0.1), (256, 14, 3584, 0.1)]
 QUICK = [(32, 14, 896, 0.1), (32, 14, 3584, 0.1)]

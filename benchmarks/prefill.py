@@ -32,9 +32,9 @@ import time
 from typing import Callable, Dict, List
 
 import torch
-from tango_plugin.testing import VideoSpec, qwen_patches, synthetic_frames
 
 import tango_plugin as tango
+from tango_plugin.testing import VideoSpec, qwen_patches, synthetic_frames
 
 # The sampled frames' rate: ST-RoPE times are frame / FPS seconds (a 32 s clip at 32 frames).
 FPS = 1.0

@@ -15,7 +15,6 @@ import torch
 from tango_plugin import TangoConfig, enable
 from tango_plugin.adapters import list_adapters
 from tango_plugin.table import markdown_table
-
 from tango_plugin.testing import MODEL_TYPES, VideoSpec, build_model, build_tokenizer, video_inputs
 
 

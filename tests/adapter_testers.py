@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Optional
 
 import torch
+
 from tango_plugin import testing as tiny
 
 

@@ -8,9 +8,9 @@ import warnings
 import pytest
 import torch
 from adapter_testers import TESTERS, gen, hooks_of, instance_attrs, placeholder_count, tango_hooks_of
-from tango_plugin import testing as tiny
 
 import tango_plugin as tango
+from tango_plugin import testing as tiny
 from tango_plugin.strategies import PruningStrategy, get_strategy, register_strategy
 
 pytestmark = pytest.mark.filterwarnings("ignore:tango_plugin. preset sink positions")

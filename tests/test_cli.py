@@ -64,6 +64,7 @@ def _write_video(path) -> None:
 def _save_checkpoint(folder, model_type: str, with_processor: bool = True) -> str:
     """A tiny random model and a real processor built from its classes, saved the way a checkpoint folder is."""
     import transformers as tf
+
     from tango_plugin import testing as tiny
 
     tok = tiny.build_tokenizer("llava" if model_type == "llava_onevision" else "qwen")

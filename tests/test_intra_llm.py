@@ -9,9 +9,9 @@ import warnings
 import pytest
 import torch
 from adapter_testers import gen, hooks_of
-from tango_plugin import testing as tiny
 
 import tango_plugin as tango
+from tango_plugin import testing as tiny
 from tango_plugin.engine.intra_llm import intra_llm_merge
 
 pytestmark = pytest.mark.filterwarnings("ignore:tango_plugin. preset sink positions")

@@ -9,10 +9,10 @@ import warnings
 import pytest
 import torch
 from adapter_testers import TESTERS, gen
-from tango_plugin import testing as tiny
 from tango_plugin.model_zoo.llava_onevision import LlavaOnevisionAdapter
 
 import tango_plugin as tango
+from tango_plugin import testing as tiny
 from tango_plugin.saliency import global_query_saliency
 from tango_plugin.strategies import PruningStrategy, get_strategy, register_strategy
 

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 from adapter_testers import spy_strategy
-from tango_plugin import testing as tiny
 
 import tango_plugin as tango
+from tango_plugin import testing as tiny
 
 pytest.importorskip("torchvision")
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")

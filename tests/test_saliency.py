@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 from adapter_testers import TESTERS
-from tango_plugin import testing as tiny
 
 import tango_plugin as tango
+from tango_plugin import testing as tiny
 from tango_plugin.saliency import attention_received_saliency, global_query_saliency
 
 pytestmark = pytest.mark.filterwarnings("ignore:tango_plugin. preset sink positions")

@@ -18,8 +18,8 @@ import torch
 
 from .. import TangoConfig, list_strategies, prune_video_tokens
 from ..picture import kept_map_png
-from ..testing import synthetic_video
 from ..table import markdown_table
+from ..testing import synthetic_video
 
 
 def _engine_demo(args) -> None:
