@@ -309,5 +309,6 @@ def media_token_counts(model, media: Sequence) -> List[int]:
     return [sum(video_token_count(model, m) for m in s if isinstance(m, VideoSpec)) for s in media]
 
 
-__all__ = ["build_tokenizer", "build_model", "video_inputs", "VideoSpec", "ImageSpec", "video_token_count", "synthetic_frames", "qwen_patches",
+__all__ = ["build_tokenizer", "build_model", "video_inputs", "VideoSpec", "ImageSpec", "video_token_count",
+           "synthetic_frames", "qwen_patches",
            "media_token_counts", "MODEL_TYPES", "SPECIALS"]
