@@ -4,7 +4,7 @@
     python benchmarks/engine.py --quick               # two small sizes
     TANGO_REFERENCE_PATH=/path/to/Tango python benchmarks/engine.py   # adds the paper's code side by side
 
-Inputs are generated (`tango_plugin.synthetic`) in three regimes (`--data`):
+Inputs are generated (`tango_plugin.testing.synthetic_video`) in three regimes (`--data`):
   one-scene  one long scene, half of the grid dynamic: the whole video is one segment, the worst case for the
              context clustering (its pool grows with the number of frames);
   scenes     a scene cut every 8 frames, 30% of the grid dynamic (typical video);

@@ -2,7 +2,8 @@
 
 Video path of the model (transformers 5.x): SigLIP tower -> feature layer -> projector -> `apply_pooling` (bilinear to
 ceil(side / 2)) -> one `image_newline` per video. The adapter keeps that path and prunes the pooled tokens; the
-newline stays outside the budget (SPEC 5.1). Positions stay contiguous 1-D RoPE positions, as in the reference.
+newline stays outside the budget (docs/algorithm.md §4.6). Positions stay contiguous 1-D RoPE positions, as in the
+reference.
 
 Options (`tango_plugin.enable(model, cfg, **options)`):
     pool_mode: "bilinear" (default, what the HF model does) or "average" (LLaVA-Video: `avg_pool2d(2)`, floor).
@@ -19,10 +20,10 @@ or, for an image without crops (`batch_num_images` > 1), a single newline. The b
 (T=1, ceil(L * r) tokens); the tail is kept as the model packed it, or, with `image_highres="prune"`, its stitched
 high-res grid is pruned as a second frame (scores laid out by the model's own `pack_image_features`).
 
-Saliency sources: "global_query" (default; the feature layer's own q/k, SPEC 1.3 applied to SigLIP, pooled like the
-features, SPEC 1.2), "siglip_head" (the SigLIP attention-pooling head loaded from `config.siglip_head_path`, the
-reference's signal, SPEC 1.1) and "attention_received". Images use the same hook, unpooled, on the base crop (and
-on the high-res crops with `image_highres="prune"`).
+Saliency sources: "global_query" (default; the feature layer's own q/k, docs/algorithm.md §1.3 applied to SigLIP,
+pooled like the features, §1.2), "siglip_head" (the SigLIP attention-pooling head loaded from
+`config.siglip_head_path`, the reference's signal, §1.1) and "attention_received". Images use the same hook,
+unpooled, on the base crop (and on the high-res crops with `image_highres="prune"`).
 """
 
 from __future__ import annotations
@@ -34,10 +35,10 @@ from typing import Any, List, Tuple
 import torch
 import torch.nn.functional as F
 
-from tango_plugin.saliency import HookCapture, first_arg, score
-from tango_plugin.strategies import PrunePlan, VisualTokens, prune
-
-from .common import Block, EncodedVideo, VideoSpliceAdapter
+from tango_plugin.engine.saliency import score
+from tango_plugin.engine.types import PrunePlan
+from tango_plugin.integration.hooks import TransientHooks, first_arg
+from tango_plugin.integration.splice import EncodedMedia, Replacement, TokenGrid, VideoSpliceAdapter
 
 POOL_MODES = ("bilinear", "average")
 NEWLINE_MODES = ("one_token", "grid")
@@ -171,7 +172,7 @@ class LlavaOnevisionAdapter(VideoSpliceAdapter):
         g = x.transpose(1, 2).reshape(N, C, side, side)
         return F.avg_pool2d(g, 2).flatten(2).transpose(1, 2)
 
-    def _saliency_hooks(self, cap: HookCapture, feature_layer, store: dict, rows=None) -> None:
+    def _saliency_hooks(self, cap: TransientHooks, feature_layer, store: dict, rows=None) -> None:
         """Hooks on the feature layer that put (crops, patches) scores in `store["patch"]` (and, for the SigLIP head,
         per-crop embeddings in `store["frame"]`); `rows` picks the crops to score (None: all)."""
         layer = self._tower_layers()[self._layer_index(feature_layer)]
@@ -224,7 +225,7 @@ class LlavaOnevisionAdapter(VideoSpliceAdapter):
                       patch_size=cfg.vision_config.image_size) if patch else 1
                 for size, patch in zip(sizes, patching)]
 
-    def encode_images(self, kw: dict, need_saliency: bool) -> Tuple[List[EncodedVideo], Any, float]:
+    def encode_images(self, kw: dict, need_saliency: bool) -> Tuple[List[EncodedMedia], Any, float]:
         pv = kw["pixel_values"]
         feature_layer, strategy = self._feature_args(kw)
         crops = self._crops_per_image(kw)
@@ -233,7 +234,7 @@ class LlavaOnevisionAdapter(VideoSpliceAdapter):
         highres = self.image_highres == "prune"
         aspect = kw.get("vision_aspect_ratio") or self.model.config.vision_aspect_ratio
         store: dict = {}
-        with HookCapture() as cap:
+        with self.hooks.transient("saliency") as cap:
             if need_saliency:
                 self._saliency_hooks(cap, feature_layer, store, rows=None if highres else torch.tensor(base_rows))
             extra = {}
@@ -259,31 +260,31 @@ class LlavaOnevisionAdapter(VideoSpliceAdapter):
             frame_emb = None
             if need_saliency and self.config.segmentation == "fastvid":
                 frame_emb = store["frame"][row:row + 1] if "frame" in store else base.float().mean(1)
-            extra = {"image_tail": feats[base_len:]}
+            grids = [TokenGrid(features=base, saliency=None if sal is None else sal[row:row + 1], grid_hw=grid,
+                               frame_embeddings=frame_emb)]
+            tail = feats[base_len:]
             if highres and need_saliency and crops[i] > 1:
                 # the crops' scores laid out exactly like the features (stitched, unpadded, resized), no newlines
                 per_crop = sal[base_rows[i]:base_rows[i] + crops[i], :, None]
                 laid, _ = self.inner.pack_image_features([per_crop], kw["image_sizes"][i:i + 1], image_newline=None,
                                                          vision_aspect_ratio=aspect)
-                extra["highres_saliency"] = laid[0][base_len:, 0]
-            images.append(EncodedVideo(
-                features=base, saliency=None if sal is None else sal[row:row + 1], grid_hw=grid,
-                num_placeholders=int(feats.shape[0]), timestamps=None, frame_embeddings=frame_emb, extra=extra))
+                grids.append(self._highres_grid(tail, laid[0][base_len:, 0]))
+            images.append(EncodedMedia(grids=grids, num_placeholders=int(feats.shape[0]), extra={"image_tail": tail}))
         return images, out, cap.seconds
 
-    def image_encoder_outputs(self, raw: Any, images: List[EncodedVideo], blocks: List[Block]) -> Any:
+    def image_encoder_outputs(self, raw: Any, images: List[EncodedMedia], replacements: List[Replacement]) -> Any:
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
         # forward concatenates the per-image tensors in order, as it does with pack_image_features' list
-        return BaseModelOutputWithPooling(pooler_output=[b.features for b in blocks])
+        return BaseModelOutputWithPooling(pooler_output=[r.features for r in replacements])
 
-    def encode_videos(self, kw: dict, need_saliency: bool) -> Tuple[List[EncodedVideo], Any, float]:
+    def encode_videos(self, kw: dict, need_saliency: bool) -> Tuple[List[EncodedMedia], Any, float]:
         pv = kw["pixel_values_videos"]
         num_videos, frames = pv.shape[:2]
         feature_layer, strategy = self._feature_args(kw)
         store: dict = {}
 
-        with HookCapture() as cap:
+        with self.hooks.transient("saliency") as cap:
             if need_saliency:
                 self._saliency_hooks(cap, feature_layer, store)
             if self.pool_mode == "average":
@@ -310,29 +311,40 @@ class LlavaOnevisionAdapter(VideoSpliceAdapter):
             if need_saliency and self.config.segmentation == "fastvid":
                 frame_emb = (store["frame"].reshape(num_videos, frames, -1)[v] if "frame" in store
                              else feats[v].float().mean(1))
-            videos.append(EncodedVideo(
-                features=feats[v], saliency=None if sal is None else sal[v], grid_hw=(side, side),
-                num_placeholders=placeholders, timestamps=self.user_timestamps(v, frames, kw),
-                frame_embeddings=frame_emb, extra={"newline": newline}))
+            grid = TokenGrid(features=feats[v], saliency=None if sal is None else sal[v], grid_hw=(side, side),
+                             timestamps=self.video_timestamps(v, frames, kw), frame_embeddings=frame_emb)
+            videos.append(EncodedMedia(grids=[grid], num_placeholders=placeholders, extra={"newline": newline}))
         return videos, out, cap.seconds
 
     # ------------------------------------------------------------------------------------------- splicing
-    def build_block(self, video: EncodedVideo, plan: PrunePlan) -> Block:
+    def _highres_grid(self, tail: torch.Tensor, saliency: torch.Tensor) -> TokenGrid:
+        """The stitched high-res tokens of an image as one frame (`image_highres="prune"`): the tail is rows x
+        (cols + 1) placeholders, every row ending in a newline; no sink positions apply there."""
+        n = saliency.numel()
+        rows = tail.shape[0] - n
+        cols = n // rows
+        tokens = tail.reshape(rows, cols + 1, -1)[:, :cols].reshape(1, n, -1)
+        emb = tokens.float().mean(1) if self.config.segmentation == "fastvid" else None
+        return TokenGrid(features=tokens, saliency=saliency[None].to(tokens.device), grid_hw=(rows, cols),
+                         frame_embeddings=emb, apply_sinks=False)
+
+    def build_replacement(self, media: EncodedMedia, plans: List[PrunePlan]) -> Replacement:
+        video, plan = media.grids[0], plans[0]
         T, L, D = video.features.shape
         kept = plan.kept_indices.to(video.features.device)
         feats = plan.features.to(video.features.dtype)
-        if "image_tail" in video.extra:
+        if "image_tail" in media.extra:
             # an image: the kept base tokens, then every tail placeholder (high-res rows and newlines) as packed
-            tail = video.extra["image_tail"].to(feats.device, feats.dtype)
-            if "highres_saliency" in video.extra:
-                return self._highres_block(video, kept, feats, tail)
-            src = torch.cat([kept, torch.arange(T * L, video.num_placeholders, device=kept.device)])
-            return Block(src=src, features=torch.cat([feats, tail]), kept=int(kept.numel()))
-        nl = video.extra["newline"][None]
+            tail = media.extra["image_tail"].to(feats.device, feats.dtype)
+            if len(plans) > 1:
+                return self._highres_replacement(media, plans[1], kept, feats, tail)
+            src = torch.cat([kept, torch.arange(T * L, media.num_placeholders, device=kept.device)])
+            return Replacement(src=src, features=torch.cat([feats, tail]), kept=int(kept.numel()))
+        nl = media.extra["newline"][None]
         if self.newline == "one_token":
             # the newline takes the video's last placeholder slot, after every kept token
-            src = torch.cat([kept, kept.new_tensor([video.num_placeholders - 1])])
-            return Block(src=src, features=torch.cat([feats, nl]), kept=int(kept.numel()))
+            src = torch.cat([kept, kept.new_tensor([media.num_placeholders - 1])])
+            return Replacement(src=src, features=torch.cat([feats, nl]), kept=int(kept.numel()))
         # grid: a newline after the last kept token of every (frame, row) that kept something
         row = kept // video.grid_hw[1]
         last = torch.ones_like(kept, dtype=torch.bool)
@@ -344,20 +356,13 @@ class LlavaOnevisionAdapter(VideoSpliceAdapter):
         is_nl[1:] = order[1:] == order[:-1]
         table = torch.cat([feats, nl])
         rows = torch.where(is_nl, torch.full_like(order, kept.numel()), order)
-        return Block(src=src, features=table[rows], kept=int(kept.numel()))
+        return Replacement(src=src, features=table[rows], kept=int(kept.numel()))
 
-    def _highres_block(self, image: EncodedVideo, kept: torch.Tensor, feats: torch.Tensor, tail: torch.Tensor
-                       ) -> Block:
-        """Base tokens kept by the plan, then the high-res grid pruned as its own frame (`image_highres="prune"`)."""
-        sal = image.extra["highres_saliency"]
-        n = sal.numel()
-        rows = tail.shape[0] - n  # the tail is rows x (cols + 1): every row ends in a newline
-        cols = n // rows
-        grid = tail.reshape(rows, cols + 1, -1)
-        tokens = grid[:, :cols].reshape(1, n, -1)
-        emb = tokens.float().mean(1) if self.config.segmentation == "fastvid" else None
-        plan = prune(VisualTokens(features=tokens, saliency=sal[None].to(tokens.device), grid_hw=(rows, cols),
-                                  frame_embeddings=emb), self.config)
+    def _highres_replacement(self, image: EncodedMedia, plan: PrunePlan, kept: torch.Tensor, feats: torch.Tensor,
+                             tail: torch.Tensor) -> Replacement:
+        """Base tokens kept by the first plan, then the high-res grid as its plan kept it, a newline after each row
+        that kept a token (`image_highres="prune"`)."""
+        rows, cols = image.grids[1].grid_hw
         hr = plan.kept_indices.to(tail.device)
         row = hr // cols
         last = torch.ones_like(hr, dtype=torch.bool)
@@ -370,14 +375,14 @@ class LlavaOnevisionAdapter(VideoSpliceAdapter):
         hr_feats = torch.cat([plan.features.to(feats.dtype),
                               image.extra["image_tail"][cols].to(feats)[None].expand(nl_slot.numel(), -1)])[order]
         base_len = image.features.shape[1]
-        return Block(src=torch.cat([kept, base_len + hr_src]), features=torch.cat([feats, hr_feats]),
-                     kept=int(kept.numel() + hr.numel()))
+        return Replacement(src=torch.cat([kept, base_len + hr_src]), features=torch.cat([feats, hr_feats]),
+                           kept=int(kept.numel() + hr.numel()))
 
-    def encoder_outputs(self, raw: Any, videos: List[EncodedVideo], blocks: List[Block]) -> Any:
+    def encoder_outputs(self, raw: Any, videos: List[EncodedMedia], replacements: List[Replacement]) -> Any:
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-        # forward flattens (videos, tokens, D) to (tokens, D); one row of all blocks gives the same flat order
-        return BaseModelOutputWithPooling(pooler_output=torch.cat([b.features for b in blocks])[None])
+        # forward flattens (videos, tokens, D) to (tokens, D); one row of all replacements gives the same order
+        return BaseModelOutputWithPooling(pooler_output=torch.cat([r.features for r in replacements])[None])
 
 
 __all__ = ["LlavaOnevisionAdapter", "load_siglip_head"]

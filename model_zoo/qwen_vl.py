@@ -33,10 +33,10 @@ from typing import Any, List, Optional, Tuple
 
 import torch
 
-from tango_plugin.saliency import HookCapture, first_arg, score
-from tango_plugin.strategies import PrunePlan
-
-from .common import Block, EncodedVideo, VideoSpliceAdapter
+from tango_plugin.engine.saliency import score
+from tango_plugin.engine.types import PrunePlan
+from tango_plugin.integration.hooks import first_arg
+from tango_plugin.integration.splice import EncodedMedia, Replacement, TokenGrid, VideoSpliceAdapter
 
 
 def patch_times(frame_times: torch.Tensor, num_patches: int) -> torch.Tensor:
@@ -91,16 +91,16 @@ class QwenVLAdapter(VideoSpliceAdapter):
                              f"{type(self.model).__name__}")
 
     # ------------------------------------------------------------------------------------------- encoding
-    def encode_videos(self, kw: dict, need_saliency: bool) -> Tuple[List[EncodedVideo], Any, float]:
+    def encode_videos(self, kw: dict, need_saliency: bool) -> Tuple[List[EncodedMedia], Any, float]:
         return self._encode(kw, need_saliency, image=False)
 
-    def encode_images(self, kw: dict, need_saliency: bool) -> Tuple[List[EncodedVideo], Any, float]:
+    def encode_images(self, kw: dict, need_saliency: bool) -> Tuple[List[EncodedMedia], Any, float]:
         return self._encode(kw, need_saliency, image=True)
 
-    def image_encoder_outputs(self, raw: Any, images: List[EncodedVideo], blocks: List[Block]) -> Any:
-        return self.encoder_outputs(raw, images, blocks)
+    def image_encoder_outputs(self, raw: Any, images: List[EncodedMedia], replacements: List[Replacement]) -> Any:
+        return self.encoder_outputs(raw, images, replacements)
 
-    def _encode(self, kw: dict, need_saliency: bool, image: bool) -> Tuple[List[EncodedVideo], Any, float]:
+    def _encode(self, kw: dict, need_saliency: bool, image: bool) -> Tuple[List[EncodedMedia], Any, float]:
         if image:
             pv, grid = kw["pixel_values"], kw["image_grid_thw"]
         else:
@@ -130,7 +130,7 @@ class QwenVLAdapter(VideoSpliceAdapter):
                 off += size
             store["merged"] = torch.cat(parts)
 
-        with HookCapture() as cap:
+        with self.hooks.transient("saliency") as cap:
             if need_saliency:
                 cap.pre_hook(attn, qk_hook)
             if image:
@@ -148,31 +148,24 @@ class QwenVLAdapter(VideoSpliceAdapter):
                 sal = sal[torch.argsort(window_index.to(sal.device))]
             sal = torch.split(sal, [t * h * w // ms**2 for t, h, w in grids])
 
-        seconds = kw.get("second_per_grid_ts")
-        tp = self.model.config.vision_config.temporal_patch_size
         videos = []
         for v, (t, h, w) in enumerate(grids):
             if image:
                 # a still image is one frame: its t (1 temporal patch for an image) folds into the token grid
                 feats = out.pooler_output[v].reshape(1, t * (h // ms) * (w // ms), -1)
-                videos.append(EncodedVideo(
-                    features=feats, saliency=None if sal is None else sal[v].reshape(1, -1),
-                    grid_hw=(t * (h // ms), w // ms), num_placeholders=feats.shape[1], timestamps=None,
-                    frame_embeddings=feats.float().mean(1) if self.config.segmentation == "fastvid" else None,
-                    extra={"deepstack": [layer[v] for layer in out.deepstack_features]} if self.deepstack else {}))
-                continue
-            feats = out.pooler_output[v].reshape(t, (h // ms) * (w // ms), -1)
-            ts = self.video_timestamps(v, t, kw, tp, None if seconds is None else float(seconds[v]))
-            if ts is None and need_saliency:
-                self.state.warn_once("timestamps", self.missing_timestamps_note)
-            extra = {}
-            if self.deepstack:
-                extra["deepstack"] = [layer[v] for layer in out.deepstack_features]
-            videos.append(EncodedVideo(
-                features=feats, saliency=None if sal is None else sal[v].reshape(t, -1), grid_hw=(h // ms, w // ms),
-                num_placeholders=t * h * w // ms**2, timestamps=ts,
-                frame_embeddings=feats.float().mean(1) if self.config.segmentation == "fastvid" else None,
-                extra=extra))
+                grid_hw, scores, ts = (t * (h // ms), w // ms), None if sal is None else sal[v].reshape(1, -1), None
+            else:
+                feats = out.pooler_output[v].reshape(t, (h // ms) * (w // ms), -1)
+                grid_hw, scores = (h // ms, w // ms), None if sal is None else sal[v].reshape(t, -1)
+                ts = self.video_timestamps(v, t, kw)
+                if ts is None and need_saliency:
+                    self.state.warn_once("timestamps", self.missing_timestamps_note)
+            grid_tokens = TokenGrid(
+                features=feats, saliency=scores, grid_hw=grid_hw, timestamps=ts,
+                frame_embeddings=feats.float().mean(1) if self.config.segmentation == "fastvid" else None)
+            extra = {"deepstack": [layer[v] for layer in out.deepstack_features]} if self.deepstack else {}
+            videos.append(EncodedMedia(grids=[grid_tokens], num_placeholders=feats.shape[0] * feats.shape[1],
+                                       extra=extra))
         return videos, out, cap.seconds
 
     #: the one-time warning when a video has no time source (ST-RoPE then uses the temporal-patch index)
@@ -180,7 +173,7 @@ class QwenVLAdapter(VideoSpliceAdapter):
                                "the temporal-patch index 0..T-1 as time; pass fps= (frames per second of the sampled "
                                "frames) or video_timestamps= to tango.enable")
 
-    def video_timestamps(self, index: int, t: int, kw: dict, tp: int, second_per_grid: Optional[float] = None):
+    def video_timestamps(self, index: int, t: int, kw: dict) -> Optional[torch.Tensor]:
         """(t,) seconds per temporal patch of video `index`, or None when nothing gives times.
 
         As the paper's Qwen runs compute them: the sampled frames' times interpolated at t evenly spaced points
@@ -189,7 +182,10 @@ class QwenVLAdapter(VideoSpliceAdapter):
         `video_timestamps` (one per sampled frame; one per patch is used as given), else `fps` (frame k at
         k / fps), else `second_per_grid_ts` (frame k at k * second_per_grid_ts / temporal_patch_size).
         """
-        frames = self.given_timestamps(index, kw)
+        tp = self.model.config.vision_config.temporal_patch_size
+        seconds = kw.get("second_per_grid_ts")
+        second_per_grid = None if seconds is None else float(seconds[index])
+        frames = self._given_video_timestamps(index, kw)
         if frames is not None:
             if frames.numel() == t:
                 return frames
@@ -210,19 +206,19 @@ class QwenVLAdapter(VideoSpliceAdapter):
         """One time per temporal patch from the sampled frames' times (the paper's interpolation)."""
         return patch_times(frame_times, t)
 
-    def build_block(self, video: EncodedVideo, plan: PrunePlan) -> Block:
-        block = super().build_block(video, plan)
-        block.features = block.features.to(video.features.dtype)
+    def build_replacement(self, media: EncodedMedia, plans: List[PrunePlan]) -> Replacement:
+        replacement = super().build_replacement(media, plans)
+        replacement.features = replacement.features.to(media.features.dtype)
         if self.deepstack:
-            idx = plan.kept_indices.to(video.features.device)
-            block.extra["deepstack"] = [d[idx] for d in video.extra["deepstack"]]
-        return block
+            idx = plans[0].kept_indices.to(media.features.device)
+            replacement.extra["deepstack"] = [d[idx] for d in media.extra["deepstack"]]
+        return replacement
 
-    def encoder_outputs(self, raw: Any, videos: List[EncodedVideo], blocks: List[Block]) -> Any:
-        feats = tuple(b.features for b in blocks)
+    def encoder_outputs(self, raw: Any, videos: List[EncodedMedia], replacements: List[Replacement]) -> Any:
+        feats = tuple(r.features for r in replacements)
         if self.deepstack:
-            layers = len(blocks[0].extra["deepstack"]) if blocks else 0
-            deep = [tuple(b.extra["deepstack"][i] for b in blocks) for i in range(layers)]
+            layers = len(replacements[0].extra["deepstack"]) if replacements else 0
+            deep = [tuple(r.extra["deepstack"][i] for r in replacements) for i in range(layers)]
             return type(raw)(pooler_output=feats, deepstack_features=deep)
         return type(raw)(pooler_output=feats)
 

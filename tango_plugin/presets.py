@@ -1,36 +1,39 @@
-"""Preset registry: the paper's settings per model family. Built-in presets live in
-`tango_plugin.model_zoo.presets` and are loaded on first use."""
+"""Preset registry: the paper's settings per model family, by name.
+
+The model families register theirs (`tango_plugin.model_zoo.presets`); a preset is a dict of `TangoConfig`
+fields, validated when it is used (`TangoConfig.from_preset`).
+"""
 
 from __future__ import annotations
 
-from typing import Dict
+from .registry import Registry
 
-_PRESETS: Dict[str, dict] = {}
-_BUILTINS_LOADED = False
+
+def _check_preset(name: str, values) -> dict:
+    if not isinstance(values, dict):
+        raise ValueError(f"preset {name!r} must be a dict of TangoConfig fields; got {type(values).__name__}")
+    return dict(values)
+
+
+PRESETS = Registry("preset", check=_check_preset)
 
 
 def register_preset(name: str, values: dict, *, exist_ok: bool = False) -> None:
-    if name in _PRESETS and not exist_ok:
-        raise ValueError(f"a preset named {name!r} is already registered; pass exist_ok=True to replace it")
-    _PRESETS[name] = dict(values)
+    """Register a dict of `TangoConfig` fields under `name` (duplicates refused unless `exist_ok`)."""
+    PRESETS.register(name, values, exist_ok=exist_ok)
 
 
-def _load_builtins() -> None:
-    global _BUILTINS_LOADED
-    if not _BUILTINS_LOADED:
-        _BUILTINS_LOADED = True
-        import importlib
-
-        importlib.import_module("tango_plugin.model_zoo.presets")
+def unregister_preset(name: str) -> None:
+    PRESETS.unregister(name)
 
 
 def list_presets() -> list:
-    _load_builtins()
-    return sorted(_PRESETS)
+    return PRESETS.names()
 
 
 def get_preset(name: str) -> dict:
-    _load_builtins()
-    if name not in _PRESETS:
-        raise ValueError(f"unknown preset {name!r}; known presets: {sorted(_PRESETS)}")
-    return dict(_PRESETS[name])
+    """A copy of the preset's fields."""
+    return dict(PRESETS.get(name))
+
+
+__all__ = ["PRESETS", "register_preset", "unregister_preset", "list_presets", "get_preset"]

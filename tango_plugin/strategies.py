@@ -1,65 +1,33 @@
 """The strategy interface: a pruning method sees `VisualTokens` and returns a `PrunePlan`.
 
-Tango is the default strategy; "topk" (per-frame attention top-k) and "uniform" (evenly spaced tokens) are
-simple baselines that prove the interface and serve as comparison points in the benchmarks.
+Tango is the default strategy; "topk" (per-frame attention top-k) and "uniform" (evenly spaced tokens) are simple
+baselines that prove the interface and serve as comparison points in the benchmarks. `run_strategy` is the one
+place where a strategy is called: it checks the tokens first, and the model adapters go through it too.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Dict, Optional, Tuple, Type
+import warnings
+from typing import Optional, Tuple, Type
 
 import torch
 
 from .config import TangoConfig
-
-
-@dataclass
-class VisualTokens:
-    """One video's (or image's) visual tokens, as the LLM would receive them.
-
-    Args:
-        features: (T, L, D) token features in LLM space, frame-major, raster order inside a frame.
-        saliency: (T, L) attention signal, higher = more important.
-        grid_hw: (H, W) with L == H * W.
-        timestamps: (T,) seconds of each frame (None -> 0..T-1).
-        frame_embeddings: (T, D') per-frame global embedding (only for segmentation="fastvid").
-        sink_positions: per-frame grid indices whose saliency is zeroed before selection.
-    """
-
-    features: torch.Tensor
-    saliency: torch.Tensor
-    grid_hw: Tuple[int, int]
-    timestamps: Optional[torch.Tensor] = None
-    frame_embeddings: Optional[torch.Tensor] = None
-    sink_positions: Tuple[int, ...] = ()
-
-    @property
-    def num_frames(self) -> int:
-        return self.features.shape[0]
-
-    @property
-    def tokens_per_frame(self) -> int:
-        return self.features.shape[1]
-
-
-@dataclass
-class PrunePlan:
-    """What a strategy keeps.
-
-    Args:
-        kept_indices: LongTensor (K,), sorted ascending flat indices ``t * L + i``.
-        features: (K, D) features of the kept tokens in `kept_indices` order (merged where the method merges).
-    """
-
-    kept_indices: torch.Tensor
-    features: torch.Tensor
+from .engine import checks
+from .engine.budgets import frame_keep_count
+from .engine.tango import masked_saliency, stable_topk, tango_prune
+from .engine.types import PrunePlan, VisualTokens
+from .registry import Registry
 
 
 class PruningStrategy:
-    """Base class of pruning methods. Subclasses implement `select`; they must not modify their inputs."""
+    """Base class of pruning methods. Subclasses implement `select`; they must not modify their inputs.
 
+    `select` returns a `PrunePlan` whose `kept_indices` are sorted ascending, unique and inside the video, and whose
+    `features` row k belongs to `kept_indices[k]`.
+    """
+
+    #: the name it is registered under (set by `register_strategy`)
     name: str = ""
 
     def select(self, tokens: VisualTokens, config: TangoConfig) -> PrunePlan:  # pragma: no cover - interface
@@ -69,7 +37,17 @@ class PruningStrategy:
         return self.select(tokens, config)
 
 
-_STRATEGIES: Dict[str, Type[PruningStrategy]] = {}
+def _check_strategy(name: str, cls) -> type:
+    if not (isinstance(cls, type) and issubclass(cls, PruningStrategy)):
+        raise ValueError(f"strategy {name!r}: {cls!r} is not a PruningStrategy subclass")
+    if cls.select is PruningStrategy.select:
+        raise ValueError(f"strategy {name!r}: {cls.__name__} does not implement select(tokens, config)")
+    cls.name = name
+    return cls
+
+
+STRATEGIES = Registry("strategy", check=_check_strategy,
+                      hint="Register one with @tango_plugin.register_strategy('<name>').")
 
 
 def register_strategy(name: str, strategy: Optional[Type[PruningStrategy]] = None, *, exist_ok: bool = False):
@@ -82,56 +60,84 @@ def register_strategy(name: str, strategy: Optional[Type[PruningStrategy]] = Non
             def select(self, tokens, config): ...
         ```
     """
-
-    def _register(cls: Type[PruningStrategy]) -> Type[PruningStrategy]:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"strategy name={name!r} must be a non-empty string")
-        if not (isinstance(cls, type) and issubclass(cls, PruningStrategy)):
-            raise TypeError(f"strategy {name!r}: {cls!r} is not a PruningStrategy subclass")
-        if name in _STRATEGIES and not exist_ok and _STRATEGIES[name] is not cls:
-            raise ValueError(f"a strategy named {name!r} is already registered ({_STRATEGIES[name].__name__}); "
-                             "pass exist_ok=True to replace it")
-        cls.name = name
-        _STRATEGIES[name] = cls
-        return cls
-
-    if strategy is not None:
-        return _register(strategy)
-    return _register
+    return STRATEGIES.register(name, strategy, exist_ok=exist_ok)
 
 
 def unregister_strategy(name: str) -> None:
     """Remove the strategy registered under `name` (a temporary or test strategy); unknown names are an error."""
-    if name not in _STRATEGIES:
-        raise ValueError(f"unknown strategy {name!r}; registered strategies: {list_strategies()}")
-    del _STRATEGIES[name]
+    STRATEGIES.unregister(name)
 
 
 def list_strategies() -> list:
-    return sorted(_STRATEGIES)
+    """Sorted names of the registered strategies."""
+    return STRATEGIES.names()
 
 
 def get_strategy(name: str) -> PruningStrategy:
-    """An instance of the strategy registered under `name`."""
-    if name not in _STRATEGIES:
-        raise ValueError(f"unknown strategy {name!r}; registered strategies: {list_strategies()}")
-    return _STRATEGIES[name]()
+    """A ready-to-call instance of the strategy registered under `name`.
+
+    (Strategies are stateless, so lookup hands out an instance; `get_adapter` hands out a class because an adapter
+    is bound to one model when `enable` builds it.)
+    """
+    return STRATEGIES.get(name)()
+
+
+def run_strategy(tokens: VisualTokens, config: TangoConfig) -> PrunePlan:
+    """Run `config.strategy` on one video's tokens: check the input, call the strategy, check its plan."""
+    checks.check_visual_tokens(tokens)
+    strategy = get_strategy(config.strategy)
+    plan = strategy.select(tokens, config)
+    check_plan = getattr(checks, "check_plan", None)
+    if check_plan is not None:
+        check_plan(plan, tokens, config.strategy)
+    return plan
+
+
+def prune_video_tokens(
+    features: torch.Tensor,
+    saliency: torch.Tensor,
+    grid_hw: Tuple[int, int],
+    timestamps: Optional[torch.Tensor] = None,
+    config: Optional[TangoConfig] = None,
+    frame_embeddings: Optional[torch.Tensor] = None,
+) -> PrunePlan:
+    """Prune one video's visual tokens with `config.strategy` (Tango by default).
+
+    Args:
+        features: (T, L, D) visual tokens in LLM space, frame-major, raster order inside a frame.
+        saliency: (T, L) attention signal, higher = keep.
+        grid_hw: (H, W) with L == H * W.
+        timestamps: (T,) frame times in seconds; None -> 0..T-1.
+        config: settings (default `TangoConfig()`); `config.sink_positions` are zeroed in the saliency.
+        frame_embeddings: (T, D') per-frame global embeddings, needed only for segmentation="fastvid".
+
+    Returns:
+        `PrunePlan` with `kept_indices` (K,) sorted flat indices ``t * L + i`` and `features` (K, D), merged where
+        Tango merges; dtype and device follow `features`. The caller's tensors are not modified.
+
+    Example:
+        ```python
+        >>> res = prune_video_tokens(torch.randn(8, 16, 64), torch.rand(8, 16), grid_hw=(4, 4))
+        >>> res.features.shape[0] == res.kept_indices.numel()
+        True
+        ```
+    """
+    config = config if config is not None else TangoConfig()
+    if not isinstance(config, TangoConfig):
+        raise ValueError(f"config must be a TangoConfig; got {type(config).__name__}")
+    tokens = VisualTokens(features=features, saliency=saliency, grid_hw=grid_hw, timestamps=timestamps,
+                          frame_embeddings=frame_embeddings, sink_positions=tuple(config.sink_positions or ()))
+    return run_strategy(tokens, config)
 
 
 def prune(tokens: VisualTokens, config: TangoConfig) -> PrunePlan:
-    """Run `config.strategy` on `tokens` after checking them (the entry point adapters use)."""
-    from .engine.checks import check_visual_tokens
-
-    check_visual_tokens(tokens)
-    return get_strategy(config.strategy).select(tokens, config)
+    """Deprecated alias of `run_strategy` (removed in the next release)."""
+    warnings.warn("tango_plugin.prune is deprecated; use tango_plugin.prune_video_tokens (tensors) or "
+                  "tango_plugin.strategies.run_strategy (VisualTokens)", DeprecationWarning, stacklevel=2)
+    return run_strategy(tokens, config)
 
 
 # ---------------------------------------------------------------------------------------------- built-ins
-def frame_budget(tokens_per_frame: int, retention_ratio: float) -> int:
-    """Tokens kept per frame by the simple baselines: ceil(L * r), at least one."""
-    return max(1, math.ceil(tokens_per_frame * retention_ratio))
-
-
 def _plan_from_local(tokens: VisualTokens, local: torch.Tensor) -> PrunePlan:
     """Turn per-frame kept columns (T, k) into a sorted flat plan with the tokens' own features."""
     T, L = tokens.saliency.shape
@@ -144,9 +150,7 @@ class TopKStrategy(PruningStrategy):
     """Per frame, the ceil(L * r) tokens with the highest saliency (ties -> lower index)."""
 
     def select(self, tokens: VisualTokens, config: TangoConfig) -> PrunePlan:
-        from .engine.tango import masked_saliency, stable_topk
-
-        k = frame_budget(tokens.tokens_per_frame, config.retention_ratio)
+        k = frame_keep_count(tokens.tokens_per_frame, config.retention_ratio)
         scores = masked_saliency(tokens.saliency, tokens.sink_positions)
         return _plan_from_local(tokens, stable_topk(scores, k))
 
@@ -157,17 +161,19 @@ class UniformStrategy(PruningStrategy):
 
     def select(self, tokens: VisualTokens, config: TangoConfig) -> PrunePlan:
         T, L = tokens.saliency.shape
-        k = frame_budget(L, config.retention_ratio)
+        k = frame_keep_count(L, config.retention_ratio)
         cols = torch.linspace(0, L - 1, k, dtype=torch.float64).round().long().unique()
         return _plan_from_local(tokens, cols.to(tokens.features.device).expand(T, -1))
 
 
 @register_strategy("tango")
 class TangoStrategy(PruningStrategy):
-    """Tango: diversity-driven salient selection plus ST-RoPE-guided context merging (the paper's method)."""
+    """Tango: diversity-driven salient pick plus ST-RoPE-guided context merging (the paper's method,
+    docs/algorithm.md)."""
 
     def select(self, tokens: VisualTokens, config: TangoConfig) -> PrunePlan:
-        from .engine.tango import tango_prune
-
         return tango_prune(tokens, config)
 
+
+__all__ = ["PruningStrategy", "register_strategy", "unregister_strategy", "list_strategies", "get_strategy",
+           "run_strategy", "prune_video_tokens", "STRATEGIES", "VisualTokens", "PrunePlan"]

@@ -101,15 +101,15 @@ __all__ = ["Tester", "TESTERS", "hooks_of", "tango_hooks_of", "instance_attrs", 
 
 
 def spy_strategy(monkeypatch) -> list:
-    """Record the `VisualTokens` of every strategy call the adapters make (the real strategy still runs)."""
-    from tango_plugin.model_zoo import common
+    """Record the `VisualTokens` of every strategy call the adapters make, through the supported observer: every
+    `tango_plugin.enable` of the test (also the CLI's) gets an `on_plan` callback appending `record.tokens`."""
+    from tango_plugin.integration import api
 
     seen = []
-    real = common.prune
+    real = api.enable
 
-    def spy(tokens, config):
-        seen.append(tokens)
-        return real(tokens, config)
+    def enable(model, config=None, **kwargs):
+        return real(model, config, on_plan=lambda record: seen.append(record.tokens), **kwargs)
 
-    monkeypatch.setattr(common, "prune", spy)
+    monkeypatch.setattr(api, "enable", enable)
     return seen

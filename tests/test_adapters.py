@@ -394,7 +394,7 @@ def test_prune_images_warns_once_where_unsupported(monkeypatch):
 
 
 def test_register_adapter_refuses_duplicates_and_works_as_decorator():
-    from tango_plugin.adapters import unregister_adapter
+    from tango_plugin import unregister_adapter
 
     with pytest.raises(ValueError, match="already registered"):
         tango.register_adapter("qwen2_vl", tango.ModelAdapter)
@@ -464,14 +464,14 @@ def test_call_without_video_is_reported_as_unpruned():
 def test_entry_point_adapters_are_discovered(monkeypatch):
     import importlib.metadata as md
 
-    from tango_plugin import adapters
+    from tango_plugin.integration.adapter import ADAPTERS, ENTRY_POINT_GROUP
 
     class EP:
         name, value = "ep_model_type", "tango_plugin.model_zoo.qwen_vl:Qwen2VLAdapter"
 
-    monkeypatch.setattr(adapters, "_ENTRY_POINTS_LOADED", False)
-    monkeypatch.setattr(md, "entry_points", lambda group=None: [EP()] if group == adapters.ENTRY_POINT_GROUP else [])
-    monkeypatch.setattr(adapters, "_REGISTRY", dict(adapters._REGISTRY))
+    monkeypatch.setattr(ADAPTERS, "_entries", dict(ADAPTERS._entries))
+    monkeypatch.setattr(md, "entry_points", lambda group=None: [EP()] if group == ENTRY_POINT_GROUP else [])
+    ADAPTERS.reload_entry_points()
     assert "ep_model_type" in tango.list_adapters()
     assert tango.get_adapter("ep_model_type").__name__ == "Qwen2VLAdapter"
 

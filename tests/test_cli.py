@@ -233,7 +233,7 @@ def test_run_odd_frame_count_on_qwen(checkpoints, monkeypatch, capsys):
 
 
 def test_model_demo_prunes_every_tiny_model(capsys):
-    from tango_plugin.model_zoo.demo import run_model_demo
+    from tango_plugin.cli.model_demo import run_model_demo
 
     rows = run_model_demo(ratio=0.25, frames=4, new_tokens=2)
     assert {r["model"] for r in rows} >= {"llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"}

@@ -334,7 +334,7 @@ def test_peft_lora_generate_with_the_stage():
 
 # ----------------------------------------------------------------------------------------------- mask building
 def _stage_with_reduction(implementation="sdpa"):
-    from tango_plugin.model_zoo.intra_llm import IntraLLMStage, Reduction
+    from tango_plugin.integration.intra_llm import IntraLLMStage, Reduction
 
     stage = IntraLLMStage(layers=[], first_reduced_layer=1, ratio=0.5)
     stage._implementation = implementation

@@ -13,7 +13,7 @@ from tango_plugin.model_zoo.llava_onevision import LlavaOnevisionAdapter
 
 import tango_plugin as tango
 from tango_plugin import testing as tiny
-from tango_plugin.saliency import global_query_saliency
+from tango_plugin.engine.saliency import global_query_saliency
 from tango_plugin.strategies import PruningStrategy, get_strategy, register_strategy
 
 T = TESTERS["llava_onevision"]

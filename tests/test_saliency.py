@@ -10,7 +10,7 @@ from adapter_testers import TESTERS
 
 import tango_plugin as tango
 from tango_plugin import testing as tiny
-from tango_plugin.saliency import attention_received_saliency, global_query_saliency
+from tango_plugin.engine.saliency import attention_received_saliency, global_query_saliency
 
 pytestmark = pytest.mark.filterwarnings("ignore:tango_plugin. preset sink positions")
 

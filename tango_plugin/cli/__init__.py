@@ -9,109 +9,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
 from typing import List, Optional
 
-import torch
-
-from .. import TangoConfig, list_strategies, prune_video_tokens
-from ..picture import kept_map_png
-from ..table import markdown_table
-from ..testing import synthetic_video
-
-
-def _engine_demo(args) -> None:
-    video = synthetic_video(args.frames, (args.grid, args.grid), args.dim, num_scenes=args.scenes, seed=args.seed)
-    T, L = video.saliency.shape
-    print(f"Generated video: {T} frames x {L} tokens ({args.grid}x{args.grid}) x {args.dim} dims, "
-          f"{args.scenes} scenes, timestamps 0..{float(video.timestamps[-1]):g} s")
-    rows = []
-    os.makedirs(args.out, exist_ok=True)
-    for name in ("tango", "topk", "uniform"):
-        cfg = TangoConfig(retention_ratio=args.ratio, strategy=name)
-        prune_video_tokens(video.features, video.saliency, video.grid_hw, video.timestamps, cfg)  # warm-up
-        t0 = time.perf_counter()
-        res = prune_video_tokens(video.features, video.saliency, video.grid_hw, video.timestamps, cfg)
-        ms = (time.perf_counter() - t0) * 1e3
-        per_frame = torch.bincount(res.kept_indices // L, minlength=T)
-        mass = float(video.saliency.flatten()[res.kept_indices].sum() / video.saliency.sum())
-        frames_hit = int((per_frame > 0).sum())
-        picture = kept_map_png(os.path.join(args.out, f"kept_{name}.png"), video.saliency, video.grid_hw,
-                               res.kept_indices)
-        rows.append([name, str(res.kept_indices.numel()), f"{res.kept_indices.numel() / (T * L):.3f}",
-                     f"{int(per_frame.min())}-{int(per_frame.max())}", str(frames_hit), f"{mass:.3f}",
-                     f"{ms:.1f}", picture])
-    print(markdown_table(["strategy", "kept", "ratio", "per frame", "frames with tokens", "attention kept", "ms",
-                  "picture"], rows))
-    print("Tango keeps fewer tokens in frames that repeat the previous ones (static tokens are kept once per "
-          "segment) and spends the budget on salient and diverse tokens.")
-
-
-def _model_demo(args) -> None:
-    try:
-        from ..model_zoo.demo import run_model_demo
-    except ImportError as exc:  # transformers missing: say so instead of skipping silently
-        print(f"\nModel demo skipped: {exc}. Install the 'hf' extra: pip install 'tango-plugin[hf]'")
-        return
-    run_model_demo(ratio=args.ratio, frames=min(args.frames, 16), seed=args.seed)
-
-
-def cmd_demo(args) -> int:
-    torch.manual_seed(args.seed)
-    _engine_demo(args)
-    if not args.no_model:
-        _model_demo(args)
-    return 0
-
-
-def cmd_info(args) -> int:
-    from ..presets import list_presets
-
-    print("strategies:", ", ".join(list_strategies()))
-    try:
-        from ..adapters import list_adapters
-
-        print("adapters (config.model_type):", ", ".join(list_adapters()))
-    except ImportError as exc:
-        print(f"adapters: unavailable ({exc})")
-    print("presets:", ", ".join(list_presets()))
-    print("config fields:")
-    for name, text in TangoConfig.help().items():
-        print(f"  {name}: {text}")
-    return 0
-
-
-def cmd_prune(args) -> int:
-    data = torch.load(args.input, map_location="cpu", weights_only=True)
-    missing = [k for k in ("features", "saliency", "grid_hw") if k not in data]
-    if missing:
-        raise SystemExit(f"{args.input}: missing keys {missing}; expected a dict with features (T, L, D), "
-                         "saliency (T, L), grid_hw (H, W) and optionally timestamps (T,), frame_embeddings (T, D')")
-    cfg = TangoConfig.from_json(open(args.config).read()) if args.config else TangoConfig(retention_ratio=args.ratio)
-    t0 = time.perf_counter()
-    res = prune_video_tokens(data["features"], data["saliency"], tuple(data["grid_hw"]), data.get("timestamps"), cfg,
-                             data.get("frame_embeddings"))
-    T, L = data["saliency"].shape
-    print(f"kept {res.kept_indices.numel()} of {T * L} tokens ({res.kept_indices.numel() / (T * L):.3f}) in "
-          f"{time.perf_counter() - t0:.3f} s")
-    if args.output:
-        torch.save({"kept_indices": res.kept_indices, "features": res.features, "config": cfg.to_dict()}, args.output)
-        print(f"wrote {args.output}")
-    if args.picture:
-        print(f"wrote {kept_map_png(args.picture, data['saliency'], tuple(data['grid_hw']), res.kept_indices)}")
-    return 0
-
-
-def cmd_run(args) -> int:
-    from ..run_model import run
-
-    try:
-        return run(args)
-    except ImportError as exc:  # a missing extra: say which, no traceback
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+from .demo import cmd_demo
+from .info import cmd_info
+from .prune import cmd_prune
+from .run import cmd_run
 
 
 def build_parser() -> argparse.ArgumentParser:

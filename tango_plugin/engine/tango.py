@@ -10,19 +10,19 @@ batch, and the per-frame salient picks of a segment are one batched DPC-KNN.
 
 from __future__ import annotations
 
-import math
 from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from ..config import TangoConfig
-from ..strategies import PrunePlan, VisualTokens
+from .budgets import adjusted_ratio, frame_budgets, segment_budgets
 from .dpc import dpc_knn, merge_clusters, nearest_anchor, stable_topk
 from .segmentation import consecutive_similarity, fastvid_segments, holitom_segments
 from .strope import frame_times, rope_tokens_, strope_sections
+from .types import PrunePlan, VisualTokens
 
-__all__ = ["tango_prune", "masked_saliency", "stable_topk", "frame_budgets", "segment_budgets"]
+__all__ = ["tango_prune", "masked_saliency", "stable_topk", "frame_budgets", "segment_budgets", "adjusted_ratio"]
 
 
 def masked_saliency(saliency: torch.Tensor, sink_positions: Sequence[int]) -> torch.Tensor:
@@ -31,27 +31,6 @@ def masked_saliency(saliency: torch.Tensor, sink_positions: Sequence[int]) -> to
     if len(sink_positions):
         scores[:, list(sink_positions)] = 0
     return scores
-
-
-def frame_budgets(num_tokens: int, ratio: float, context_ratio: float) -> Tuple[int, int]:
-    """(salient, context) budget of one frame of `num_tokens` (SPEC.md section 4.4): ceil, then int()."""
-    retain = max(1, math.ceil(num_tokens * ratio)) if num_tokens > 0 else 0
-    salient = int(retain * (1.0 - context_ratio))
-    return salient, retain - salient
-
-
-def segment_budgets(num_dynamic: int, ratio: float, context_ratio: float) -> Tuple[int, int]:
-    """(salient, context) budget per frame of a segment's dynamic tokens (SPEC.md section 4.2)."""
-    raw = math.ceil(num_dynamic * ratio)
-    salient = int(raw * (1.0 - context_ratio))
-    return salient, raw - salient
-
-
-def adjusted_ratio(ratio: float, num_frames: int, tokens_per_frame: int, num_static: int) -> float:
-    """Retention ratio raised to compensate for static tokens collapsed to one copy (SPEC.md section 4.2)."""
-    total = num_frames * tokens_per_frame
-    gain = (num_frames - 1) * num_static
-    return min(ratio / ((total - gain) / total), 1.0)
 
 
 class _Kept:

@@ -1,4 +1,4 @@
-"""The intra-LLM stage of Tango's LLaVA-Video runs (SPEC.md section 6), as hooks on a Hugging Face decoder.
+"""The intra-LLM stage of Tango's LLaVA-Video runs (docs/algorithm.md §6), as hooks on a Hugging Face decoder.
 
 With `TangoConfig.intra_llm_layer = K`, layers 0..K-1 see the (already Tango-pruned) prompt; before layer K each
 video keeps `round(n * intra_llm_ratio)` of its n tokens, the ones the last prompt token attends to most in layer
@@ -6,13 +6,13 @@ K-1 (mean over heads), and every other token of the video is merged into its mos
 (`engine.intra_llm.intra_llm_merge`). Layers K.. run on the shorter sequence and cache only it; kept tokens keep
 their original positions, so decoding continues with the unpruned positions.
 
-How it hooks in, per model instance and reversibly:
+How it hooks in, per model instance and reversibly (every piece is an entry of the handle's `HookRegistry`):
 
 * scoring: layer K-1's attention module gets its own shallow copy of the text config whose attention
   implementation names a registered function. That function reads the last query row's attention from the
   post-RoPE q/k it is given, then calls the model's real implementation (SDPA or eager) unchanged. So the scoring
   layer runs causally, as in the unpruned model; the reference forces it to eager attention without a mask, which
-  makes that layer attend bidirectionally in prefill (SPEC section 6, fixed here);
+  makes that layer attend bidirectionally in prefill (docs/algorithm.md §7, fixed here);
 * reduction: a forward pre-hook on layer K replaces its hidden states by the reduced ones; pre-hooks on layers K..
   replace the full-length attention mask, rotary embeddings and position ids the decoder loop hands every layer by
   their reduced versions (prefill) or map the mask onto the reduced cache (decode).
@@ -30,7 +30,7 @@ from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 
-from tango_plugin.engine.intra_llm import intra_llm_merge
+from ..engine.intra_llm import intra_llm_merge
 
 SCORING_IMPLEMENTATION = "tango_intra_llm_scoring"
 SUPPORTED_IMPLEMENTATIONS = ("sdpa", "eager")
@@ -112,32 +112,23 @@ class IntraLLMStage:
         self._prefill_layers_left = 0
         self._decoded = 0
         self._decode_cache: Tuple[Any, int, Any] = (None, 0, None)
-        self._handles: list = []
-        self._attn = None
         self._shared_config = None
 
     # ------------------------------------------------------------------------------------------ install
-    def install(self) -> None:
+    def install(self, hooks) -> None:
+        """Attach the stage through `hooks` (the handle's `HookRegistry`): the scoring layer's own config (an
+        attribute swap) and one forward pre-hook per reduced layer. `hooks.remove_all()` takes them off."""
         _register_scoring_function()
         attn = self.layers[self.k - 1].self_attn
-        self._attn, self._shared_config = attn, attn.config
+        self._shared_config = attn.config
         own = copy.copy(attn.config)
         own._attn_implementation_internal = SCORING_IMPLEMENTATION
         own._tango_intra_llm_stage = self
-        attn.config = own
+        hooks.set_attribute(f"intra_llm:scoring_config:layer{self.k - 1}", attn, "config", own)
         self._implementation = self._shared_config._attn_implementation
         for i in range(self.k, len(self.layers)):
-            self._handles.append(self.layers[i].register_forward_pre_hook(
-                self._make_hook(first=i == self.k), with_kwargs=True))
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-        if self._attn is not None:
-            self._attn.config = self._shared_config
-            self._attn = self._shared_config = None
-        self.disarm()
+            hooks.add_forward_pre_hook(f"intra_llm:reduce:layer{i}", self.layers[i],
+                                       self._make_hook(first=i == self.k), with_kwargs=True)
 
     def real_attention(self, module) -> Callable:
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS

@@ -3,7 +3,8 @@
 `enable(model, config)` looks up the adapter for `model.config.model_type`, checks that the config fits the model
 and wraps the instance's `forward` and `generate` (instance attributes made with `functools.wraps`, so signatures
 that `generate` inspects are kept; modules are never renamed or replaced, so PEFT target names still match).
-`handle.remove()` deletes those attributes again: the model is then exactly as before.
+Everything attached goes through the handle's `HookRegistry` (`handle.hooks()` lists it); `handle.remove()` or
+`disable(model)` takes exactly that off again: the model is then exactly as before.
 
 Example:
     ```python
@@ -21,85 +22,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
-import warnings
-from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Type, Union
+from typing import Any, Iterator, List, Optional, Type, Union
 
-from .adapters import ModelAdapter, get_adapter
-from .config import TangoConfig
+from ..config import TangoConfig
+from .adapter import ModelAdapter, get_adapter
+from .hooks import HookRegistry
+from .report import PlanObserver, PlanRecord, RunState
 
 _HANDLE_ATTR = "_tango_handle"
 _PATCHED = ("forward", "generate")
-
-
-@dataclass
-class SampleReport:
-    """What one batch row of the last call went through.
-
-    Args:
-        sample: row index in the batch.
-        videos: number of videos in the row.
-        visual_tokens_before: video placeholder tokens the unpruned model would have fed to the LLM.
-        visual_tokens_after: video tokens the LLM really received (kept tokens plus newline tokens, if any).
-        kept_by_strategy: tokens the strategy kept (`PrunePlan.kept_indices`), without newline tokens.
-        ratio_kept: visual_tokens_after / visual_tokens_before (1.0 when nothing was pruned).
-        saliency_source: the signal the strategy ranked tokens by ("none" when no saliency was needed).
-        prune_seconds: time of saliency hooks, strategy and splice attributed to this row (vision tower excluded).
-        pruned: False when this row was passed through unchanged.
-        note: why a row was not pruned, or other facts worth knowing (e.g. sink positions not applied).
-        images: number of still images in the row pruned as single-frame videos (`prune_images=True`; 0 otherwise).
-        image_tokens_before: image placeholder tokens of those images in the unpruned input.
-        image_tokens_after: image tokens the LLM really received (not counted in `visual_tokens_*`).
-        intra_llm_tokens_after: video tokens left after the intra-LLM stage (`intra_llm_layer`), newline tokens
-            included; None when that stage did not run on this call.
-    """
-
-    sample: int
-    videos: int = 0
-    visual_tokens_before: int = 0
-    visual_tokens_after: int = 0
-    kept_by_strategy: int = 0
-    ratio_kept: float = 1.0
-    saliency_source: str = "none"
-    prune_seconds: float = 0.0
-    pruned: bool = False
-    note: str = ""
-    images: int = 0
-    image_tokens_before: int = 0
-    image_tokens_after: int = 0
-    intra_llm_tokens_after: Optional[int] = None
-
-
-@dataclass
-class RunState:
-    """Per-handle state: the rows of the last pruned call plus running totals. `reset()` clears it."""
-
-    calls: int = 0
-    pruned_calls: int = 0
-    last: List[SampleReport] = field(default_factory=list)
-    total_before: int = 0
-    total_after: int = 0
-    total_prune_seconds: float = 0.0
-    warned: set = field(default_factory=set)
-
-    def reset(self) -> None:
-        self.calls = self.pruned_calls = self.total_before = self.total_after = 0
-        self.total_prune_seconds = 0.0
-        self.last = []
-
-    def record(self, rows: List[SampleReport]) -> None:
-        self.pruned_calls += 1
-        self.last = rows
-        self.total_before += sum(r.visual_tokens_before for r in rows)
-        self.total_after += sum(r.visual_tokens_after for r in rows)
-        self.total_prune_seconds += sum(r.prune_seconds for r in rows)
-
-    def warn_once(self, key: str, message: str) -> None:
-        """Warn the first time `key` happens on this handle (skipped pruning is never silent, nor repeated)."""
-        if key not in self.warned:
-            self.warned.add(key)
-            warnings.warn(f"tango_plugin: {message}", stacklevel=4)
 
 
 class TangoHandle:
@@ -110,29 +41,38 @@ class TangoHandle:
         adapter: the `ModelAdapter` instance doing the work.
         config: the `TangoConfig` in use.
         state: the `RunState` (typed, resettable).
+        registry: the `HookRegistry` of everything attached to the model.
     """
 
     def __init__(self, model: Any, adapter: ModelAdapter, config: TangoConfig, state: RunState,
-                 previous: Dict[str, Any]) -> None:
+                 registry: HookRegistry) -> None:
         self.model = model
         self.adapter = adapter
         self.config = config
         self.state = state
-        self._previous = previous
+        self.registry = registry
         self.active = True
 
     def remove(self) -> None:
-        """Undo `enable`: delete the instance attributes it added and release the adapter. Idempotent."""
+        """Undo `enable`: take off every entry of the hook registry and release the adapter. Idempotent."""
         if not self.active:
             return
         self.active = False
-        d = self.model.__dict__
-        for name in _PATCHED:
-            d.pop(name, None)
-            if name in self._previous:  # an instance-level method set by someone else before us (e.g. accelerate)
-                d[name] = self._previous[name]
-        d.pop(_HANDLE_ATTR, None)
+        self.registry.remove_all()
         self.adapter.close()
+
+    def hooks(self) -> List[dict]:
+        """What is attached to the model, one dict per entry: `name`, `kind` (method, forward_pre_hook,
+        forward_hook, attribute) and `target` (the module path or object it sits on). Empty after `remove()`."""
+        return self.registry.entries()
+
+    def plans(self) -> List[PlanRecord]:
+        """Every strategy call since `enable` / `reset`: the `VisualTokens` it got and the `PrunePlan` it returned
+        (`enable(..., record_plans=True)` only; the records hold the tokens' tensors, so clear them with
+        `reset()` in long runs)."""
+        if not self.state.record_plans:
+            raise ValueError("plans are recorded only with enable(model, config, record_plans=True)")
+        return list(self.state.plans)
 
     def reset(self) -> None:
         """Clear the recorded reports and totals."""
@@ -182,7 +122,8 @@ def _unwrap(model: Any) -> Any:
 
 
 def enable(model: Any, config: Optional[TangoConfig] = None, *,
-           adapter: Optional[Union[str, Type[ModelAdapter]]] = None, **options: Any) -> TangoHandle:
+           adapter: Optional[Union[str, Type[ModelAdapter]]] = None, record_plans: bool = False,
+           on_plan: Optional[PlanObserver] = None, **options: Any) -> TangoHandle:
     """Turn Tango pruning on for this model instance.
 
     Args:
@@ -192,6 +133,8 @@ def enable(model: Any, config: Optional[TangoConfig] = None, *,
         config: the `TangoConfig` (default: `TangoConfig()`).
         adapter: a model_type name or a `ModelAdapter` subclass to use instead of the one registered for
             `model.config.model_type`.
+        record_plans: keep every strategy call's tokens and plan (`handle.plans()`): what each call kept.
+        on_plan: called with a `PlanRecord` after every strategy call (an observer, e.g. for pictures or logs).
         options: adapter options, e.g. for LLaVA-OV `pool_mode="average"`, `newline="grid"` (LLaVA-Video-style
             checkpoints), `fps=` / `video_timestamps=` (frame times for the temporal terms). An unknown option is
             a `ValueError` listing the allowed ones.
@@ -223,25 +166,41 @@ def enable(model: Any, config: Optional[TangoConfig] = None, *,
     else:
         raise ValueError(f"adapter={adapter!r} must be a model_type name or a ModelAdapter subclass")
 
-    state = RunState()
-    instance = adapter_cls(target, config, state, **options)
+    if not isinstance(record_plans, bool):
+        raise ValueError(f"record_plans={record_plans!r} must be True or False")
+    if on_plan is not None and not callable(on_plan):
+        raise ValueError(f"on_plan={on_plan!r} must be a callable taking a PlanRecord")
+    state = RunState(record_plans=record_plans, observers=[on_plan] if on_plan is not None else [])
+    registry = HookRegistry(target)
+    instance = adapter_cls(target, config, state, hooks=registry, **options)
     instance.validate()
-    instance.install()
+    handle = TangoHandle(target, instance, config, state, registry)
+    try:
+        instance.install()
+        for name in _PATCHED:
+            route = getattr(instance, name)
 
-    previous = {name: target.__dict__[name] for name in _PATCHED if name in target.__dict__}
-    handle = TangoHandle(target, instance, config, state, previous)
-    for name in _PATCHED:
-        original = getattr(target, name)
-        route = getattr(instance, name)
+            def counted(original, args, kwargs, __route=route):
+                state.calls += 1
+                return __route(original, args, kwargs)
 
-        def patched(*args, __original=original, __route=route, **kwargs):
-            state.calls += 1
-            return __route(__original, args, kwargs)
-
-        # functools.wraps keeps __wrapped__, so inspect.signature (used by generate) sees the original signature.
-        target.__dict__[name] = functools.wraps(original)(patched)
-    target.__dict__[_HANDLE_ATTR] = handle
+            registry.wrap_method(f"method:{name}", target, name, counted)
+        registry.set_attribute("handle", target, _HANDLE_ATTR, handle)
+    except Exception:
+        handle.remove()  # nothing half-attached stays behind
+        raise
     return handle
+
+
+def disable(model: Any) -> bool:
+    """Undo `enable` on this model (or the base model of a `PeftModel`): the free-function twin of
+    `handle.remove()`. Returns True when something was removed, False when Tango was not enabled on it."""
+    target = _unwrap(model)
+    handle = getattr(target, "__dict__", {}).get(_HANDLE_ATTR)
+    if handle is None:
+        return False
+    handle.remove()
+    return True
 
 
 @contextlib.contextmanager
@@ -262,4 +221,4 @@ def enabled(model: Any, config: Optional[TangoConfig] = None, **kwargs: Any) -> 
         handle.remove()
 
 
-__all__ = ["enable", "enabled", "TangoHandle", "RunState", "SampleReport"]
+__all__ = ["enable", "enabled", "disable", "TangoHandle"]

@@ -12,10 +12,11 @@ import warnings
 
 import torch
 
-from tango_plugin import TangoConfig, enable
-from tango_plugin.adapters import list_adapters
-from tango_plugin.table import markdown_table
-from tango_plugin.testing import MODEL_TYPES, VideoSpec, build_model, build_tokenizer, video_inputs
+from ..config import TangoConfig
+from ..integration.adapter import list_adapters
+from ..integration.api import enable
+from ..table import markdown_table
+from ..testing import MODEL_TYPES, VideoSpec, build_model, build_tokenizer, video_inputs
 
 
 def _prefill_ms(model, inputs, repeats: int = 3) -> float:

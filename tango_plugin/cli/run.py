@@ -11,99 +11,20 @@ option), then runs `generate` inside `tango_plugin.enabled`. transformers and av
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
+import sys
 import time
-from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Optional, Tuple
 
-import numpy as np
 import torch
 
-from .config import TangoConfig
-from .table import markdown_table
+from ..config import TangoConfig
+from ..integration.video_io import SampledVideo, read_video
+from ..table import markdown_table
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 DEVICES = ("cpu", "cuda")
-
-
-@dataclass
-class SampledVideo:
-    """Frames sampled from a video file.
-
-    Attributes:
-        frames: (T, H, W, 3) uint8 RGB frames.
-        indices: (T,) indices of the sampled frames among the decoded frames.
-        fps: average frame rate of the stream.
-        total_frames: number of decoded frames.
-        timestamps: (T,) seconds of the sampled frames, indices / fps.
-    """
-
-    frames: np.ndarray
-    indices: np.ndarray
-    fps: float
-    total_frames: int
-    timestamps: torch.Tensor
-
-
-def _decode(path: str, wanted: set) -> Tuple[Dict[int, np.ndarray], int, float]:
-    import av
-
-    with av.open(path) as container:
-        if not container.streams.video:
-            raise ValueError(f"--video {path}: the file has no video stream")
-        stream = container.streams.video[0]
-        rate = stream.average_rate or stream.guessed_rate
-        fps = float(rate) if rate else 0.0
-        kept, count = {}, 0
-        for frame in container.decode(stream):
-            if count in wanted:
-                kept[count] = frame.to_ndarray(format="rgb24")
-            count += 1
-    return kept, count, fps
-
-
-def read_video(path: str, num_frames: int) -> SampledVideo:
-    """Decode `path` with PyAV and sample `num_frames` frames uniformly over all decoded frames.
-
-    The indices are `np.linspace(0, n - 1, num_frames)` rounded down (lmms-eval / VLMEvalKit), fewer when the video
-    has fewer frames. The frame count in the container header is used for a first pass that keeps only the wanted
-    frames; when the decoded count differs from it, a second pass samples over the real count.
-
-    Raises:
-        ValueError: the file is missing, unreadable, has no video stream or no frames.
-        ImportError: PyAV is not installed (the `video` extra).
-    """
-    if not os.path.isfile(path):
-        raise ValueError(f"--video {path}: no such file")
-    try:
-        import av
-    except ImportError as exc:
-        raise ImportError("reading video files needs PyAV: pip install -e \".[hf,video]\" "
-                          "(or pip install 'tango-plugin[hf,video]')") from exc
-
-    def pick(total: int) -> np.ndarray:
-        return np.unique(np.linspace(0, total - 1, min(num_frames, total)).astype(np.int64))
-
-    try:
-        with av.open(path) as container:
-            if not container.streams.video:
-                raise ValueError(f"--video {path}: the file has no video stream")
-            header = int(container.streams.video[0].frames or 0)
-        kept, total, fps = _decode(path, set(pick(header).tolist()) if header > 0 else set())
-        if total == 0:
-            raise ValueError(f"--video {path}: no frames could be decoded")
-        indices = pick(total)
-        if total != header or set(kept) != set(indices.tolist()):
-            kept, total, fps = _decode(path, set(indices.tolist()))
-    except av.error.FFmpegError as exc:
-        raise ValueError(f"--video {path}: PyAV cannot read it ({exc})") from exc
-    if fps <= 0:
-        raise ValueError(f"--video {path}: the stream has no frame rate, so frame times are unknown")
-    frames = np.stack([kept[int(i)] for i in indices])
-    return SampledVideo(frames=frames, indices=indices, fps=fps, total_frames=total,
-                        timestamps=torch.as_tensor(indices, dtype=torch.float64) / fps)
 
 
 def build_config(ratio: Optional[float], preset: Optional[str], config_path: Optional[str]) -> Tuple[TangoConfig, str]:
@@ -123,7 +44,7 @@ def build_config(ratio: Optional[float], preset: Optional[str], config_path: Opt
             raise ValueError(f"--config {config_path}: not valid JSON ({exc})") from exc
     else:
         if preset:
-            from .presets import list_presets
+            from ..presets import list_presets
 
             if preset not in list_presets():
                 raise ValueError(f"--preset {preset}: unknown preset; known presets: {', '.join(list_presets())}")
@@ -143,7 +64,7 @@ def _check_model_dir(model_dir: str) -> str:
         raise ValueError(f"--model {model_dir}: no config.json in that folder")
     from transformers import AutoConfig
 
-    from .adapters import list_adapters
+    from ..integration.adapter import list_adapters
 
     try:
         model_type = AutoConfig.from_pretrained(model_dir, local_files_only=True).model_type
@@ -236,34 +157,6 @@ def _generate(model, processor, inputs: dict, max_new_tokens: int, device: str) 
     return answer.strip(), seconds
 
 
-@contextlib.contextmanager
-def _recording(cfg: TangoConfig) -> Iterator[Tuple[TangoConfig, List[Tuple[Any, Any]]]]:
-    """For --picture: what the strategy saw and kept. A strategy registered under a temporary name calls the
-    configured one and keeps (tokens, plan) of each video, so no adapter has to change; it is unregistered on exit.
-
-    Yields:
-        (the config naming the recording strategy, the list the (VisualTokens, PrunePlan) pairs are appended to)
-    """
-    from . import strategies
-
-    inner = cfg.strategy
-    strategies.get_strategy(inner)  # an unknown name fails here, listing the registered ones
-    seen: List[Tuple[Any, Any]] = []
-
-    class Recording(strategies.PruningStrategy):
-        def select(self, tokens, config):
-            plan = strategies.get_strategy(inner).select(tokens, config)
-            seen.append((tokens, plan))
-            return plan
-
-    name = f"{inner}+run-record"
-    strategies.register_strategy(name, Recording, exist_ok=True)
-    try:
-        yield cfg.replace(strategy=name), seen
-    finally:
-        strategies.unregister_strategy(name)  # leave the registry as it was
-
-
 def run(args) -> int:
     """The `tango-plugin run` command (argparse namespace in, exit code out)."""
     if args.frames < 1:
@@ -283,7 +176,7 @@ def run(args) -> int:
     # the cheap checks first (config, model folder), then decoding, then loading the weights
     cfg, source = build_config(args.ratio, args.preset, args.config)
     model_type = _check_model_dir(args.model)
-    video = read_video(args.video, args.frames)
+    video = read_video(args.video, args.frames, label="--video")
 
     import tango_plugin as tango
 
@@ -306,11 +199,10 @@ def run(args) -> int:
         n = int((inputs["input_ids"] == _video_token_id(model)).sum())
         rows.append(["unpruned", str(n), str(n), "1.000", "-", f"{seconds:.3f}", _cell(answer)])
     times = video.timestamps  # one per sampled frame; the adapter reduces them to its temporal patches
-    with contextlib.ExitStack() as stack:
-        run_cfg, seen = stack.enter_context(_recording(cfg)) if args.picture else (cfg, [])
-        handle = stack.enter_context(tango.enabled(model, run_cfg, video_timestamps=times))
+    with tango.enabled(model, cfg, video_timestamps=times, record_plans=bool(args.picture)) as handle:
         answer, seconds = _generate(model, processor, inputs, args.max_new_tokens, args.device)
         report = handle.report()
+        records = handle.plans() if args.picture else []
     sample = report["samples"][0] if report["samples"] else None
     if sample is None or not sample["pruned"]:
         note = sample["note"] if sample else "no video row reached the adapter"
@@ -333,7 +225,7 @@ def run(args) -> int:
         print("(one run each; the unpruned run goes first and also pays one-time warm-up costs, so for timings "
               "see benchmarks/prefill.py or run the command twice)")
     if args.picture:
-        _write_picture(args.picture, seen)
+        _write_picture(args.picture, records)
     return 0
 
 
@@ -347,16 +239,25 @@ def _video_token_id(model) -> int:
     return token if token is not None else cfg.video_token_index
 
 
-def _write_picture(path: str, seen: List[Tuple[Any, Any]]) -> None:
+def _write_picture(path: str, records: list) -> None:
     from .picture import kept_map_png
 
-    if not seen:
+    if not records:
         print("no picture: the strategy did not run (retention ratio 1.0 or nothing to prune)")
         return
-    tokens, plan = seen[0]
+    tokens, plan = records[0].tokens, records[0].plan
     saliency = tokens.saliency.detach().float().cpu()
     print(f"wrote {kept_map_png(path, saliency, tuple(tokens.grid_hw), plan.kept_indices.cpu())} "
           f"({saliency.shape[0]} frames x {saliency.shape[1]} tokens, kept tokens in green)")
 
 
-__all__ = ["run", "read_video", "build_config", "load_model", "load_processor", "video_prompt", "SampledVideo"]
+
+
+def cmd_run(args) -> int:
+    try:
+        return run(args)
+    except ImportError as exc:  # a missing extra: say which, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+__all__ = ["cmd_run", "run", "build_config", "load_model", "load_processor", "video_prompt"]

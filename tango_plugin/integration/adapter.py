@@ -2,10 +2,10 @@
 
 An adapter knows one model family: where its video tokens are, their grid, how to get the saliency signal and how
 to splice the kept tokens back into the LLM input. `tango_plugin.enable` picks the adapter registered for
-`model.config.model_type`. Built-in adapters live in `tango_plugin.model_zoo` and are imported on first use; other
-packages add theirs through the `tango_plugin.adapters` entry-point group or `register_adapter`.
-
-This module imports neither transformers nor the model zoo at import time.
+`model.config.model_type`. The built-in families register themselves (`tango_plugin.model_zoo`, lazily, as
+``"module:Class"`` strings, so no transformers import happens until a model is enabled); other packages add theirs
+with `register_adapter` or through the `tango_plugin.adapters` entry-point group. docs/adapters.md explains how to
+write one.
 
 Example:
     ```python
@@ -19,21 +19,12 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-from typing import Any, Callable, Dict, Optional, Tuple, Type, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type
+
+from ..registry import Registry
+from .hooks import HookRegistry
 
 ENTRY_POINT_GROUP = "tango_plugin.adapters"
-
-# model_type -> "module:Class", imported lazily so that `import tango_plugin` never pulls in transformers.
-_BUILTIN_ADAPTERS: Dict[str, str] = {
-    "llava_onevision": "tango_plugin.model_zoo.llava_onevision:LlavaOnevisionAdapter",
-    "qwen2_vl": "tango_plugin.model_zoo.qwen_vl:Qwen2VLAdapter",
-    "qwen2_5_vl": "tango_plugin.model_zoo.qwen_vl:Qwen2_5_VLAdapter",
-    "qwen3_vl": "tango_plugin.model_zoo.qwen_vl:Qwen3VLAdapter",
-}
-
-_REGISTRY: Dict[str, Union[str, Type["ModelAdapter"]]] = {}
-_ENTRY_POINTS_LOADED = False
 
 
 class ModelAdapter:
@@ -46,8 +37,12 @@ class ModelAdapter:
     Args:
         model: the top-level model (e.g. `...ForConditionalGeneration`), already unwrapped from PEFT.
         config: the `TangoConfig` of this handle.
-        state: the handle's `RunState`, where the adapter records what it kept (see `tango_plugin.api`).
+        state: the handle's `RunState`, where the adapter records what it kept (`integration.report`).
+        hooks: the handle's `HookRegistry`; everything the adapter attaches to the model goes through it, so that
+            `handle.hooks()` lists it and `handle.remove()` takes it off.
         options: adapter-specific options passed to `enable(model, config, **options)`.
+
+    Subclasses that leave a method of `required_methods` unimplemented are refused at registration.
     """
 
     #: the `config.model_type` this class is registered under (set by `register_adapter`)
@@ -56,8 +51,11 @@ class ModelAdapter:
     saliency_sources: Tuple[str, ...] = ("global_query",)
     #: adapter options accepted by `__init__` (name -> help text); anything else is a `ValueError`
     options_help: Dict[str, str] = {}
+    #: methods a concrete subclass must override (checked by `register_adapter`)
+    required_methods: Tuple[str, ...] = ()
 
-    def __init__(self, model: Any, config: Any, state: Any = None, **options: Any) -> None:
+    def __init__(self, model: Any, config: Any, state: Any = None, hooks: Optional[HookRegistry] = None,
+                 **options: Any) -> None:
         unknown = sorted(set(options) - set(self.options_help))
         if unknown:
             allowed = ", ".join(f"{k} ({v})" for k, v in self.options_help.items()) or "none"
@@ -65,7 +63,19 @@ class ModelAdapter:
         self.model = model
         self.config = config
         self.state = state
+        self.hooks = hooks if hooks is not None else HookRegistry(model)
         self.options = dict(options)
+
+    @classmethod
+    def missing_methods(cls) -> List[str]:
+        """`required_methods` this class still inherits unimplemented from the base that declares them."""
+        missing = []
+        for name in cls.required_methods:
+            impl = getattr(cls, name, None)
+            if impl is None or getattr(impl, "__isabstractmethod__", False) or getattr(
+                    getattr(impl, "fget", impl), "_tango_required", False):
+                missing.append(name)
+        return missing
 
     # -------------------------------------------------------------------------------------------- lifecycle
     def validate(self) -> None:
@@ -76,10 +86,10 @@ class ModelAdapter:
                              f"supported: {['auto', *self.saliency_sources]}")
 
     def install(self) -> None:
-        """Attach hooks the adapter needs on the model (called by `enable` after `validate` passed)."""
+        """Attach what the adapter needs on the model through `self.hooks` (called by `enable` after `validate`)."""
 
     def close(self) -> None:
-        """Release whatever the adapter holds and detach what `install` attached (called by `TangoHandle.remove`)."""
+        """Release whatever the adapter holds (called by `TangoHandle.remove`, after the hooks came off)."""
 
     def saliency_source_name(self) -> str:
         """The saliency source actually used ("auto" resolved)."""
@@ -96,12 +106,37 @@ class ModelAdapter:
         return original(*args, **kwargs)
 
 
+def required(fn: Callable) -> Callable:
+    """Mark a base-class method (or property getter) that subclasses must override (see `required_methods`)."""
+    fn._tango_required = True
+    return fn
+
+
+def _check_adapter(name: str, cls) -> type:
+    if not (isinstance(cls, type) and issubclass(cls, ModelAdapter)):
+        raise ValueError(f"adapter {name!r}: {cls!r} is not a ModelAdapter subclass")
+    missing = cls.missing_methods()
+    if missing:
+        raise ValueError(f"adapter {name!r}: {cls.__name__} does not implement {missing}, which "
+                         f"{cls.__mro__[1].__name__} requires (see docs/adapters.md)")
+    cls.model_type = name
+    return cls
+
+
+ADAPTERS = Registry(
+    "adapter", check=_check_adapter, entry_point_group=ENTRY_POINT_GROUP,
+    hint="To support another model, subclass tango_plugin.ModelAdapter and register it with "
+         "@tango_plugin.register_adapter('<model_type>') or the 'tango_plugin.adapters' entry-point group "
+         "(docs/adapters.md).")
+
+
 def register_adapter(name: str, cls: Optional[Type[ModelAdapter]] = None, *, exist_ok: bool = False):
-    """Register a `ModelAdapter` subclass for `config.model_type == name`; usable as a decorator.
+    """Register a `ModelAdapter` subclass (or a lazy ``"module:Class"`` string) for `config.model_type == name`;
+    usable as a decorator.
 
     Args:
         name: the Hugging Face `config.model_type` the adapter handles.
-        cls: the adapter class (omit to use as a decorator).
+        cls: the adapter class or ``"module:Class"`` (omit to use as a decorator).
         exist_ok: replace an adapter already registered under `name` instead of raising `ValueError`.
 
     Example:
@@ -110,70 +145,29 @@ def register_adapter(name: str, cls: Optional[Type[ModelAdapter]] = None, *, exi
         class MyAdapter(ModelAdapter): ...
         ```
     """
-
-    def _register(adapter_cls: Type[ModelAdapter]) -> Type[ModelAdapter]:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"adapter name={name!r} must be a non-empty model_type string")
-        if not (isinstance(adapter_cls, type) and issubclass(adapter_cls, ModelAdapter)):
-            raise TypeError(f"adapter {name!r}: {adapter_cls!r} is not a ModelAdapter subclass")
-        _load_entry_points()
-        current = _REGISTRY.get(name, _BUILTIN_ADAPTERS.get(name))
-        if current is not None and current is not adapter_cls and not exist_ok:
-            shown = current if isinstance(current, str) else current.__name__
-            raise ValueError(f"an adapter for model_type {name!r} is already registered ({shown}); "
-                             "pass exist_ok=True to replace it")
-        adapter_cls.model_type = name
-        _REGISTRY[name] = adapter_cls
-        return adapter_cls
-
-    if cls is not None:
-        return _register(cls)
-    return _register
+    return ADAPTERS.register(name, cls, exist_ok=exist_ok)
 
 
 def unregister_adapter(name: str) -> None:
-    """Remove an adapter registered with `register_adapter` (built-ins come back on the next lookup)."""
-    _REGISTRY.pop(name, None)
-
-
-def _load_entry_points() -> None:
-    global _ENTRY_POINTS_LOADED
-    if _ENTRY_POINTS_LOADED:
-        return
-    _ENTRY_POINTS_LOADED = True
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        # An installed package may not override a built-in silently; it must use register_adapter(exist_ok=True).
-        if ep.name not in _REGISTRY and ep.name not in _BUILTIN_ADAPTERS:
-            _REGISTRY[ep.name] = ep.value
+    """Remove the adapter registered for `name`; an unknown name is a `ValueError`."""
+    ADAPTERS.unregister(name)
 
 
 def list_adapters() -> list:
     """Sorted model_types that have an adapter (built-in, registered or from entry points)."""
-    _load_entry_points()
-    return sorted(set(_BUILTIN_ADAPTERS) | set(_REGISTRY))
+    return ADAPTERS.names()
 
 
 def get_adapter(model_type: str) -> Type[ModelAdapter]:
     """The adapter class registered for `model_type`; `ValueError` (listing the supported ones) when none is."""
-    _load_entry_points()
-    target = _REGISTRY.get(model_type, _BUILTIN_ADAPTERS.get(model_type))
-    if target is None:
-        raise ValueError(
-            f"no Tango adapter for model_type {model_type!r}; supported model types: {list_adapters()}. "
-            "To support another model, subclass tango_plugin.ModelAdapter and register it with "
-            "@tango_plugin.register_adapter('<model_type>') or the 'tango_plugin.adapters' entry-point group.")
-    if isinstance(target, str):
-        module, _, attr = target.partition(":")
-        cls = getattr(importlib.import_module(module), attr)
-        if not (isinstance(cls, type) and issubclass(cls, ModelAdapter)):
-            raise TypeError(f"{target} (adapter for {model_type!r}) is not a ModelAdapter subclass")
-        cls.model_type = model_type
-        _REGISTRY[model_type] = cls
-        target = cls
-    return target
+    try:
+        return ADAPTERS.get(model_type)
+    except ValueError as exc:
+        if model_type in ADAPTERS:
+            raise
+        raise ValueError(f"no Tango adapter for model_type {model_type!r}; supported model types: "
+                         f"{list_adapters()}. {ADAPTERS._hint}") from exc
 
 
-__all__ = ["ModelAdapter", "register_adapter", "unregister_adapter", "get_adapter", "list_adapters",
-           "ENTRY_POINT_GROUP"]
+__all__ = ["ModelAdapter", "ADAPTERS", "register_adapter", "unregister_adapter", "get_adapter", "list_adapters",
+           "required", "ENTRY_POINT_GROUP"]

@@ -1,0 +1,76 @@
+"""Saliency signals computed from one vision-transformer layer's queries and keys (maths only, torch only).
+
+The model adapters attach a forward pre-hook to the last ViT attention module, recompute that layer's q and k with
+the module's own projections (the tower itself keeps running on SDPA / FlashAttention, nothing is re-run in eager
+mode) and turn them into one score per token with the functions below (docs/algorithm.md §1).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+SOURCES = ("global_query", "siglip_head", "attention_received")
+
+
+def _merge_keys(k: torch.Tensor, merge: int) -> torch.Tensor:
+    if merge == 1:
+        return k
+    S, H, n, d = k.shape
+    return k.reshape(S, H, n // merge, merge, d).mean(3)
+
+
+def global_query_saliency(q: torch.Tensor, k: torch.Tensor, merge: int = 1) -> torch.Tensor:
+    """FastVID-style "global query" attention: how much the mean query of a group attends to each (merged) key.
+
+    Args:
+        q: (S, H, n, d) queries of S groups (frames / temporal slices), H heads, n tokens.
+        k: (S, H, n, d) keys, same layout.
+        merge: average every `merge` consecutive keys *before* the softmax (Qwen's 2x2 merge units,
+            docs/algorithm.md §1.3).
+
+    Returns:
+        (S, n // merge) float32: softmax over tokens of ``mean_n(q) . k / sqrt(d)`` per head, averaged over heads.
+    """
+    q, k = q.float(), k.float()
+    if k.shape[2] % merge:
+        raise ValueError(f"token count {k.shape[2]} is not a multiple of the merge size {merge}")
+    q_bar = q.mean(2, keepdim=True)  # mean over tokens: order-invariant, so window-ordered input is fine
+    logits = (q_bar @ _merge_keys(k, merge).transpose(-1, -2)).squeeze(2) / math.sqrt(q.shape[-1])
+    return logits.softmax(-1).mean(1)
+
+
+def attention_received_saliency(q: torch.Tensor, k: torch.Tensor, merge: int = 1,
+                                max_elements: int = 1 << 26) -> torch.Tensor:
+    """Mean attention each token receives from all queries of its group (softmax(q k^T), heads and queries averaged).
+
+    Computed group by group (bounded memory: at most `max_elements` attention entries at once); tokens of a merge
+    unit are averaged *after* the softmax.
+
+    Returns:
+        (S, n // merge) float32.
+    """
+    S, H, n, d = q.shape
+    out = torch.empty(S, n, dtype=torch.float32, device=q.device)
+    step = max(1, max_elements // max(1, H * n * n))
+    for s in range(0, S, step):
+        qs, ks = q[s:s + step].float(), k[s:s + step].float()
+        att = (qs @ ks.transpose(-1, -2) / math.sqrt(d)).softmax(-1)
+        out[s:s + step] = att.mean(dim=(1, 2))
+    if merge > 1:
+        out = out.reshape(S, n // merge, merge).mean(-1)
+    return out
+
+
+def score(source: str, q: torch.Tensor, k: torch.Tensor, merge: int = 1) -> torch.Tensor:
+    """Dispatch to the q/k-based sources ("global_query", "attention_received")."""
+    if source == "global_query":
+        return global_query_saliency(q, k, merge)
+    if source == "attention_received":
+        return attention_received_saliency(q, k, merge)
+    raise ValueError(f"saliency source {source!r} is not computed from q/k; q/k sources: global_query, "
+                     "attention_received")
+
+
+__all__ = ["SOURCES", "global_query_saliency", "attention_received_saliency", "score"]

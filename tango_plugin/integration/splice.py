@@ -1,0 +1,682 @@
+"""The splice pipeline shared by the Hugging Face video adapters: prune at prefill by shortening the sequence.
+
+One patched `generate` / `forward` call that carries video pixels runs five named stages over one `SpliceCall`
+(docs/architecture.md, "One prefill"):
+
+1. `encode`: the model's own `get_video_features` (and, with `prune_images=True`, `get_image_features`) runs once,
+   with transient saliency hooks on the vision tower; each video / image becomes an `EncodedMedia` of one or more
+   `TokenGrid`s, and is matched to its placeholder tokens in `input_ids` (`MediaItem`);
+2. `plan`: every grid goes through `run_strategy` (the only place a strategy is called) and the adapter turns the
+   plans into a `Replacement` for the item's placeholders;
+3. `layout`: per batch row, every text / image token plus the kept media slots, in order; the padding side;
+   where each video ends up in the shortened row;
+4. `rewrite`: `input_ids`, `attention_mask`, `labels`, `mm_token_type_ids`, position ids (M-RoPE: the kept tokens'
+   original 3-D positions from the model's `get_rope_index`) gathered with the same indices, and
+   `mm_encoder_outputs` holding the kept features;
+5. `report`: one `SampleReport` per row into the handle's state.
+
+`generate` then returns the caller's prompt ids followed by the new tokens, as the unpruned model would. Decoding is
+untouched: the KV cache just holds fewer tokens.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+
+from ..engine.types import PrunePlan, VisualTokens
+from ..strategies import get_strategy, run_strategy
+from .adapter import ModelAdapter, required
+from .report import PlanRecord, SampleReport
+
+
+@dataclass
+class TokenGrid:
+    """One grid of visual tokens of a media item, pruned by one strategy call.
+
+    Args:
+        features: (T, L, D) visual tokens in LLM space.
+        saliency: (T, L) scores, or None when no strategy call needs them (retention 1.0).
+        grid_hw: (H, W) of one frame's token grid.
+        timestamps: (T,) seconds, or None (the engine then uses 0..T-1).
+        frame_embeddings: (T, D') per-frame embedding for `segmentation="fastvid"`.
+        apply_sinks: whether the attention-sink positions of the family's preset may apply to this grid.
+    """
+
+    features: torch.Tensor
+    saliency: Optional[torch.Tensor]
+    grid_hw: Tuple[int, int]
+    timestamps: Optional[torch.Tensor] = None
+    frame_embeddings: Optional[torch.Tensor] = None
+    apply_sinks: bool = True
+
+
+@dataclass
+class EncodedMedia:
+    """One video (or one still image pruned as a single frame) after the vision tower.
+
+    Args:
+        grids: the token grids the strategy prunes, usually one (LLaVA-OV images with `image_highres="prune"`:
+            the base grid and the stitched high-res grid).
+        num_placeholders: placeholder tokens the item occupies in the unpruned `input_ids`.
+        extra: adapter data carried to `build_replacement` (newline embedding, deepstack features, ...).
+    """
+
+    grids: List[TokenGrid]
+    num_placeholders: int
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    # The first grid's fields (most items have exactly one grid).
+    @property
+    def features(self) -> torch.Tensor:
+        return self.grids[0].features
+
+    @property
+    def saliency(self) -> Optional[torch.Tensor]:
+        return self.grids[0].saliency
+
+    @property
+    def grid_hw(self) -> Tuple[int, int]:
+        return self.grids[0].grid_hw
+
+    @property
+    def timestamps(self) -> Optional[torch.Tensor]:
+        return self.grids[0].timestamps
+
+    @property
+    def frame_embeddings(self) -> Optional[torch.Tensor]:
+        return self.grids[0].frame_embeddings
+
+
+@dataclass
+class Replacement:
+    """What replaces one media item's placeholders.
+
+    Args:
+        src: non-decreasing indices into the item's placeholder positions; an index may repeat (a newline token
+            inserted after a kept token reuses that token's slot: every slot holds the same placeholder id).
+        features: (len(src), D) features, in `src` order.
+        kept: tokens the strategy kept (without newlines).
+        extra: adapter data for `encoder_outputs` (e.g. pruned deepstack features).
+    """
+
+    src: torch.Tensor
+    features: torch.Tensor
+    kept: int
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MediaItem:
+    """One video or image of the call, from encoding to its replacement.
+
+    Args:
+        kind: "video" or "image".
+        index: position among the call's items of that kind.
+        row: batch row holding its placeholders.
+        slots: (num_placeholders,) positions of its placeholders in that row of the unpruned `input_ids`.
+        media: the encoded item.
+        plans: one `PrunePlan` per grid (stage `plan`).
+        replacement: what replaces its placeholders (stage `plan`).
+        notes: facts for the report (e.g. sink positions not applied).
+        strategy_seconds: time of its strategy calls and replacement.
+    """
+
+    kind: str
+    index: int
+    row: int
+    slots: torch.Tensor
+    media: EncodedMedia
+    plans: List[PrunePlan] = field(default_factory=list)
+    replacement: Optional[Replacement] = None
+    notes: List[str] = field(default_factory=list)
+    strategy_seconds: float = 0.0
+
+
+@dataclass
+class SpliceCall:
+    """The one result object the stages fill in, for one patched call.
+
+    Args:
+        kw: the call's keyword arguments (positional ones already named).
+        generating: True for `generate` (left padding, generate's position-id layout).
+        need_saliency: retention < 1 (at 1.0 the splice runs without the strategy: exact pass-through).
+        prune_images: still images are pruned too on this call.
+        items: videos, then images (stage `encode`).
+        raw: the encoder outputs by kind ("video", "image"), as the model returned them.
+        hook_seconds: time spent in the saliency hooks.
+        sources: per row, the kept positions of the unpruned row in output order (stage `layout`).
+        owners: per row, the item index (or -1 for text) of each entry of `sources`.
+        padding_side: "left" or "right", the side rows are re-padded on.
+        length: the shortened, re-padded prompt length.
+        video_spans: per row, one tensor per video of its positions in the shortened row (newlines included).
+        new_kw: the keyword arguments for the original method (stage `rewrite`).
+    """
+
+    kw: dict
+    generating: bool
+    need_saliency: bool
+    prune_images: bool = False
+    items: List[MediaItem] = field(default_factory=list)
+    raw: Dict[str, Any] = field(default_factory=dict)
+    hook_seconds: float = 0.0
+    started: float = 0.0
+    sources: List[torch.Tensor] = field(default_factory=list)
+    owners: List[torch.Tensor] = field(default_factory=list)
+    padding_side: str = "left"
+    length: int = 0
+    video_spans: List[List[torch.Tensor]] = field(default_factory=list)
+    new_kw: dict = field(default_factory=dict)
+
+    @property
+    def batch_size(self) -> int:
+        return self.kw["input_ids"].shape[0]
+
+
+class VideoSpliceAdapter(ModelAdapter):
+    """Base of adapters that prune video tokens before the LLM by shortening the input sequence.
+
+    Subclasses provide `video_token_id`, `encode_videos`, `encoder_outputs`, for M-RoPE models
+    `full_position_ids`, and for image pruning `encode_images` / `image_encoder_outputs`; `build_replacement`
+    defaults to the kept tokens only. Options common to all: `fps` (frames per second of the sampled frames, for
+    timestamps) and `video_timestamps` (seconds of each sampled frame: a list with one tensor per video, or one
+    tensor for all videos); per call, `tango_video_timestamps=` passed to `generate` / `forward` does the same.
+    """
+
+    #: kwargs that describe the video pixels; removed before calling the original method
+    video_kwargs: Tuple[str, ...] = ("pixel_values_videos",)
+    #: kwargs that describe image pixels; removed before calling the original method when images are pruned
+    image_kwargs: Tuple[str, ...] = ("pixel_values",)
+    #: True when the adapter implements `encode_images` / `image_encoder_outputs` (`prune_images=True`)
+    supports_image_pruning: bool = False
+    #: True for M-RoPE models whose kept tokens must keep their original 3-D positions
+    uses_3d_positions: bool = False
+    #: preset name for the sink positions (docs/algorithm.md §1.4)
+    preset_name: str = ""
+    #: tokens per frame of the grid the preset's sink positions were written for (None: any grid)
+    preset_grid_tokens: Optional[int] = None
+
+    required_methods = ("video_token_id", "encode_videos", "encoder_outputs")
+
+    options_help = {
+        "fps": "frames per second of the sampled frames; timestamps = frame index / fps (default: frame index)",
+        "video_timestamps": "(T,) seconds per video (a tensor, or a list with one tensor per video)",
+    }
+
+    @classmethod
+    def missing_methods(cls) -> List[str]:
+        extra = []
+        if cls.uses_3d_positions:
+            extra.append("full_position_ids")
+        if cls.supports_image_pruning:
+            extra += ["encode_images", "image_encoder_outputs"]
+        saved = cls.required_methods
+        try:
+            cls.required_methods = tuple(saved) + tuple(extra)
+            return super().missing_methods()
+        finally:
+            cls.required_methods = saved
+
+    # ------------------------------------------------------------------------------------------ to override
+    @property
+    @required
+    def video_token_id(self) -> int:
+        raise NotImplementedError
+
+    @required
+    def encode_videos(self, kw: dict, need_saliency: bool) -> Tuple[List[EncodedMedia], Any, float]:
+        """Run the vision tower on the call's videos. Returns (videos, raw encoder output, hook seconds)."""
+        raise NotImplementedError
+
+    @property
+    def image_token_id(self) -> int:
+        return self.model.config.image_token_id
+
+    @required
+    def encode_images(self, kw: dict, need_saliency: bool) -> Tuple[List[EncodedMedia], Any, float]:
+        """Run the vision tower on the call's images, each one an `EncodedMedia` with T=1 (`prune_images=True`)."""
+        raise NotImplementedError
+
+    @required
+    def image_encoder_outputs(self, raw: Any, images: List[EncodedMedia], replacements: List[Replacement]) -> Any:
+        """The `mm_encoder_outputs["image"]` object the model's forward expects, holding the replacements."""
+        raise NotImplementedError
+
+    def build_replacement(self, media: EncodedMedia, plans: List[PrunePlan]) -> Replacement:
+        """Default: the kept tokens of the first grid only (Qwen). LLaVA adds newline tokens."""
+        plan = plans[0]
+        return Replacement(src=plan.kept_indices, features=plan.features, kept=int(plan.kept_indices.numel()))
+
+    @required
+    def encoder_outputs(self, raw: Any, videos: List[EncodedMedia], replacements: List[Replacement]) -> Any:
+        """The `mm_encoder_outputs["video"]` object the model's forward expects, holding the replacements."""
+        raise NotImplementedError
+
+    @required
+    def full_position_ids(self, kw: dict, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(3, B, L) positions of the unpruned sequence (M-RoPE models only)."""
+        raise NotImplementedError
+
+    def after_splice(self, positions: Optional[torch.Tensor], attention_mask: torch.Tensor) -> None:
+        """Hook for model state that depends on the shortened sequence (Qwen: `rope_deltas`)."""
+
+    # ------------------------------------------------------------------------------------------ shared logic
+    @property
+    def inner(self):
+        """The `...Model` under the `...ForConditionalGeneration` head (towers, projector, language model)."""
+        return self.model.model
+
+    def pad_token_id(self) -> int:
+        for cfg in (self.model.generation_config, getattr(self.model.config, "text_config", None), self.model.config):
+            pid = getattr(cfg, "pad_token_id", None) if cfg is not None else None
+            if isinstance(pid, int):
+                return pid
+        return 0
+
+    def sink_positions(self, tokens_per_frame: int) -> Tuple[Tuple[int, ...], str]:
+        """Sink positions for a frame of `tokens_per_frame` tokens, and a note when the preset was not applied."""
+        explicit = self.config.sink_positions
+        if explicit is not None:
+            bad = [p for p in explicit if p >= tokens_per_frame]
+            if bad:
+                raise ValueError(f"sink_positions {bad} are outside the {tokens_per_frame}-token frame grid of this "
+                                 f"input ({type(self).__name__})")
+            return tuple(explicit), ""
+        if not self.preset_name:
+            return (), ""
+        from ..presets import get_preset
+
+        preset = tuple(get_preset(self.preset_name).get("sink_positions") or ())
+        if not preset:
+            return (), ""
+        if self.preset_grid_tokens is not None and tokens_per_frame != self.preset_grid_tokens:
+            note = (f"preset sink positions of {self.preset_name!r} are for a {self.preset_grid_tokens}-token grid; "
+                    f"this input has {tokens_per_frame} tokens per frame, so no sink positions were applied")
+            self.state.warn_once("sinks-" + str(tokens_per_frame), note)
+            return (), note
+        return preset, ""
+
+    # ------------------------------------------------------------------------------------------ video timestamps
+    def _given_video_timestamps(self, index: int, kw: dict) -> Optional[torch.Tensor]:
+        """The seconds given for video `index` (per call `tango_video_timestamps` first, then the
+        `video_timestamps` option), flat float64 (the paper interpolates frame times in float64)."""
+        given = kw.get("tango_video_timestamps")
+        if given is None:
+            given = self.options.get("video_timestamps")
+        if given is None:
+            return None
+        ts = given[index] if isinstance(given, (list, tuple)) else given
+        return torch.as_tensor(ts, dtype=torch.float64).flatten()
+
+    def video_timestamps(self, index: int, num_frames: int, kw: dict) -> Optional[torch.Tensor]:
+        """(num_frames,) seconds of the frames the engine sees for video `index`, or None (no time source).
+
+        Default (one engine frame per sampled frame): the given video timestamps, else frame k at k / `fps`.
+        """
+        ts = self._given_video_timestamps(index, kw)
+        if ts is not None:
+            if ts.numel() != num_frames:
+                raise ValueError(f"video_timestamps for video {index} has {ts.numel()} values; the video has "
+                                 f"{num_frames} frames")
+            return ts
+        fps = self.options.get("fps")
+        if fps is not None:
+            return torch.arange(num_frames, dtype=torch.float64) / float(fps)
+        return None
+
+    def validate(self) -> None:
+        super().validate()
+        fps = self.options.get("fps")
+        if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0
+                                or fps == float("inf")):
+            raise ValueError(f"fps={fps!r} must be a positive, finite number")
+        get_strategy(self.config.strategy)  # unknown strategy -> ValueError now, not at the first call
+        if self.config.intra_llm_layer is not None:
+            self._validate_intra_llm()
+
+    # ------------------------------------------------------------------------------------------ intra-LLM stage
+    _intra = None  # IntraLLMStage while installed
+
+    def text_layers(self):
+        """The language model's decoder layers (the intra-LLM stage hooks them)."""
+        return self.inner.language_model.layers
+
+    def min_intra_llm_layer(self) -> int:
+        """Smallest allowed `intra_llm_layer` (Qwen3-VL: its deepstack adds visual features after early layers)."""
+        return 1
+
+    def _validate_intra_llm(self) -> None:
+        from .intra_llm import SUPPORTED_IMPLEMENTATIONS
+
+        k, depth = self.config.intra_llm_layer, len(self.text_layers())
+        low = self.min_intra_llm_layer()
+        if not low <= k < depth:
+            raise ValueError(f"intra_llm_layer={k} does not fit this model: its language model has {depth} decoder "
+                             f"layers, so allowed values are {low}..{depth - 1} (layer K-1 scores, layers K.. see the "
+                             "reduced sequence)")
+        impl = self.model.config.get_text_config()._attn_implementation
+        if impl not in SUPPORTED_IMPLEMENTATIONS:
+            raise ValueError(f"intra_llm_layer needs the language model on one of {list(SUPPORTED_IMPLEMENTATIONS)} "
+                             f"attention; this model uses {impl!r} (load it with attn_implementation='sdpa')")
+
+    def install(self) -> None:
+        if self.config.intra_llm_layer is None:
+            return
+        from .intra_llm import IntraLLMStage
+
+        self._intra = IntraLLMStage(self.text_layers(), self.config.intra_llm_layer, self.config.intra_llm_ratio,
+                                    on_reduced=self._record_intra_llm)
+        self._intra.install(self.hooks)
+
+    def close(self) -> None:
+        if self._intra is not None:
+            self._intra.disarm()
+            self._intra = None
+
+    def _intra_applies(self, kw: dict) -> bool:
+        """The stage caches a shorter sequence in layers K..: only a dynamic cache allows per-layer lengths."""
+        impl = kw.get("cache_implementation") or getattr(self.model.generation_config, "cache_implementation", None)
+        cache = kw.get("past_key_values", kw.get("cache"))
+        if impl not in (None, "dynamic") or (cache is not None and type(cache).__name__ != "DynamicCache"):
+            what = impl if impl not in (None, "dynamic") else type(cache).__name__
+            self.state.warn_once("intra-cache", f"intra_llm_layer needs a dynamic cache (layers K.. cache fewer "
+                                                f"tokens); this generate call uses {what!r} and runs without it")
+            return False
+        return True
+
+    def _record_intra_llm(self, visual_after: List[int]) -> None:
+        for report, count in zip(self.state.last, visual_after):
+            report.intra_llm_tokens_after = count
+
+    # ------------------------------------------------------------------------------------------ patched methods
+    @staticmethod
+    def _as_kwargs(original: Callable, args: tuple, kwargs: dict) -> dict:
+        if not args:
+            return dict(kwargs)
+        names = [p.name for p in inspect.signature(original).parameters.values()
+                 if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        kw = dict(zip(names, args))
+        kw.update(kwargs)
+        return kw
+
+    _depth = 0  # > 0 while our own call of the original method runs (its inner forward calls pass through)
+
+    def _call_original(self, original: Callable, kw: dict) -> Any:
+        self._depth += 1
+        try:
+            return original(**kw)
+        finally:
+            self._depth -= 1
+
+    def forward(self, original: Callable, args: tuple, kwargs: dict) -> Any:
+        if self._depth:
+            return original(*args, **kwargs)
+        kw = self._as_kwargs(original, args, kwargs)
+        if not self._should_prune(kw):
+            return self._pass_through(original, kw)
+        if self._intra is not None:
+            self.state.warn_once("intra-forward", "intra_llm_layer is applied in generate only (forward returns one "
+                                                  "logit row per input token); this forward call runs without it")
+        call = self.splice(kw, generating=False)
+        return self._call_original(original, call.new_kw)
+
+    def generate(self, original: Callable, args: tuple, kwargs: dict) -> Any:
+        kw = self._as_kwargs(original, args, kwargs)
+        if kw.get("inputs") is not None and kw.get("input_ids") is None:
+            kw["input_ids"] = kw.pop("inputs")
+        if not self._should_prune(kw):
+            return self._pass_through(original, kw)
+        prompt = kw["input_ids"]
+        call = self.splice(kw, generating=True)
+        if self._intra is not None and self._intra_applies(kw) and not self._intra.arm(call.video_spans):
+            self.state.warn_once("intra-impl", "intra_llm_layer needs SDPA or eager attention in the language model; "
+                                               "it was switched to another implementation after enable(), so this "
+                                               "call runs without the intra-LLM stage")
+        try:
+            out = self._call_original(original, call.new_kw)
+        finally:
+            if self._intra is not None:
+                self._intra.disarm()
+        # Give back what the unpruned model returns: the caller's prompt followed by the new tokens, so that
+        # `out[:, inputs.input_ids.shape[1]:]` still slices the answer.
+        seqs = out if isinstance(out, torch.Tensor) else out.sequences
+        full = torch.cat([prompt.to(seqs.device), seqs[:, call.length:]], dim=1)
+        if isinstance(out, torch.Tensor):
+            return full
+        out.sequences = full
+        return out
+
+    def _pass_through(self, original: Callable, kw: dict) -> Any:
+        """Call the original unchanged, and say in the report that this call pruned nothing."""
+        kw.pop("tango_video_timestamps", None)
+        ids = kw.get("input_ids")
+        batch = ids.shape[0] if isinstance(ids, torch.Tensor) else 1
+        note = "video passed through unpruned (see the warning)" if self._has(kw, self.video_kwargs) \
+            else "no video in this call"
+        self.state.last = [SampleReport(sample=b, note=note) for b in range(batch)]
+        return self._call_original(original, kw)
+
+    @staticmethod
+    def _has(kw: dict, names: Tuple[str, ...]) -> bool:
+        return any(kw.get(k) is not None for k in names)
+
+    def _prunes_images(self, kw: dict) -> bool:
+        return bool(self.config.prune_images and self.supports_image_pruning and self._has(kw, self.image_kwargs))
+
+    def _should_prune(self, kw: dict) -> bool:
+        has_video = self._has(kw, self.video_kwargs)
+        if self._prunes_images(kw):
+            has_video = True  # images are pruned as single-frame videos: the same splice path
+        elif self.config.prune_images and self._has(kw, self.image_kwargs):
+            self.state.warn_once("images", f"prune_images=True but {type(self).__name__} prunes videos only; "
+                                           "images are passed to the model unpruned")
+        if not has_video:
+            if kw.get("mm_encoder_outputs") and (kw["mm_encoder_outputs"] or {}).get("video") is not None:
+                self.state.warn_once("precomputed", "video features were passed precomputed (mm_encoder_outputs); "
+                                                    "they carry no saliency, so this call is not pruned")
+            return False
+        if kw.get("input_ids") is None:
+            self.state.warn_once("embeds", "video inputs came with inputs_embeds instead of input_ids; the video "
+                                           "placeholders cannot be located, so this call is not pruned")
+            return False
+        if kw.get("cache") is not None and kw["cache"].get_seq_length() > 0:
+            self.state.warn_once("cache", "video inputs came with a non-empty cache; only the prefill of a fresh "
+                                          "sequence is pruned, so this call is not pruned")
+            return False
+        return True
+
+    # ------------------------------------------------------------------------------------------ the pipeline
+    def splice(self, kw: dict, generating: bool) -> SpliceCall:
+        """Run the five stages on one call and return the filled-in `SpliceCall` (`new_kw` is what to call with)."""
+        call = SpliceCall(kw=kw, generating=generating, need_saliency=float(self.config.retention_ratio) < 1.0,
+                          prune_images=self._prunes_images(kw))
+        self._stage_encode(call)
+        self._stage_plan(call)
+        self._stage_layout(call)
+        self._stage_rewrite(call)
+        self._stage_report(call)
+        return call
+
+    def _stage_encode(self, call: SpliceCall) -> None:
+        """Stage 1: run the towers with the saliency hooks, then match every item to its placeholder tokens."""
+        kw = call.kw
+        groups = []
+        if self._has(kw, self.video_kwargs):
+            videos, call.raw["video"], seconds = self.encode_videos(kw, call.need_saliency)
+            call.hook_seconds += seconds
+            groups.append(("video", self.video_token_id, videos))
+        if call.prune_images:
+            images, call.raw["image"], seconds = self.encode_images(kw, call.need_saliency)
+            call.hook_seconds += seconds
+            groups.append(("image", self.image_token_id, images))
+        call.started = time.perf_counter()
+        ids = kw["input_ids"]
+        real = self._mask(kw).bool()
+        for kind, token_id, group in groups:
+            rows, cols = ((ids == token_id) & real).nonzero(as_tuple=True)
+            need = [m.num_placeholders for m in group]
+            if sum(need) != rows.numel():
+                raise ValueError(f"{kind.capitalize()} features and {kind} tokens do not match: the {kind}s need "
+                                 f"{sum(need)} placeholder tokens ({need}), input_ids has {rows.numel()}")
+            offset = 0
+            for i, (media, n) in enumerate(zip(group, need)):
+                r = rows[offset:offset + n]
+                if bool((r != r[0]).any()):
+                    raise ValueError(f"the placeholder tokens of {kind} {i} span several batch rows")
+                call.items.append(MediaItem(kind=kind, index=i, row=int(r[0]), slots=cols[offset:offset + n],
+                                            media=media))
+                offset += n
+
+    def _stage_plan(self, call: SpliceCall) -> None:
+        """Stage 2: one strategy call per grid (the only call site), then the item's replacement."""
+        for item in call.items:
+            t0 = time.perf_counter()
+            for part, grid in enumerate(item.media.grids):
+                if not call.need_saliency:
+                    item.plans.append(PrunePlan.keep_all(grid.features))
+                    continue
+                sinks, note = self.sink_positions(grid.features.shape[1]) if grid.apply_sinks else ((), "")
+                if note:
+                    item.notes.append(note)
+                tokens = VisualTokens(features=grid.features, saliency=grid.saliency, grid_hw=grid.grid_hw,
+                                      timestamps=grid.timestamps, frame_embeddings=grid.frame_embeddings,
+                                      sink_positions=sinks)
+                plan = run_strategy(tokens, self.config)
+                item.plans.append(plan)
+                self.state.observe(PlanRecord(call=self.state.calls, kind=item.kind, index=item.index, row=item.row,
+                                              part=part, tokens=tokens, plan=plan))
+            item.replacement = self.build_replacement(item.media, item.plans)
+            item.strategy_seconds = time.perf_counter() - t0
+
+    def _stage_layout(self, call: SpliceCall) -> None:
+        """Stage 3: per row, the unpruned positions that stay (in order) and where each video lands."""
+        ids = call.kw["input_ids"]
+        real = self._mask(call.kw).bool()
+        media_ids = [self.video_token_id] + ([self.image_token_id] if call.prune_images else [])
+        replaced = torch.zeros_like(real)
+        for token_id in media_ids:
+            replaced |= (ids == token_id) & real
+        for b in range(ids.shape[0]):
+            text = (real[b] & ~replaced[b]).nonzero(as_tuple=True)[0]
+            parts, owners = [text], [torch.full_like(text, -1)]
+            for i, item in enumerate(call.items):
+                if item.row == b:
+                    pos = item.slots[item.replacement.src.to(item.slots.device)]
+                    parts.append(pos)
+                    owners.append(torch.full_like(pos, i))
+            order = torch.sort(torch.cat(parts), stable=True)
+            call.sources.append(order.values)
+            call.owners.append(torch.cat(owners)[order.indices])
+        call.length = max(int(s.numel()) for s in call.sources)
+        call.padding_side = self._padding_side(self._mask(call.kw), call.generating)
+        for b, owner in enumerate(call.owners):
+            offset = call.length - owner.numel() if call.padding_side == "left" else 0
+            call.video_spans.append([(owner == i).nonzero(as_tuple=True)[0] + offset
+                                     for i, item in enumerate(call.items) if item.row == b and item.kind == "video"])
+
+    def _stage_rewrite(self, call: SpliceCall) -> None:
+        """Stage 4: the shortened keyword arguments for the original method."""
+        kw = call.kw
+        ids = kw["input_ids"]
+        mask_in = kw.get("attention_mask")
+        mask = self._mask(kw)
+        B, Lmax = ids.shape[0], call.length
+
+        def gather(t: Optional[torch.Tensor], pad_value: int) -> Optional[torch.Tensor]:
+            if t is None:
+                return None
+            out = t.new_full((*t.shape[:-2], B, Lmax), pad_value)
+            for b, s in enumerate(call.sources):
+                sl = slice(Lmax - len(s), Lmax) if call.padding_side == "left" else slice(0, len(s))
+                out[..., b, sl] = t[..., b, s.to(t.device)]
+            return out
+
+        new = dict(kw)
+        for k in self.video_kwargs + (self.image_kwargs if call.prune_images else ()):
+            new.pop(k, None)
+        new.pop("tango_video_timestamps", None)
+        new["input_ids"] = gather(ids, self.pad_token_id())
+        new_mask = gather(mask, 0)
+        if mask_in is None and len({int(s.numel()) for s in call.sources}) == 1:
+            new.pop("attention_mask", None)  # as given: no mask
+        else:
+            new["attention_mask"] = new_mask
+        for name, pad in (("labels", -100), ("mm_token_type_ids", 0), ("token_type_ids", 0)):
+            if kw.get(name) is not None:
+                new[name] = gather(kw[name], pad)
+
+        pos = None
+        if kw.get("position_ids") is not None:
+            new["position_ids"] = pos = gather(kw["position_ids"], 0)
+        elif self.uses_3d_positions:
+            pos = gather(self.full_position_ids(kw, ids, mask), 0)
+            if call.generating:
+                # generate's own layout is [4, B, L]: row 0 = text positions of the (shortened) sequence, used for
+                # the causal mask and continued by +1 per new token, like the unpruned path.
+                text = (new_mask.long().cumsum(-1) - 1).masked_fill(new_mask == 0, 0)
+                new["position_ids"] = torch.cat([text[None].to(pos.device), pos], dim=0)
+            else:
+                new["position_ids"] = pos
+        if self.uses_3d_positions:
+            self.after_splice(pos[-3:] if pos is not None and pos.dim() == 3 else None, new_mask)
+
+        mm = dict(kw.get("mm_encoder_outputs") or {})
+        for kind, encode in (("video", self.encoder_outputs), ("image", self.image_encoder_outputs)):
+            items = [it for it in call.items if it.kind == kind]
+            if kind in call.raw:
+                mm[kind] = encode(call.raw[kind], [it.media for it in items], [it.replacement for it in items])
+        if not call.generating and new.get("pixel_values") is not None and mm.get("image") is None:
+            # forward refuses pixels next to mm_encoder_outputs, so encode the images here the way generate does
+            # (generate encodes them itself before its first forward call).
+            fn = self.inner.get_image_features
+            names = [p for p in inspect.signature(fn).parameters if p != "kwargs" and p in new]
+            mm["image"] = fn(**{p: new[p] for p in names}, return_dict=True)
+            new.pop("pixel_values")
+        new["mm_encoder_outputs"] = mm
+        call.new_kw = new
+
+    def _stage_report(self, call: SpliceCall) -> None:
+        """Stage 5: per row, what went in and what came out."""
+        strategy_seconds = sum(it.strategy_seconds for it in call.items)
+        shared = call.hook_seconds + (time.perf_counter() - call.started - strategy_seconds)
+        source = self.saliency_source_name() if call.need_saliency else "none"
+        reports = []
+        for b in range(call.batch_size):
+            mine = [it for it in call.items if it.row == b]
+            videos = [it for it in mine if it.kind == "video"]
+            images = [it for it in mine if it.kind == "image"]
+            before = sum(it.media.num_placeholders for it in videos)
+            after = sum(int(it.replacement.src.numel()) for it in videos)
+            notes = sorted({n for it in mine for n in it.notes})
+            reports.append(SampleReport(
+                sample=b, videos=len(videos), visual_tokens_before=before, visual_tokens_after=after,
+                kept_by_strategy=sum(it.replacement.kept for it in videos),
+                ratio_kept=(after / before) if before else 1.0, saliency_source=source if mine else "none",
+                prune_seconds=sum(it.strategy_seconds for it in mine) + shared * len(mine) / max(1, len(call.items)),
+                pruned=bool(mine) and call.need_saliency,
+                note="; ".join(notes) if mine else "no video in this row",
+                images=len(images), image_tokens_before=sum(it.media.num_placeholders for it in images),
+                image_tokens_after=sum(int(it.replacement.src.numel()) for it in images)))
+        self.state.record(reports)
+
+    # ------------------------------------------------------------------------------------------ helpers
+    @staticmethod
+    def _mask(kw: dict) -> torch.Tensor:
+        mask = kw.get("attention_mask")
+        return mask if mask is not None else torch.ones_like(kw["input_ids"])
+
+    @staticmethod
+    def _padding_side(mask: torch.Tensor, generating: bool) -> str:
+        if bool((mask[:, 0] == 0).any()):
+            return "left"
+        if bool((mask[:, -1] == 0).any()):
+            return "right"
+        # No padding in the input: generation needs left padding, a plain forward keeps each row at position 0.
+        return "left" if generating else "right"
+
+
+__all__ = ["TokenGrid", "EncodedMedia", "Replacement", "MediaItem", "SpliceCall", "VideoSpliceAdapter"]
