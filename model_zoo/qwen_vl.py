@@ -2,12 +2,13 @@
 
 One "frame" is one temporal patch (`temporal_patch_size` input frames); its tokens are the merger outputs (2x2 patch
 merge) in raster order. Kept tokens keep their original 3-D M-RoPE positions, computed by the model's own
-`get_rope_index` on the unpruned input (SPEC 5.3), so text after the video sits where it would without pruning.
+`get_rope_index` on the unpruned input (docs/architecture.md, "Positions"), so text after the video sits where it
+would without pruning.
 
-Saliency ("global_query", SPEC 1.3): a pre-hook on `visual.blocks[-1].attn` recomputes q and k with the block's
-`qkv` projection and the vision RoPE; per temporal slice, the mean query attends to keys averaged over each 2x2 merge
-unit. Qwen2.5-VL's window order is undone with `argsort(window_index)`. Qwen3-VL's deepstack features are pruned with
-the same indices as the main features.
+Saliency ("global_query", docs/algorithm.md §1.3): a pre-hook on `visual.blocks[-1].attn` recomputes q and k with the
+block's `qkv` projection and the vision RoPE; per temporal slice, the mean query attends to keys averaged over each
+2x2 merge unit. Qwen2.5-VL's window order is undone with `argsort(window_index)`. Qwen3-VL's deepstack features are
+pruned with the same indices as the main features.
 
 Timestamps (seconds per temporal patch, for ST-RoPE), in this order: the per-call `tango_video_timestamps` or the
 `video_timestamps` option; the `fps` option; Qwen2.5-VL's `second_per_grid_ts` (its processor returns it, so

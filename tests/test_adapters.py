@@ -492,7 +492,7 @@ def test_prune_images_mixed_batch_counts_and_single_rows(name):
         out = gen(model, batch, n=4, return_dict_in_generate=True, output_logits=True)
         rows = h.report()["samples"]
         singles = _run_singles(t, model, h, media, prompts)
-    # a single frame keeps ceil(L * r) tokens (SPEC 4.4)
+    # a single frame keeps ceil(L * r) tokens (docs/algorithm.md §4.5)
     assert rows[1]["images"] == 1 and rows[1]["image_tokens_before"] == n_img
     assert rows[1]["image_tokens_after"] == math.ceil(n_img * r)
     assert rows[0]["images"] == 0 and rows[0]["image_tokens_after"] == 0

@@ -37,7 +37,7 @@ def test_budget_table_of_spec(L, r, raw, k_s, k_c, m):
 
 
 def test_adjusted_ratio_compensates_static_tokens():
-    # 32 frames, 100 static tokens: 20 static kept once + 32 x 19 dynamic (SPEC.md section 4.5 example)
+    # 32 frames, 100 static tokens: 20 static kept once + 32 x 19 dynamic (docs/algorithm.md §4.6 example)
     r_adj = adjusted_ratio(0.1, 32, 196, 100)
     assert r_adj == pytest.approx(0.1 / ((32 * 196 - 31 * 100) / (32 * 196)))
     assert math.ceil(100 * r_adj) == 20 and math.ceil(96 * r_adj) == 19
@@ -56,7 +56,7 @@ def test_kept_count_when_every_frame_is_its_own_segment():
 
 # ------------------------------------------------------------------------------------------ segmentation
 def _holitom_brute(sim, tau):
-    """SPEC.md section 2.1, written out literally."""
+    """docs/algorithm.md §2.1, written out literally."""
     ok = (sim > tau).tolist()
     T = len(ok) + 1
     L = len(ok[0]) if ok else 0

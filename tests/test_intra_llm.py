@@ -51,7 +51,7 @@ def test_bad_intra_llm_fields_name_field_and_value(field, value):
 
 @pytest.mark.parametrize("target,expected", [(0.1, "0.121739"), (0.15, "0.182609"), (0.2, "0.243478")])
 def test_pre_llm_retention_reproduces_the_run_scripts(target, expected):
-    # SPEC section 6: the run scripts print 28 r / 23 with six significant digits
+    # docs/algorithm.md §6: the run scripts print 28 r / 23 with six significant digits
     assert f"{tango.TangoConfig.pre_llm_retention(target, 28, 18, 0.5):.6g}" == expected
     assert tango.TangoConfig.pre_llm_retention(0.9, 28, 18, 0.5) == 1.0  # capped at 1
 

@@ -1,4 +1,4 @@
-"""DPC-KNN clustering, nearest-anchor assignment and cluster merging (SPEC.md sections 4.1 and 4.3).
+"""DPC-KNN clustering, nearest-anchor assignment and cluster merging (docs/algorithm.md §4.3, §4.4 and §5).
 
 Memory is bounded: beyond one tile (`TILE` points, or `max_block_elements`) no M x M matrix is built.
 Distances are computed one tile at a time, and the result is the same as with the full matrix:

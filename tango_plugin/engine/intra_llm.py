@@ -1,4 +1,4 @@
-"""The intra-LLM stage of Tango's LLaVA-Video runs (SPEC.md section 6), on plain tensors.
+"""The intra-LLM stage of Tango's LLaVA-Video runs (docs/algorithm.md §6), on plain tensors.
 
 At one decoder layer, the visual tokens the last prompt token attends to most are kept; every other visual
 token is folded into its most similar kept token: pooled = (kept + sum of assigned) / (1 + count),

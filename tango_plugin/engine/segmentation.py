@@ -1,4 +1,4 @@
-"""Temporal segmentation (SPEC.md section 2): split T frames into runs of consecutive frames."""
+"""Temporal segmentation (docs/algorithm.md §2): split T frames into runs of consecutive frames."""
 
 from __future__ import annotations
 

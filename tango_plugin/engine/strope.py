@@ -1,4 +1,4 @@
-"""Spatio-temporal RoPE on token features: the clustering space of Tango (SPEC.md section 3).
+"""Spatio-temporal RoPE on token features: the clustering space of Tango (docs/algorithm.md §3).
 
 Each channel block (time, height, width) is rotated "rotate-half" style by the token's frame time in seconds,
 its row and its column. Rotation preserves norms, so distances between rotated unit vectors are cosine

@@ -1,4 +1,4 @@
-"""Tango token selection and merging on one video's tokens (SPEC.md sections 1.4 and 2-4).
+"""Tango token selection and merging on one video's tokens (docs/algorithm.md §1.4 and §2-§4).
 
 Flow: zero the sink scores -> segment the frames -> rotate an L2-normalised copy with ST-RoPE (clustering
 space) -> per segment: static/dynamic split, diversity-driven salient pick per frame, context merging over the
@@ -111,7 +111,7 @@ def _merge_context(feats: torch.Tensor, roped: torch.Tensor, num_anchors: int,
 
 def _compress_frames(feats: torch.Tensor, roped: torch.Tensor, scores: torch.Tensor, ratio: float,
                      cfg: TangoConfig) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The single-frame path (SPEC.md section 4.4) for B frames of the same size at once.
+    """The single-frame path (docs/algorithm.md §4.5) for B frames of the same size at once.
 
     Args:
         feats / roped: (B, L', D); scores: (B, L').
@@ -205,7 +205,7 @@ def _token_similarity(feats: torch.Tensor, frames_per_chunk: int = 16) -> torch.
 
 
 def _segment(kept: _Kept, video: _Video, start: int, n: int, token_sim: torch.Tensor) -> None:
-    """One segment of n > 1 frames starting at frame `start` (SPEC.md section 4.2)."""
+    """One segment of n > 1 frames starting at frame `start` (docs/algorithm.md §4.1-§4.4)."""
     cfg = video.cfg
     feats = video.feats
     _, L, D = feats.shape

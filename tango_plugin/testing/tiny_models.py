@@ -1,8 +1,8 @@
 """Tiny random Video LLMs, an offline tokenizer and synthetic video inputs (tests, demo, benchmarks).
 
 Everything here is built from configs with random weights, so it runs offline on a CPU in well under a second
-per model. The recipes follow ENV-NOTES.md section 2.1; inputs are built by hand (no processor, no torchvision)
-in exactly the layout the Hugging Face processors produce.
+per model. docs/adapters.md explains the recipes (testing an adapter); inputs are built by hand (no processor, no
+torchvision) in exactly the layout the Hugging Face processors produce.
 
 Example:
     ```python
