@@ -1,8 +1,7 @@
-"""The strategy interface: a pruning method sees `VisualTokens` and returns a `PrunePlan`.
+"""The strategy interface and its registry: a pruning method sees `VisualTokens` and returns a `PrunePlan`.
 
-Tango is the default strategy; "topk" (per-frame attention top-k) and "uniform" (evenly spaced tokens) are simple
-baselines that prove the interface and serve as comparison points in the benchmarks. `run_strategy` is the one
-place where a strategy is called: it checks the tokens first, and the model adapters go through it too.
+`run_strategy` is the one place where a strategy is called: it checks the tokens, calls the strategy registered
+under `config.strategy` and checks the plan it returns; the model adapters go through it too.
 """
 
 from __future__ import annotations
@@ -12,12 +11,10 @@ from typing import Optional, Tuple, Type
 
 import torch
 
-from .config import TangoConfig
-from .engine import checks
-from .engine.budgets import frame_keep_count
-from .engine.tango import masked_saliency, stable_topk, tango_prune
-from .engine.types import PrunePlan, VisualTokens
-from .registry import Registry
+from ..config import TangoConfig
+from ..engine import checks
+from ..engine.types import PrunePlan, VisualTokens
+from ..registry import Registry
 
 
 class PruningStrategy:
@@ -135,44 +132,6 @@ def prune(tokens: VisualTokens, config: TangoConfig) -> PrunePlan:
     warnings.warn("tango_plugin.prune is deprecated; use tango_plugin.prune_video_tokens (tensors) or "
                   "tango_plugin.strategies.run_strategy (VisualTokens)", DeprecationWarning, stacklevel=2)
     return run_strategy(tokens, config)
-
-
-# ---------------------------------------------------------------------------------------------- built-ins
-def _plan_from_local(tokens: VisualTokens, local: torch.Tensor) -> PrunePlan:
-    """Turn per-frame kept columns (T, k) into a sorted flat plan with the tokens' own features."""
-    T, L = tokens.saliency.shape
-    flat = (local + torch.arange(T, device=local.device)[:, None] * L).flatten().sort().values
-    return PrunePlan(kept_indices=flat, features=tokens.features.reshape(T * L, -1)[flat])
-
-
-@register_strategy("topk")
-class TopKStrategy(PruningStrategy):
-    """Per frame, the ceil(L * r) tokens with the highest saliency (ties -> lower index)."""
-
-    def select(self, tokens: VisualTokens, config: TangoConfig) -> PrunePlan:
-        k = frame_keep_count(tokens.tokens_per_frame, config.retention_ratio)
-        scores = masked_saliency(tokens.saliency, tokens.sink_positions)
-        return _plan_from_local(tokens, stable_topk(scores, k))
-
-
-@register_strategy("uniform")
-class UniformStrategy(PruningStrategy):
-    """Per frame, ceil(L * r) tokens evenly spaced in raster order (ignores saliency)."""
-
-    def select(self, tokens: VisualTokens, config: TangoConfig) -> PrunePlan:
-        T, L = tokens.saliency.shape
-        k = frame_keep_count(L, config.retention_ratio)
-        cols = torch.linspace(0, L - 1, k, dtype=torch.float64).round().long().unique()
-        return _plan_from_local(tokens, cols.to(tokens.features.device).expand(T, -1))
-
-
-@register_strategy("tango")
-class TangoStrategy(PruningStrategy):
-    """Tango: diversity-driven salient pick plus ST-RoPE-guided context merging (the paper's method,
-    docs/algorithm.md)."""
-
-    def select(self, tokens: VisualTokens, config: TangoConfig) -> PrunePlan:
-        return tango_prune(tokens, config)
 
 
 __all__ = ["PruningStrategy", "register_strategy", "unregister_strategy", "list_strategies", "get_strategy",
