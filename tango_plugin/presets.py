@@ -23,12 +23,10 @@ def register_preset(name: str, values: dict, *, exist_ok: bool = False) -> None:
     PRESETS.register(name, values, exist_ok=exist_ok)
 
 
-def unregister_preset(name: str) -> None:
-    PRESETS.unregister(name)
-
-
-def list_presets() -> list:
-    return PRESETS.names()
+#: remove a preset (an unknown name is a `ValueError`)
+unregister_preset = PRESETS.unregister
+#: sorted preset names
+list_presets = PRESETS.names
 
 
 def get_preset(name: str) -> dict:

@@ -148,14 +148,10 @@ def register_adapter(name: str, cls: Optional[Type[ModelAdapter]] = None, *, exi
     return ADAPTERS.register(name, cls, exist_ok=exist_ok)
 
 
-def unregister_adapter(name: str) -> None:
-    """Remove the adapter registered for `name`; an unknown name is a `ValueError`."""
-    ADAPTERS.unregister(name)
-
-
-def list_adapters() -> list:
-    """Sorted model_types that have an adapter (built-in, registered or from entry points)."""
-    return ADAPTERS.names()
+#: remove the adapter registered for a model_type (an unknown name is a `ValueError`)
+unregister_adapter = ADAPTERS.unregister
+#: sorted model_types that have an adapter (built-in, registered or from entry points)
+list_adapters = ADAPTERS.names
 
 
 def get_adapter(model_type: str) -> Type[ModelAdapter]:

@@ -60,14 +60,10 @@ def register_strategy(name: str, strategy: Optional[Type[PruningStrategy]] = Non
     return STRATEGIES.register(name, strategy, exist_ok=exist_ok)
 
 
-def unregister_strategy(name: str) -> None:
-    """Remove the strategy registered under `name` (a temporary or test strategy); unknown names are an error."""
-    STRATEGIES.unregister(name)
-
-
-def list_strategies() -> list:
-    """Sorted names of the registered strategies."""
-    return STRATEGIES.names()
+#: remove the strategy registered under a name (a temporary or test strategy; an unknown name is a `ValueError`)
+unregister_strategy = STRATEGIES.unregister
+#: sorted names of the registered strategies
+list_strategies = STRATEGIES.names
 
 
 def get_strategy(name: str) -> PruningStrategy:
