@@ -349,6 +349,7 @@ def test_duplicate_salient_picks_keep_per_frame_pools(monkeypatch):
         return out
 
     monkeypatch.setattr(engine, "_select_salient", picks)
+    torch.manual_seed(0)  # unseeded inputs made the context pools' sizes differ now and then
     feats, sal = torch.randn(3, 16, 12), torch.rand(3, 16)
     res = tp.prune_video_tokens(feats, sal, (4, 4), config=tp.TangoConfig(retention_ratio=0.25, context_ratio=0.5))
     per_frame = torch.bincount(res.kept_indices // 16, minlength=3).tolist()
