@@ -4,6 +4,7 @@ A strategy sees one video's `VisualTokens` and returns a `PrunePlan` (docs/archi
 `base` holds the interface and `run_strategy`; each other module registers its methods when imported.
 """
 
+from . import baselines  # noqa: F401,I001  (registers random, visionzip, divprune, fastvid, holitom, vidcom2)
 from . import builtin  # noqa: F401  (registers tango, topk, uniform)
 from .base import (
     STRATEGIES,

@@ -26,6 +26,9 @@ class PruningStrategy:
 
     #: the name it is registered under (set by `register_strategy`)
     name: str = ""
+    #: the plan may repeat an index (Tango, in degenerate ties: two clusters keep the same best token, as the
+    #: paper's code does; docs/algorithm.md §4.5); every other disorder is refused all the same
+    allows_duplicate_indices: bool = False
 
     def select(self, tokens: VisualTokens, config: TangoConfig) -> PrunePlan:  # pragma: no cover - interface
         raise NotImplementedError
@@ -76,13 +79,17 @@ def get_strategy(name: str) -> PruningStrategy:
 
 
 def run_strategy(tokens: VisualTokens, config: TangoConfig) -> PrunePlan:
-    """Run `config.strategy` on one video's tokens: check the input, call the strategy, check its plan."""
+    """Run `config.strategy` on one video's tokens: check the input, call the strategy, check its plan.
+
+    `retention_ratio == 1.0` keeps every token with its own features for every strategy (no merging either): 1.0
+    means "no pruning", in the engine as in the model adapters.
+    """
     checks.check_visual_tokens(tokens)
     strategy = get_strategy(config.strategy)
+    if config.retention_ratio >= 1.0:
+        return PrunePlan.keep_all(tokens.features)
     plan = strategy.select(tokens, config)
-    check_plan = getattr(checks, "check_plan", None)
-    if check_plan is not None:
-        check_plan(plan, tokens, config.strategy)
+    checks.check_plan(plan, tokens, config.strategy, allow_duplicates=strategy.allows_duplicate_indices)
     return plan
 
 

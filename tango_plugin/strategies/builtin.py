@@ -45,6 +45,8 @@ class TangoStrategy(PruningStrategy):
     """Tango: diversity-driven salient pick plus ST-RoPE-guided context merging (the paper's method,
     docs/algorithm.md)."""
 
+    allows_duplicate_indices = True
+
     def select(self, tokens: VisualTokens, config: TangoConfig) -> PrunePlan:
         return tango_prune(tokens, config)
 

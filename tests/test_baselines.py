@@ -1,0 +1,334 @@
+"""The baseline strategies: each method's defining property on crafted inputs, the contract every registered
+strategy must keep (parametrized over `list_strategies()`, so future strategies are covered), and every strategy
+through every adapter tester on tiny models."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from adapter_testers import TESTERS, gen
+
+import tango_plugin as tango
+from tango_plugin.engine.types import VisualTokens
+from tango_plugin.strategies import get_strategy, run_strategy
+from tango_plugin.strategies.divprune import max_min_select
+from tango_plugin.strategies.fastvid import FastVIDStrategy
+from tango_plugin.strategies.vidcom2 import VidCom2Options, vidcom2_frame_counts, vidcom2_scores
+from tango_plugin.strategies.visionzip import visionzip_counts
+from tango_plugin.testing import synthetic_video
+
+pytestmark = pytest.mark.filterwarnings("ignore:tango_plugin. preset sink positions")
+
+BASELINES = ["random", "visionzip", "divprune", "fastvid", "holitom", "vidcom2"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # The test machines are small and shared: torch's intra-op threads then spin against each other and make tiny
+    # ops 100x slower (index_add_ on 500 rows: 0.1 s with 2 threads under load, 0.1 ms with one).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def cfg(r: float = 0.25, strategy: str = "tango", **options) -> tango.TangoConfig:
+    """A config for `strategy` carrying `strategy_options` (set as an attribute until TangoConfig has the field)."""
+    config = tango.TangoConfig(retention_ratio=r, strategy=strategy)
+    if options:
+        if "strategy_options" in {f.name for f in dataclasses.fields(config)}:
+            return config.replace(strategy_options=options)
+        object.__setattr__(config, "strategy_options", options)  # TangoConfig refuses unknown attributes
+    return config
+
+
+def tokens_of(video, dtype=None, sinks=()) -> VisualTokens:
+    feats = video.features if dtype is None else video.features.to(dtype)
+    return VisualTokens(features=feats, saliency=video.saliency, grid_hw=video.grid_hw, timestamps=video.timestamps,
+                        frame_embeddings=video.frame_embeddings, sink_positions=tuple(sinks))
+
+
+def per_frame(plan, L: int, T: int) -> list:
+    return torch.bincount(plan.kept_indices // L, minlength=T).tolist()
+
+
+def expected_count(name: str, T: int, L: int, r: float):
+    """(low, high) of the documented kept count (docs/strategies.md); unknown strategies: anything in [1, T L]."""
+    per = max(1, math.ceil(L * r))
+    exact = {"topk": T * per, "uniform": T * per, "random": T * per, "visionzip": T * per, "fastvid": T * per,
+             "vidcom2": T * per, "divprune": max(1, math.ceil(T * L * r))}
+    if name in exact:
+        return exact[name], exact[name]
+    if name == "holitom":  # fewer only where temporal merging alone leaves fewer tokens than the budget
+        return 1, T * per
+    return 1, T * L
+
+
+# ------------------------------------------------------------------------------ the contract, every strategy
+VIDEOS = {
+    "scenes": dict(num_frames=6, grid_hw=(4, 4), dim=32, num_scenes=2, seed=1),
+    "one_frame": dict(num_frames=1, grid_hw=(3, 5), dim=16, seed=2),
+    "long_static": dict(num_frames=9, grid_hw=(2, 4), dim=24, num_scenes=1, dynamic_fraction=0.2, seed=3),
+}
+
+
+@pytest.mark.parametrize("name", tango.list_strategies())
+@pytest.mark.parametrize("video", sorted(VIDEOS))
+@pytest.mark.parametrize("r", [0.1, 0.5, 1.0])
+def test_strategy_contract(name, video, r):
+    v = synthetic_video(**VIDEOS[video])
+    tokens = tokens_of(v, sinks=(0,))
+    T, L, D = tokens.features.shape
+    before = [t.clone() for t in (tokens.features, tokens.saliency, tokens.frame_embeddings)]
+    config = cfg(r, name)
+    plan = get_strategy(name).select(tokens, config)
+    idx = plan.kept_indices
+    assert idx.dtype == torch.long and idx.dim() == 1
+    assert bool((idx[1:] > idx[:-1]).all()), "kept indices must be sorted and unique"
+    assert int(idx.min()) >= 0 and int(idx.max()) < T * L
+    low, high = expected_count(name, T, L, r)
+    assert low <= idx.numel() <= high, (name, idx.numel(), (low, high))
+    assert plan.features.shape == (idx.numel(), D)
+    assert plan.features.dtype == tokens.features.dtype and plan.features.device == tokens.features.device
+    assert bool(torch.isfinite(plan.features).all())
+    for old, new in zip(before, (tokens.features, tokens.saliency, tokens.frame_embeddings)):
+        assert torch.equal(old, new), "a strategy modified its input"
+    again = get_strategy(name).select(tokens, config)
+    assert torch.equal(again.kept_indices, idx) and torch.equal(again.features, plan.features)
+    run_strategy(tokens, config)  # the central checks accept the plan
+
+
+@pytest.mark.parametrize("name", tango.list_strategies())
+def test_strategy_keeps_the_dtype(name):
+    tokens = tokens_of(synthetic_video(**VIDEOS["scenes"]), dtype=torch.bfloat16)
+    plan = get_strategy(name).select(tokens, cfg(0.25, name))
+    assert plan.features.dtype == torch.bfloat16 and bool(torch.isfinite(plan.features.float()).all())
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_unknown_option_names_the_key_strategy_and_allowed(name):
+    tokens = tokens_of(synthetic_video(**VIDEOS["scenes"]))
+    with pytest.raises(ValueError, match=rf"strategy '{name}'.*'no_such_knob'.*allowed: \["):
+        get_strategy(name).select(tokens, cfg(0.25, name, no_such_knob=1))
+
+
+@pytest.mark.parametrize("name, key, bad", [("random", "seed", -1), ("visionzip", "contextual_fraction", 1.5),
+                                            ("fastvid", "anchor_interval", 0), ("holitom", "num_neighbors", 0),
+                                            ("vidcom2", "temperature", 0.0), ("divprune", "max_matrix_tokens", -5)])
+def test_bad_option_value_is_an_error(name, key, bad):
+    tokens = tokens_of(synthetic_video(**VIDEOS["scenes"]))
+    with pytest.raises(ValueError, match=rf"strategy '{name}'.*{key}"):
+        get_strategy(name).select(tokens, cfg(0.25, name, **{key: bad}))
+
+
+# ------------------------------------------------------------------------------ random
+def test_random_is_seeded_and_exact():
+    tokens = tokens_of(synthetic_video(**VIDEOS["scenes"]))
+    T, L = tokens.saliency.shape
+    a = run_strategy(tokens, cfg(0.25, "random"))
+    b = run_strategy(tokens, cfg(0.25, "random", seed=0))
+    c = run_strategy(tokens, cfg(0.25, "random", seed=1))
+    assert torch.equal(a.kept_indices, b.kept_indices)  # default seed is 0
+    assert not torch.equal(a.kept_indices, c.kept_indices)
+    assert per_frame(a, L, T) == [math.ceil(L * 0.25)] * T and per_frame(c, L, T) == [math.ceil(L * 0.25)] * T
+    # content-independent: other features, same seed -> same positions
+    other = dataclasses.replace(tokens, features=torch.randn_like(tokens.features))
+    assert torch.equal(run_strategy(other, cfg(0.25, "random")).kept_indices, a.kept_indices)
+
+
+# ------------------------------------------------------------------------------ visionzip
+def test_visionzip_split_matches_the_paper():
+    # LLaVA-1.5 settings of the paper: 64 of 576 tokens = 54 dominant + 10 contextual, 192 = 162 + 30
+    assert visionzip_counts(576, 64 / 576, 10 / 64) == (54, 10)
+    assert visionzip_counts(576, 192 / 576, 10 / 64) == (162, 30)
+
+
+def test_visionzip_dominant_by_attention_and_contexts_are_member_means():
+    T, L, D = 2, 16, 8
+    g = torch.Generator().manual_seed(0)
+    feats = torch.empty(T, L, D)
+    feats[:, :6] = torch.randn(T, 6, D, generator=g)
+    e1, e2 = torch.zeros(D), torch.zeros(D)
+    e1[0], e2[1] = 1.0, 1.0
+    feats[:, 6:11] = e1 + 0.05 * torch.randn(T, 5, D, generator=g)  # group A, target = cell 6
+    feats[:, 11:] = e2 + 0.05 * torch.randn(T, 5, D, generator=g)  # group B, target = cell 11
+    sal = torch.cat([torch.linspace(1.0, 0.5, 6), torch.linspace(0.1, 0.0, 10)]).expand(T, L).clone()
+    tokens = VisualTokens(feats, sal, (4, 4))
+    # k = 8: contextual int(8 * 0.25) = 2, dominant 6 (cells 0..5); rest 6..15, targets every 10 // 2 = 5th
+    plan = run_strategy(tokens, cfg(0.5, "visionzip", contextual_fraction=0.25))
+    expected = torch.tensor([t * L + c for t in range(T) for c in [0, 1, 2, 3, 4, 5, 6, 11]])
+    assert torch.equal(plan.kept_indices, expected)
+    out = plan.features.view(T, 8, D)
+    torch.testing.assert_close(out[:, :6], feats[:, :6], rtol=0, atol=0)  # dominant: unchanged
+    torch.testing.assert_close(out[:, 6], feats[:, 6:11].mean(dim=1))
+    torch.testing.assert_close(out[:, 7], feats[:, 11:].mean(dim=1))
+    # the attention ranking decides: reverse it and the dominant set moves to the other end
+    flipped = run_strategy(VisualTokens(feats, sal.flip(-1), (4, 4)), cfg(0.5, "visionzip", contextual_fraction=0.25))
+    assert set((flipped.kept_indices[:8] % L).tolist()) >= set(range(10, 16))
+
+
+# ------------------------------------------------------------------------------ divprune
+def _ring(angles_deg):
+    a = torch.tensor(angles_deg, dtype=torch.float32) * math.pi / 180
+    return torch.stack([a.cos(), a.sin()], dim=-1)
+
+
+def test_divprune_max_min_choice_on_known_points():
+    # cosine distances: 0-10: 0.015, 0-90: 1, 0-180: 2, 10-90: 0.83, 10-180: 1.98, 90-180: 1.
+    # first pick: 180 (its nearest point is farthest), then 0 (distance 2), then 90 (min distance 1 vs 0.015)
+    pts = _ring([0.0, 10.0, 90.0, 180.0])
+    assert max_min_select(pts, 3).tolist() == [3, 0, 2]
+    tokens = VisualTokens(pts[None].clone(), torch.zeros(1, 4), (2, 2))
+    assert run_strategy(tokens, cfg(0.5, "divprune")).kept_indices.tolist() == [0, 3]
+    assert run_strategy(tokens, cfg(0.75, "divprune")).kept_indices.tolist() == [0, 2, 3]
+    # the streamed path (no N x N matrix) makes the same choices
+    assert max_min_select(pts, 3, max_matrix_tokens=0).tolist() == [3, 0, 2]
+
+
+def test_divprune_prefers_new_directions_over_duplicates_and_ignores_saliency():
+    # 3 copies of one direction, 3 other distinct directions: 4 picks take one copy and the 3 others
+    pts = torch.cat([_ring([0.0]).expand(3, 2), _ring([60.0, 120.0, 240.0])])
+    sal = torch.tensor([[9.0, 8.0, 7.0, 0.0, 0.0, 0.0]])
+    plan = run_strategy(VisualTokens(pts[None].clone(), sal, (2, 3)), cfg(4 / 6, "divprune"))
+    kept = plan.kept_indices.tolist()
+    assert kept[1:] == [3, 4, 5] and kept[0] in (0, 1, 2)
+
+
+# ------------------------------------------------------------------------------ fastvid
+def _two_scenes(T=6, cut=3, L=16, D=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    a, b = torch.randn(L, D, generator=g), torch.randn(L, D, generator=g)
+    feats = torch.stack([(a if t < cut else b) + 0.05 * torch.randn(L, D, generator=g) for t in range(T)])
+    return VisualTokens(feats, torch.rand(T, L, generator=g), (4, 4))
+
+
+def test_fastvid_scene_cut_is_a_segment_boundary():
+    tokens = _two_scenes()
+    fv = FastVIDStrategy()
+    fv.name = "fastvid"
+    assert fv.segments(tokens, cfg(0.25, "fastvid", min_segments=1)) == [3, 3]
+    one_scene = dataclasses.replace(tokens, features=tokens.features[:1].expand(6, -1, -1).clone())
+    assert fv.segments(one_scene, cfg(0.25, "fastvid", min_segments=1)) == [6]
+    # DTM only (d = 1), anchors from every 4th frame of a segment: anchors sit on the first frame of each segment
+    plan = run_strategy(tokens, cfg(0.25, "fastvid", min_segments=1, density_ratio=1.0))
+    assert sorted(set((plan.kept_indices // 16).tolist())) == [0, 3]
+    assert plan.kept_indices.numel() == 6 * 4
+    plan = run_strategy(one_scene, cfg(0.25, "fastvid", min_segments=1, density_ratio=1.0))
+    assert sorted(set((plan.kept_indices // 16).tolist())) == [0, 4]
+
+
+def test_fastvid_anchor_merges_its_segment_members():
+    # one scene of 4 frames whose cells barely change: 16 anchors (4 per frame) all come from the anchor frame 0,
+    # and every later token joins the anchor of its own cell: anchor = w * anchor + (1 - w) * mean, w = max(1/4, beta)
+    tokens = _two_scenes(T=4, cut=4)
+    feats = tokens.features
+    plan = run_strategy(tokens, cfg(0.25, "fastvid", min_segments=1, density_ratio=1.0))
+    assert plan.kept_indices.tolist() == list(range(16))
+    torch.testing.assert_close(plan.features, 0.6 * feats[0] + 0.4 * feats.mean(dim=0))
+    plan = run_strategy(tokens, cfg(0.25, "fastvid", min_segments=1, density_ratio=1.0, beta=0.0))
+    torch.testing.assert_close(plan.features, 0.25 * feats[0] + 0.75 * feats.mean(dim=0))
+
+
+def test_fastvid_without_dtm_is_attention_topk():
+    tokens = tokens_of(synthetic_video(**VIDEOS["scenes"]), sinks=(0,))
+    a = run_strategy(tokens, cfg(0.25, "fastvid", density_ratio=0.0))
+    b = run_strategy(tokens, cfg(0.25, "topk"))
+    assert torch.equal(a.kept_indices, b.kept_indices) and torch.equal(a.features, b.features)
+
+
+# ------------------------------------------------------------------------------ holitom
+def test_holitom_merges_a_static_token_into_one():
+    T, L, D = 4, 4, 16
+    g = torch.Generator().manual_seed(0)
+    static = torch.randn(D, generator=g)
+    feats = torch.randn(T, L, D, generator=g)  # cells 1..3: independent every frame (dynamic)
+    feats[:, 0] = static + 0.02 * torch.randn(T, D, generator=g)  # cell 0: the same token in every frame
+    sal = torch.rand(T, L, generator=g)
+    sal[:, 0] = 10.0  # the static token is the most attended one: a per-frame method would keep it 4 times
+    plan = run_strategy(VisualTokens(feats, sal, (2, 2)), cfg(0.5, "holitom", similarity_threshold=0.8))
+    kept = plan.kept_indices.tolist()
+    cell0 = [i for i in kept if i % L == 0]
+    assert cell0 == [0], "the static token must be kept once, at its first occurrence"
+    torch.testing.assert_close(plan.features[kept.index(0)], feats[:, 0].mean(dim=0))
+    assert len(kept) == T * 2  # budget n * ceil(L r) = 8: 1 merged static + 7 dynamic
+    topk = run_strategy(VisualTokens(feats, sal, (2, 2)), cfg(0.5, "topk"))
+    assert sum(1 for i in topk.kept_indices.tolist() if i % L == 0) == T
+
+
+def test_holitom_clusters_the_merged_static_tokens_to_the_budget():
+    # cells 0 and 1 are static and alike, cells 2 and 3 change every frame. Budget 4 * ceil(4 * 0.25) = 4 of a pool
+    # of 2 static + 8 dynamic: round(4 * 2 / 10) = 1 static token, the centre merged with the other static cell
+    T, L, D = 4, 4, 16
+    g = torch.Generator().manual_seed(3)
+    v = torch.randn(D, generator=g)
+    feats = torch.randn(T, L, D, generator=g)
+    feats[:, 0] = v + 0.02 * torch.randn(T, D, generator=g)
+    feats[:, 1] = v + 0.02 * torch.randn(T, D, generator=g)
+    plan = run_strategy(VisualTokens(feats, torch.rand(T, L, generator=g), (2, 2)), cfg(0.25, "holitom"))
+    assert plan.kept_indices.numel() == 4
+    static = [(k, i) for k, i in enumerate(plan.kept_indices.tolist()) if i % L in (0, 1)]
+    assert len(static) == 1 and static[0][1] in (0, 1)  # once, in the segment's first frame
+    centre, other = (0, 1) if static[0][1] == 0 else (1, 0)
+    expected = 0.6 * feats[:, centre].mean(dim=0) + 0.4 * feats[:, other].mean(dim=0)
+    torch.testing.assert_close(plan.features[static[0][0]], expected)
+
+
+def test_holitom_keeps_everything_when_merging_leaves_less_than_the_budget():
+    feats = torch.randn(1, 4, 8).expand(5, 4, 8).clone()  # fully static video: 4 tokens after temporal merging
+    plan = run_strategy(VisualTokens(feats, torch.rand(5, 4), (2, 2)), cfg(0.5, "holitom"))
+    assert plan.kept_indices.tolist() == [0, 1, 2, 3]
+    torch.testing.assert_close(plan.features, feats[0])
+
+
+# ------------------------------------------------------------------------------ vidcom2
+def test_vidcom2_gives_a_unique_frame_more_budget():
+    T, L, D = 6, 16, 32
+    g = torch.Generator().manual_seed(0)
+    scene = torch.randn(L, D, generator=g)
+    feats = scene + 0.05 * torch.randn(T, L, D, generator=g)
+    feats[4] = torch.randn(L, D, generator=g)  # frame 4 is unlike the others
+    tokens = VisualTokens(feats, torch.rand(T, L, generator=g), (4, 4))
+    plan = run_strategy(tokens, cfg(0.25, "vidcom2"))
+    counts = per_frame(plan, L, T)
+    assert sum(counts) == T * 4
+    assert all(counts[4] > c for t, c in enumerate(counts) if t != 4), counts
+    # the budget follows uniqueness, not position: move the unique frame and its budget moves with it
+    moved = run_strategy(dataclasses.replace(tokens, features=feats.roll(2, dims=0)), cfg(0.25, "vidcom2"))
+    assert per_frame(moved, L, T).index(max(per_frame(moved, L, T))) == 0
+    # identical frames share the budget evenly
+    uniqueness, _ = vidcom2_scores(scene.expand(T, L, D), VidCom2Options())
+    assert vidcom2_frame_counts(uniqueness, L, 0.25, 0.01) == [4] * T
+
+
+def test_vidcom2_keeps_the_most_unique_tokens_of_a_frame():
+    L, D = 8, 16
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(D, generator=g)
+    feats = (base + 0.05 * torch.randn(1, L, D, generator=g)).clone()
+    feats[0, 5] = -base  # the odd one out in its frame and in the video
+    plan = run_strategy(VisualTokens(feats, torch.zeros(1, L), (2, 4)), cfg(1 / 8, "vidcom2"))
+    assert plan.kept_indices.tolist() == [5]
+
+
+# ------------------------------------------------------------------------------ every strategy x every adapter
+@pytest.mark.parametrize("tester", sorted(TESTERS))
+@pytest.mark.parametrize("name", tango.list_strategies())
+@pytest.mark.filterwarnings("ignore:tango_plugin. .*timestamps")  # the tiny inputs carry no frame times
+@torch.no_grad()
+def test_every_strategy_runs_with_every_adapter(name, tester):
+    t = TESTERS[tester]
+    model = t.model()
+    inputs = t.single(model)
+    handle = tango.enable(model, tango.TangoConfig(retention_ratio=0.25, strategy=name), **t.options)
+    try:
+        logits = model(**inputs).logits
+        assert bool(torch.isfinite(logits).all())
+        out = gen(model, inputs, n=2)
+        assert out.shape[1] == inputs["input_ids"].shape[1] + 2
+        row = handle.report()["samples"][0]
+        assert row["visual_tokens_after"] < row["visual_tokens_before"], row
+    finally:
+        handle.remove()
