@@ -1,0 +1,568 @@
+"""What the Tango lmms-eval models add to lmms-eval's wrappers: knobs, pruning, exact frame times, the report.
+
+The wrappers are used as they are (subclassed, never copied). Frame times are traced at the two places every video
+passes through, whatever the wrapper does in between:
+
+1. the decoder. While a wrapper evaluates, `process_vision_info` in its module (qwen-vl-utils) is replaced by a
+   recorder that calls the real one asking for the video metadata too, and returns what the wrapper asked for, each
+   video tensor marked with its frame indices (into the file) and the file's fps. The mark follows the wrapper's own
+   re-sampling (`video[indices]`: lmms-eval's `qwen2_vl` / `qwen2_5_vl` re-sample after qwen-vl-utils). For
+   `llava_hf`, the decord `VideoReader` in its module records the indices of `get_batch` in `load_video`.
+2. the processor. `self.processor` is wrapped; each video it receives is looked up (its mark, else the object
+   itself, else frame-by-frame equality with a decoded video), the mark is removed, and the seconds of its frames
+   (`frame index / video fps`) travel with the processor output to the patched `generate`, which passes them as
+   `tango_video_timestamps=`. The model therefore never falls back to a processor default (24 fps).
+
+After each `generate`, the rows of `handle.report()` and the frame times of their videos are appended to the
+report (`tango_report=path.json`), written after every call so that a run that stops still leaves it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import sys
+import threading
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from tango_plugin.knobs import config_from_knobs, split_knobs
+
+#: key of the frame times in the processor output (removed again by the patched generate / forward)
+CARRIER_KEY = "tango_frame_times"
+
+
+# ----------------------------------------------------------------------------------------------- frame records
+@dataclass
+class VideoFrames:
+    """The frames of one video as the model receives them.
+
+    Args:
+        frame_indices: index of each frame in the video file.
+        video_fps: the file's average frame rate (the decoder's).
+        source: how the frames were decoded (e.g. "qwen-vl-utils/decord", "decord VideoReader").
+        path: the video file, when known.
+        traced: how the processor's input was matched to the decoded frames ("marked", "same object",
+            "equal frames").
+    """
+
+    frame_indices: List[int]
+    video_fps: float
+    source: str
+    path: Optional[str] = None
+    traced: str = ""
+    #: which decoding these frames come from (set by `FrameBook.add`, kept by `select`)
+    origin: int = 0
+
+    @property
+    def frame_times(self) -> List[float]:
+        return [i / self.video_fps for i in self.frame_indices]
+
+    def select(self, positions: Sequence[int]) -> "VideoFrames":
+        return VideoFrames([self.frame_indices[p] for p in positions], self.video_fps, self.source, self.path,
+                           origin=self.origin)
+
+
+class MarkedFrames(torch.Tensor):
+    """A decoded video tensor that knows its frames (`tango_frames`); indexing along the frame axis keeps the mark.
+
+    Every other operation returns a plain tensor, so a mark is never wrong: at worst it is lost, and the processor
+    wrapper then matches frames by equality.
+    """
+
+    tango_frames: Optional[VideoFrames] = None
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        with torch._C.DisableTorchFunctionSubclass():  # plain results (the documented subclass recipe)
+            out = func(*args, **kwargs)
+        if func is torch.Tensor.__getitem__ and isinstance(out, torch.Tensor) and isinstance(args[0], cls):
+            source, key = args[0], args[1]
+            first = key[0] if isinstance(key, tuple) and key else key
+            if first is Ellipsis or source.tango_frames is None:
+                return out
+            try:
+                positions = np.arange(source.shape[0])[np.asarray(first) if isinstance(first, torch.Tensor)
+                                                       else first]
+            except (IndexError, TypeError, ValueError):
+                return out
+            if positions.ndim == 1 and out.ndim == source.ndim and positions.shape[0] == out.shape[0]:
+                return mark(out, source.tango_frames.select(positions.tolist()))
+        return out
+
+
+def mark(video: torch.Tensor, frames: VideoFrames) -> MarkedFrames:
+    marked = video.as_subclass(MarkedFrames)
+    marked.tango_frames = frames
+    return marked
+
+
+def unmark(video: Any) -> Any:
+    return video.as_subclass(torch.Tensor) if isinstance(video, MarkedFrames) else video
+
+
+class FrameBook:
+    """Decoded videos waiting for the processor.
+
+    Thread-safe (lmms-eval's `qwen3_vl` decodes the next batch in a worker thread). An entry is dropped once the
+    processor got its video, and at most `keep` wait, so decoded videos are not held for the whole run.
+    """
+
+    def __init__(self, keep: int = 32) -> None:
+        self._lock = threading.Lock()
+        self._entries: List[tuple] = []  # (decoded video, VideoFrames)
+        self._keep = keep
+        self._next_origin = 0
+        self._pending = threading.local()
+
+    def add(self, video: Any, frames: VideoFrames) -> None:
+        with self._lock:
+            if not frames.origin:
+                self._next_origin += 1
+                frames.origin = self._next_origin
+            self._entries.append((video, frames))
+            del self._entries[:-self._keep]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _used(self, frames: VideoFrames) -> VideoFrames:
+        with self._lock:
+            self._entries = [e for e in self._entries if e[1].origin != frames.origin]
+        return frames
+
+    # decord calls seen while a wrapper's load_video runs (llava_hf)
+    def start_decodes(self) -> None:
+        self._pending.calls = []
+
+    def note_decode(self, path: Any, indices: Sequence[int], fps: float) -> None:
+        calls = getattr(self._pending, "calls", None)
+        if calls is not None:
+            calls.append(VideoFrames([int(i) for i in indices], float(fps), "decord VideoReader", str(path)))
+
+    def take_decodes(self) -> List[VideoFrames]:
+        calls, self._pending.calls = getattr(self._pending, "calls", None) or [], None
+        return calls
+
+    def resolve(self, video: Any) -> Optional[VideoFrames]:
+        """The frames of `video` as given to the processor, or None when they cannot be traced."""
+        if isinstance(video, MarkedFrames) and video.tango_frames is not None:
+            return self._used(_traced(video.tango_frames, "marked"))
+        with self._lock:
+            entries = list(self._entries)
+        for decoded, frames in reversed(entries):
+            if decoded is video:
+                return self._used(_traced(frames, "same object"))
+        # frame-by-frame equality: only an answer that no other decoded video contradicts
+        answers: dict = {}
+        for decoded, frames in entries:
+            positions = _match_frames(decoded, video)
+            if positions is AMBIGUOUS:
+                return None
+            if positions is not None:
+                picked = frames.select(positions)
+                answers[(tuple(picked.frame_indices), picked.video_fps, picked.source, picked.path)] = picked
+        if len(answers) != 1:
+            return None
+        return self._used(_traced(answers.popitem()[1], "equal frames"))
+
+
+def _traced(frames: VideoFrames, how: str) -> VideoFrames:
+    return VideoFrames(list(frames.frame_indices), frames.video_fps, frames.source, frames.path, how, frames.origin)
+
+
+def _as_array(video: Any) -> Optional[np.ndarray]:
+    if isinstance(video, torch.Tensor):
+        return unmark(video).detach().cpu().numpy()
+    if isinstance(video, np.ndarray):
+        return video
+    return None
+
+
+AMBIGUOUS = "ambiguous"
+
+
+def _match_frames(decoded: Any, video: Any):
+    """Positions in `decoded` of the frames of `video` when each frame equals exactly one decoded frame and the
+    positions increase (a re-sampling); `AMBIGUOUS` when a frame equals several decoded frames (never guessed);
+    None when `video` is not drawn from `decoded`."""
+    a, b = _as_array(decoded), _as_array(video)
+    if a is None or b is None or a.ndim != b.ndim or a.ndim < 2 or a.shape[1:] != b.shape[1:]:
+        return None
+    flat_a, flat_b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
+    positions: List[int] = []
+    for frame in flat_b:
+        hits = np.flatnonzero((flat_a == frame).all(axis=1))
+        if hits.size > 1:
+            return AMBIGUOUS
+        if hits.size == 0 or (positions and hits[0] <= positions[-1]):
+            return None
+        positions.append(int(hits[0]))
+    return positions
+
+
+@dataclass
+class FrameTimes:
+    """What the processor wrapper learnt about one call's videos, carried to `generate` in the processor output.
+
+    Not a tensor, list or dict, so `BatchFeature.to(device, dtype)` leaves it as it is.
+    """
+
+    videos: List[Optional[VideoFrames]]
+    texts: List[str] = field(default_factory=list)
+    second_per_grid_ts: Optional[List[float]] = None
+    #: set when the times were handed to the engine as `tango_video_timestamps`
+    passed: bool = False
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.videos) and all(v is not None for v in self.videos)
+
+    def timestamps(self) -> List[torch.Tensor]:
+        return [torch.tensor(v.frame_times, dtype=torch.float64) for v in self.videos]
+
+
+# ----------------------------------------------------------------------------------------------- interception
+def recording_process_vision_info(real, book: FrameBook):
+    """`real` (qwen-vl-utils' `process_vision_info`) that also marks each video with its frames."""
+
+    @functools.wraps(real)
+    def process_vision_info(conversations, return_video_kwargs=False, return_video_metadata=False, **kwargs):
+        images, videos, video_kwargs = real(conversations, return_video_kwargs=True, return_video_metadata=True,
+                                            **kwargs)
+        paths = [ele.get("video") for ele in _vision_elements(conversations) if "video" in ele]
+        out, sample_fps = [], []
+        for k, (video, meta) in enumerate(videos or []):
+            path = paths[k] if k < len(paths) and isinstance(paths[k], str) else None
+            backend = meta.get("video_backend")
+            # qwen-vl-utils gives a frame list fake metadata (its `sample_fps`, 2 by default): not a file's fps
+            source = f"qwen-vl-utils/{backend}" if backend else "qwen-vl-utils frame list (fps assumed)"
+            frames = VideoFrames(list(meta["frames_indices"]), float(meta["fps"]), source, path)
+            marked = mark(video, frames) if isinstance(video, torch.Tensor) else video
+            book.add(marked, frames)
+            out.append((marked, meta) if return_video_metadata else marked)
+            total = meta.get("total_num_frames") or len(frames.frame_indices)
+            # the `fps` qwen-vl-utils returns without metadata: sampled frames per second of video
+            sample_fps.append(len(frames.frame_indices) / max(float(total), 1e-6) * frames.video_fps)
+        if not return_video_metadata and videos:
+            video_kwargs = {**video_kwargs, "fps": sample_fps}
+        result = (images, out or None)
+        return result + (video_kwargs,) if return_video_kwargs else result
+
+    process_vision_info.tango_recorder = True
+    return process_vision_info
+
+
+def _vision_elements(conversations) -> list:
+    try:
+        from qwen_vl_utils import extract_vision_info
+
+        return extract_vision_info(conversations)
+    except Exception:  # only used for the file names in the report
+        return []
+
+
+def recording_video_reader(real_cls, book: FrameBook):
+    """A subclass of decord's `VideoReader` whose `get_batch` notes the frame indices and the file's fps."""
+
+    class RecordingVideoReader(real_cls):
+        def __init__(self, uri, *args, **kwargs):
+            super().__init__(uri, *args, **kwargs)
+            self._tango_uri = uri[0] if isinstance(uri, (list, tuple)) else uri
+
+        def get_batch(self, indices):
+            out = super().get_batch(indices)
+            book.note_decode(self._tango_uri, [int(i) for i in np.asarray(indices).ravel()], self.get_avg_fps())
+            return out
+
+    RecordingVideoReader.__name__ = real_cls.__name__
+    RecordingVideoReader.tango_recorder = True
+    return RecordingVideoReader
+
+
+class ProcessorProxy:
+    """Wraps a wrapper's processor: traces the frames of each video it is given, calls it on plain tensors and adds
+    a `FrameTimes` to the output. Every other attribute is the processor's own."""
+
+    def __init__(self, processor: Any, session: "TangoSession") -> None:
+        self.__dict__["_tango_processor"] = processor
+        self.__dict__["_tango_session"] = session
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["_tango_processor"], name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self.__dict__["_tango_processor"], name, value)
+
+    def __call__(self, *args, **kwargs):
+        processor, session = self.__dict__["_tango_processor"], self.__dict__["_tango_session"]
+        videos = kwargs.get("videos")
+        if videos is None or not session.enabled:
+            return processor(*args, **kwargs)
+        single = not isinstance(videos, (list, tuple))
+        items = [videos] if single else list(videos)
+        frames = [session.book.resolve(v) for v in items]
+        plain = [unmark(v) for v in items]
+        kwargs["videos"] = plain[0] if single else type(videos)(plain)
+        out = processor(*args, **kwargs)
+        text = kwargs.get("text", args[0] if args and isinstance(args[0], (str, list)) else None)
+        texts = [text] if isinstance(text, str) else list(text or [])
+        spg = out.get("second_per_grid_ts") if hasattr(out, "get") else None
+        spg = [float(s) for s in spg] if spg is not None else None
+        out[CARRIER_KEY] = FrameTimes(frames, texts, spg)
+        return out
+
+
+# ----------------------------------------------------------------------------------------------- the session
+class TangoSession:
+    """Tango on one lmms-eval wrapper instance: the handle, the interceptions, the report."""
+
+    def __init__(self, owner: Any, model_name: str, config, options: dict, extras: dict) -> None:
+        self.owner = owner
+        self.model_name = model_name
+        self.config = config
+        self.options = options
+        self.enabled = bool(extras["enabled"])
+        self.report_path = extras["report"]
+        self.book = FrameBook()
+        self.handle = None
+        self.records: List[dict] = []
+        self.warnings: List[str] = []
+        self.calls = 0
+        self._requests: List[tuple] = []
+        self._warned: set = set()
+
+    # -------------------------------------------------------------------------------------- setup
+    def install(self, model: Any) -> None:
+        """Enable Tango on `model` and route its `generate` / `forward` through the frame-time channel."""
+        if not self.enabled:
+            self.write_report()
+            return
+        import tango_plugin as tango
+
+        try:
+            self.handle = tango.enable(model, self.config, **self.options)
+        except ValueError as err:
+            raise ValueError(f"{self.model_name}: cannot enable Tango on this model: {err}") from None
+        for name in ("generate", "forward"):
+            inner = getattr(model, name)  # tango's patched method (an instance attribute)
+            model.__dict__[name] = functools.wraps(inner)(functools.partial(self._call, inner, name == "generate"))
+        self.write_report()
+
+    def _call(self, inner, generating: bool, *args, **kwargs):
+        carrier = kwargs.pop(CARRIER_KEY, None)
+        if carrier is not None and "tango_video_timestamps" not in kwargs:
+            if carrier.complete:
+                kwargs["tango_video_timestamps"] = carrier.timestamps()
+                carrier.passed = True
+            else:
+                missing = [i for i, v in enumerate(carrier.videos) if v is None]
+                self.warn_once("untraced", f"{self.model_name}: the frames of video(s) {missing} of a batch could not "
+                                           "be traced to the decoded file, so no frame times are passed for this "
+                                           "batch and the engine falls back to its own (see its warning); the "
+                                           "report marks these videos 'untraced'")
+        # lmms-eval silences Python warnings, so the engine's (skipped pruning, missing times) are caught here,
+        # logged through lmms-eval's logger and kept in the report
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = inner(*args, **kwargs)
+        notes = []
+        for w in caught:
+            text = str(w.message)
+            if text.startswith("tango_plugin:"):
+                notes.append(text)
+                self._log(text)
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        if carrier is not None:
+            self.record(carrier, notes)
+        elif notes:
+            self.warnings.extend(notes)
+        return out
+
+    @contextlib.contextmanager
+    def evaluating(self, requests: Sequence[Any]):
+        """While the wrapper evaluates: decoders in its modules record, and requests are known for the report."""
+        if not self.enabled:
+            yield
+            return
+        self._requests = [_request_key(r) for r in requests]
+        swaps = []
+        for module in _wrapper_modules(type(self.owner)):
+            real = module.__dict__.get("process_vision_info")
+            if callable(real) and not getattr(real, "tango_recorder", False):
+                swaps.append((module, "process_vision_info", real))
+                module.process_vision_info = recording_process_vision_info(real, self.book)
+            real_cls = module.__dict__.get("VideoReader")
+            if isinstance(real_cls, type) and not getattr(real_cls, "tango_recorder", False):
+                swaps.append((module, "VideoReader", real_cls))
+                module.VideoReader = recording_video_reader(real_cls, self.book)
+        try:
+            yield
+        finally:
+            for module, name, real in reversed(swaps):
+                setattr(module, name, real)
+            self.write_report()
+
+    def warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            text = f"tango_plugin: {message}"
+            self.warnings.append(text)
+            self._log(text)
+            warnings.warn(text, stacklevel=3)
+
+    @staticmethod
+    def _log(text: str) -> None:
+        try:
+            from loguru import logger  # lmms-eval's logger: its WARNING lines reach the console
+
+            logger.warning(text)
+        except ImportError:  # pragma: no cover - lmms-eval always has loguru
+            print(text, file=sys.stderr)
+
+    # -------------------------------------------------------------------------------------- report
+    def record(self, carrier: FrameTimes, notes: Sequence[str] = ()) -> None:
+        self.calls += 1
+        self.warnings.extend(notes)
+        report = self.handle.report() if self.handle is not None else {"samples": []}
+        rows = report.get("samples") or []
+        videos = list(carrier.videos)
+        spg = carrier.second_per_grid_ts
+        next_video = 0
+        for b, row in enumerate(rows):
+            n = int(row.get("videos") or 0)
+            if n == 0 and len(rows) == 1 and videos:
+                n = len(videos)  # a row that was passed through still shows its videos' times
+            mine = list(range(next_video, min(next_video + n, len(videos))))
+            next_video += n
+            text = carrier.texts[b] if b < len(carrier.texts) else ""
+            doc_id, task = self._doc_of(text)
+            entry = {"call": self.calls, "row": b, "doc_id": doc_id, "task": task, **row}
+            entry["videos"] = [self._video_entry(videos[i], None if spg is None else spg[i], carrier.passed)
+                               for i in mine]
+            entry["warnings"] = list(notes)  # the engine warns once per run: the first call that hit it
+            self.records.append(entry)
+        self.write_report()
+
+    @staticmethod
+    def _video_entry(frames: Optional[VideoFrames], spg: Optional[float], passed: bool) -> dict:
+        if frames is None:
+            entry = {"frame_indices": None, "video_fps": None, "frame_times": None, "times_source": "untraced",
+                     "passed_to_engine": False}
+        else:
+            entry = {"path": frames.path, "frame_indices": frames.frame_indices, "video_fps": frames.video_fps,
+                     "frame_times": frames.frame_times, "times_source": f"{frames.source}; traced: {frames.traced}",
+                     "passed_to_engine": passed}
+        if spg is not None:
+            entry["model_second_per_grid_ts"] = spg  # what the wrapper's processor gave the model's own M-RoPE
+        return entry
+
+    def _doc_of(self, text: str):
+        best = None
+        for ctx, doc_id, task in self._requests:
+            if ctx and ctx in text and (best is None or len(ctx) > len(best[0])):
+                best = (ctx, doc_id, task)
+        return (best[1], best[2]) if best else (None, None)
+
+    def summary(self) -> dict:
+        before = sum(int(r.get("visual_tokens_before") or 0) for r in self.records)
+        after = sum(int(r.get("visual_tokens_after") or 0) for r in self.records)
+        return {"model": self.model_name, "wrapper": _wrapper_path(type(self.owner)), "enabled": self.enabled,
+                "config": self.config.to_dict(), "enable_options": self.options, "generate_calls": self.calls,
+                "visual_tokens_before": before, "visual_tokens_after": after, "warnings": self.warnings,
+                "samples": self.records}
+
+    def write_report(self) -> None:
+        if not self.report_path:
+            return
+        path = self.report_path
+        rank, world = getattr(self.owner, "_rank", 0), getattr(self.owner, "_world_size", 1)
+        if world and world > 1:
+            root, ext = os.path.splitext(path)
+            path = f"{root}.rank{rank}{ext or '.json'}"
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "w") as fh:
+            json.dump(self.summary(), fh, indent=2, default=_json_default)
+        os.replace(tmp, path)
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if hasattr(o, "__dataclass_fields__"):
+        return asdict(o)
+    return str(o)
+
+
+def _request_key(request: Any) -> tuple:
+    # lmms-eval's Instance.args: (context, gen_kwargs or doc_to_messages, ..., doc_id, task, split)
+    args = getattr(request, "args", None) or ()
+    ctx = args[0] if args and isinstance(args[0], str) else ""
+    doc_id = args[3] if len(args) > 4 else None
+    task = args[4] if len(args) > 4 else None
+    return ctx.replace("<image>", "").strip(), doc_id, task
+
+
+def _wrapper_modules(cls: type) -> list:
+    return [sys.modules[c.__module__] for c in cls.__mro__
+            if c.__module__.startswith("lmms_eval.models.") and c.__module__ in sys.modules]
+
+
+def _wrapper_path(cls: type) -> str:
+    base = next((c for c in cls.__mro__ if c.__module__.startswith("lmms_eval.models.")), cls)
+    return f"{base.__module__}.{base.__qualname__}"
+
+
+# ----------------------------------------------------------------------------------------------- the mixin
+class TangoLmmsMixin:
+    """Put first in the bases of a subclass of an lmms-eval wrapper: `class TangoX(TangoLmmsMixin, X)`.
+
+    Subclasses set `tango_model_name` and `tango_processor_attr` (the attribute holding the processor).
+    """
+
+    tango_model_name: str = "tango"
+    tango_processor_attr: str = "processor"
+
+    def __init__(self, **kwargs: Any) -> None:
+        knobs, rest = split_knobs(kwargs)
+        try:
+            config, options, extras = config_from_knobs(knobs)
+        except ValueError as err:  # before the checkpoint loads: a typo costs nothing
+            raise ValueError(f"{self.tango_model_name}: bad --model_args: {err}") from None
+        super().__init__(**rest)  # the wrapper asserts that it got only its own arguments
+        self._tango = TangoSession(self, self.tango_model_name, config, options, extras)
+        self._tango.install(self.model)
+        if self._tango.enabled:
+            processor = getattr(self, self.tango_processor_attr)
+            setattr(self, self.tango_processor_attr, ProcessorProxy(processor, self._tango))
+
+    @property
+    def tango_handle(self):
+        """The `TangoHandle` of the wrapped model (None with `tango=false`)."""
+        return self._tango.handle
+
+    def generate_until(self, requests):
+        with self._tango.evaluating(requests):
+            return super().generate_until(requests)
+
+    def generate_until_multi_round(self, requests):
+        with self._tango.evaluating(requests):
+            return super().generate_until_multi_round(requests)
+
+
+__all__ = ["TangoLmmsMixin", "TangoSession", "ProcessorProxy", "FrameBook", "VideoFrames", "FrameTimes",
+           "MarkedFrames", "CARRIER_KEY"]

@@ -1,0 +1,397 @@
+"""The lmms-eval plugin: knobs, frame tracing, and the real lmms-eval CLI on tiny saved checkpoints.
+
+The CLI tests run `python -m lmms_eval` of a separate environment (lmms-eval 0.7.3 pins clash with ours: `av<16`,
+`filelock<4`) whose python `TANGO_LMMS_PYTHON` names; `.ci/run` builds it at `build/lmms-venv`. Without it those
+tests skip. lmms-eval's CLI exits 0 even when the evaluation raised, so every run is judged by its results
+file and the Tango report, never by the exit code alone.
+
+Expected frame times are computed here from the published sampling rules, not from the plugin:
+qwen-vl-utils (2 fps, `round(linspace(0, n - 1, k))`), lmms-eval's re-sampling (`unique(linspace(0, k - 1, max,
+dtype=int))`), `llava_hf.load_video` (`linspace(0, n - 1, max, dtype=int)`), each frame at index / file fps.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tango_plugin import TangoConfig
+from tango_plugin.knobs import allowed_knobs, config_from_knobs, knobs_help, split_knobs
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = ROOT / "tests" / "data" / "lmms_eval"
+CLIPS = {"clip_a.mp4": (16, 8), "clip_b.mp4": (20, 5)}  # name -> (frames, fps)
+QUESTIONS = {"a": "clip_a.mp4", "b": "clip_b.mp4"}
+SIDE = 112
+
+
+# ============================================================================================ knobs (no lmms-eval)
+def test_split_knobs_keeps_everything_else():
+    knobs, rest = split_knobs({"pretrained": "x", "tango": "true", "tango_ratio": 0.2, "device": "cpu",
+                               "tangoish": 1})
+    assert knobs == {"tango": "true", "tango_ratio": 0.2}
+    assert rest == {"pretrained": "x", "device": "cpu", "tangoish": 1}  # only `tango` and `tango_*` are knobs
+
+
+def test_knob_text_is_parsed_to_the_field_type():
+    cfg, options, extras = config_from_knobs({
+        "tango_ratio": "0.25", "tango_num_neighbors": "5", "tango_prune_images": "yes",
+        "tango_similarity_threshold": "none", "tango_sink_positions": "3;1;4", "tango_strategy": "topk",
+        "tango_fps": "2", "tango_pool_mode": "average", "tango_report": "out/r.json"})
+    assert cfg.retention_ratio == 0.25 and cfg.num_neighbors == 5 and cfg.prune_images is True
+    assert cfg.similarity_threshold == 0.8  # "none" -> the paper's rule for r > 0.1
+    assert cfg.sink_positions == [3, 1, 4] and cfg.strategy == "topk"
+    assert options == {"fps": 2.0, "pool_mode": "average"}
+    assert extras == {"enabled": True, "report": "out/r.json"}
+    # values typed by lmms-eval's own parser (ints, floats, bools) and JSON lists work the same
+    cfg, _, extras = config_from_knobs({"tango": False, "tango_ratio": 1, "tango_sink_positions": "[0, 7]",
+                                        "tango_reference_merge_order": 1})
+    assert cfg.retention_ratio == 1.0 and cfg.sink_positions == [0, 7] and cfg.reference_merge_order is True
+    assert extras["enabled"] is False
+
+
+def test_preset_knob_and_overrides():
+    cfg, _, _ = config_from_knobs({"tango_preset": "llava-video", "tango_ratio": "0.2"})
+    preset = TangoConfig.from_preset("llava-video")
+    assert cfg.retention_ratio == 0.2 and cfg.intra_llm_layer == preset.intra_llm_layer == 18
+    assert cfg.sink_positions == preset.sink_positions
+    cfg, _, _ = config_from_knobs({}, default_preset="qwen2-vl")
+    assert cfg.sink_positions == [] and cfg.retention_ratio == 0.1
+
+
+@pytest.mark.parametrize("knobs,fragments", [
+    ({"tango_ratoi": "0.2"}, ["tango_ratoi", "'0.2'", "tango_ratio", "tango_retention_ratio"]),
+    ({"tango_ratio": "abc"}, ["tango_ratio='abc'", "a number"]),
+    ({"tango_ratio": "1.5"}, ["tango_ratio", "retention_ratio=1.5", "(0.0, 1.0]"]),
+    ({"tango_num_neighbors": "2.5"}, ["tango_num_neighbors='2.5'", "an integer"]),
+    ({"tango_prune_images": "maybe"}, ["tango_prune_images='maybe'", "true or false"]),
+    ({"tango_segmentation": "kmeans"}, ["tango_segmentation", "'kmeans'", "holitom", "fastvid"]),
+    ({"tango_sink_positions": "[1, x]"}, ["tango_sink_positions", "list of integers"]),
+    ({"tango_pool_mode": "max"}, ["tango_pool_mode='max'", "'bilinear'", "'average'"]),
+    ({"tango_fps": "-3"}, ["tango_fps='-3'", "> 0"]),
+    ({"tango_preset": "llava-next"}, ["tango_preset='llava-next'", "qwen2-vl", "llava-onevision"]),
+    ({"tango": "perhaps"}, ["tango='perhaps'", "true or false"]),
+    ({"tango_ratio": 0.2, "tango_retention_ratio": 0.3}, ["tango_retention_ratio", "already given as tango_ratio"]),
+])
+def test_bad_knob_names_it_its_value_and_the_allowed_ones(knobs, fragments):
+    with pytest.raises(ValueError) as err:
+        config_from_knobs(knobs)
+    for fragment in fragments:
+        assert fragment in str(err.value)
+
+
+def test_every_config_field_is_a_knob_with_help():
+    names = allowed_knobs()
+    for field in TangoConfig.help():
+        assert f"tango_{field}" in names
+    assert {"tango", "tango_ratio", "tango_preset", "tango_fps", "tango_report"} <= set(names)
+    assert set(knobs_help()) == set(names)
+
+
+# ============================================================================ frame tracing (no lmms-eval needed)
+def test_marked_frames_follow_the_wrappers_resampling():
+    from tango_plugin.patches.lmms_eval.session import FrameBook, VideoFrames, mark, unmark
+
+    video = torch.arange(8 * 3 * 2 * 2, dtype=torch.float32).reshape(8, 3, 2, 2)
+    frames = VideoFrames([0, 3, 5, 8, 11, 14, 16, 19], 5.0, "test")
+    marked = mark(video, frames)
+    picked = marked[np.unique(np.linspace(0, 7, 3, dtype=int))]  # what lmms-eval's qwen2_vl does
+    assert picked.shape[0] == 3 and picked.tango_frames.frame_indices == [0, 8, 19]
+    assert torch.equal(unmark(picked), video[[0, 3, 7]]) and type(unmark(picked)) is torch.Tensor
+    assert marked[1:3].tango_frames.frame_indices == [3, 5]
+    assert type(marked.float() * 2) is torch.Tensor  # any other operation drops the mark
+    assert FrameBook().resolve(picked).frame_times == [0.0, 1.6, 3.8]
+
+
+def test_frame_book_matches_plain_frames_and_refuses_ambiguous_ones():
+    from tango_plugin.patches.lmms_eval.session import FrameBook, VideoFrames
+
+    book = FrameBook()
+    decoded = np.random.default_rng(0).integers(0, 255, (6, 4, 4, 3), dtype=np.uint8)
+    book.add(decoded, VideoFrames([0, 2, 4, 6, 8, 10], 4.0, "test"))
+    found = book.resolve(decoded[[1, 4]].copy())  # a re-sampled copy: found frame by frame
+    assert found.frame_indices == [2, 8] and found.traced == "equal frames" and found.frame_times == [0.5, 2.0]
+    assert len(book) == 0  # the processor got it: the decoded video is not kept any longer
+    book.add(decoded, VideoFrames([0, 2, 4, 6, 8, 10], 4.0, "test"))
+    assert book.resolve(decoded).traced == "same object" and len(book) == 0
+    book.add(decoded, VideoFrames([0, 2, 4, 6, 8, 10], 4.0, "test"))
+    still = decoded.copy()
+    still[3] = still[1]  # two equal frames: a copy of frame 1 could be either, so it is not guessed
+    book.add(still, VideoFrames([0, 1, 2, 3, 4, 5], 1.0, "test"))
+    assert book.resolve(still[[1]].copy()) is None
+    assert book.resolve(np.zeros((2, 4, 4, 3), dtype=np.uint8)) is None
+    assert len(book) == 2  # nothing was used
+
+
+# ==================================================================================== the real lmms-eval CLI
+def _lmms_python() -> str:
+    # TANGO_REQUIRE_LMMS=1 (set by .ci/run once it built the environment) turns a missing one into a failure
+    give_up = pytest.fail if os.environ.get("TANGO_REQUIRE_LMMS") == "1" else pytest.skip
+    python = os.environ.get("TANGO_LMMS_PYTHON")
+    if not python:  # opt-in: these runs take minutes, a plain `pytest` of the project should not start them
+        give_up("TANGO_LMMS_PYTHON is not set (the python of an environment with lmms-eval; .ci/run builds one)")
+    python = os.path.abspath(python)  # not resolved: a venv's python is a symlink out of the venv
+    if not os.path.exists(python):
+        give_up(f"TANGO_LMMS_PYTHON={python} does not exist")
+    probe = subprocess.run([python, "-c", "import lmms_eval, decord, qwen_vl_utils, tango_plugin.patches.lmms_eval"],
+                           capture_output=True)
+    if probe.returncode != 0:
+        give_up(f"{python} cannot import lmms_eval, decord, qwen_vl_utils and tango_plugin: "
+                f"{probe.stderr.decode()[-300:]}")
+    return python
+
+
+def _write_clip(path: Path, frames: int, fps: int) -> None:
+    """An MPEG-4 clip of a random pattern sliding right by 4 pixels a frame: every frame differs."""
+    av = pytest.importorskip("av")
+    base = np.random.default_rng(frames).integers(0, 255, (SIDE, SIDE, 3), dtype=np.uint8)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width = stream.height = SIDE
+        stream.pix_fmt = "yuv420p"
+        for i in range(frames):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.roll(base, 4 * i, axis=1), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+# A Qwen chat template that takes string and list contents (lmms-eval's system prompt is a string).
+QWEN_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+    "{{ message['content'] }}{% else %}{% for c in message['content'] %}{% if c['type'] == 'video' %}"
+    "<|vision_start|><|video_pad|><|vision_end|>{% elif c['type'] == 'image' %}<|vision_start|><|image_pad|>"
+    "<|vision_end|>{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def _save_checkpoint(folder: Path, model_type: str) -> str:
+    """A tiny random model with a real processor of its family, saved as a checkpoint folder."""
+    import transformers as tf
+
+    from tango_plugin import testing
+
+    tok = testing.build_tokenizer("llava" if model_type == "llava_onevision" else "qwen")
+    model = testing.build_model(model_type, tok)
+    if model_type in ("qwen2_vl", "qwen2_5_vl"):
+        px = dict(min_pixels=56 * 56, max_pixels=SIDE * SIDE)
+        cls = tf.Qwen2VLProcessor if model_type == "qwen2_vl" else tf.Qwen2_5_VLProcessor
+        proc = cls(image_processor=tf.Qwen2VLImageProcessor(**px), tokenizer=tok, chat_template=QWEN_TEMPLATE,
+                   video_processor=tf.Qwen2VLVideoProcessor(**px, cap_pixels_per_frame=False))
+    elif model_type == "qwen3_vl":
+        proc = tf.Qwen3VLProcessor(
+            image_processor=tf.Qwen2VLImageProcessor(patch_size=16, min_pixels=32 * 32, max_pixels=128 * 128),
+            tokenizer=tok, chat_template=QWEN_TEMPLATE, video_processor=tf.Qwen3VLVideoProcessor(
+                size={"shortest_edge": 32 * 32 * 4, "longest_edge": 128 * 128 * 16}, cap_pixels_per_frame=False))
+    else:
+        size = {"height": SIDE, "width": SIDE}
+        proc = tf.LlavaOnevisionProcessor(
+            image_processor=tf.LlavaOnevisionImageProcessor(size=size, image_grid_pinpoints=[[SIDE, SIDE]]),
+            tokenizer=tok, video_processor=tf.LlavaOnevisionVideoProcessor(size=size), num_image_tokens=64,
+            vision_feature_select_strategy="full")
+    model.save_pretrained(folder)
+    proc.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def lmms(tmp_path_factory):
+    python = _lmms_python()
+    pytest.importorskip("transformers")
+    root = tmp_path_factory.mktemp("lmms")
+    videos = root / "videos"
+    videos.mkdir()
+    for name, (frames, fps) in CLIPS.items():
+        _write_clip(videos / name, frames, fps)
+    return {"python": python, "root": root, "videos": str(videos), "checkpoints": {}}
+
+
+def _checkpoint(lmms, model_type: str) -> str:
+    if model_type not in lmms["checkpoints"]:
+        lmms["checkpoints"][model_type] = _save_checkpoint(lmms["root"] / model_type, model_type)
+    return lmms["checkpoints"][model_type]
+
+
+def _run_cli(lmms, model: str, model_args: str, *, batch_size: int = 1, extra=()) -> tuple:
+    """`python -m lmms_eval` on the tiny task; returns (results json, samples, report, output text)."""
+    out = lmms["root"] / f"out_{model}_{abs(hash((model_args, batch_size, extra)))}"
+    report = out / "tango_report.json"
+    env = {**os.environ, "TANGO_TINY_VIDEO_DIR": lmms["videos"], "HF_HOME": str(lmms["root"] / "hf"),
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "disabled",
+           "FORCE_QWENVL_VIDEO_READER": "decord", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "2"}
+    cmd = [lmms["python"], "-m", "lmms_eval", "--model", model,
+           "--model_args", f"{model_args},tango_report={report}", "--tasks", "tango_tiny_video",
+           "--include_path", str(TASKS), "--limit", "2", "--batch_size", str(batch_size),
+           "--output_path", str(out), "--log_samples", *extra]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=str(lmms["root"]))
+    text = proc.stdout + proc.stderr
+    results = sorted(glob.glob(str(out / "**" / "*_results.json"), recursive=True))
+    assert proc.returncode == 0 and results, f"lmms-eval failed (rc {proc.returncode}):\n{text[-6000:]}"
+    data = json.loads(Path(results[-1]).read_text())
+    sample_files = glob.glob(str(out / "**" / "*_samples_tango_tiny_video.jsonl"), recursive=True)
+    samples = [json.loads(line) for f in sample_files for line in Path(f).read_text().splitlines() if line]
+    assert report.exists(), f"no Tango report at {report}:\n{text[-6000:]}"
+    return data, samples, json.loads(report.read_text()), text
+
+
+def _qwen_vl_utils_indices(frames: int, fps: float) -> list:
+    # qwen-vl-utils 0.0.14 at its default 2 fps: k = total / fps * 2 clamped to [4, total], floored to even
+    k = min(max(frames / fps * 2.0, 4), frames)
+    k = int(k // 2 * 2)
+    return torch.linspace(0, frames - 1, k).round().long().tolist()
+
+
+def _resampled(indices: list, max_frames: int, append_last: bool = False) -> list:
+    # lmms-eval's qwen2_vl / qwen2_5_vl keep unique(linspace(0, k - 1, max_num_frames, dtype=int)) of the decoded
+    # frames (qwen2_5_vl also keeps the last one)
+    keep = np.unique(np.linspace(0, len(indices) - 1, max_frames, dtype=int))
+    if append_last and len(indices) - 1 not in keep:
+        keep = np.append(keep, len(indices) - 1)
+    return [indices[i] for i in keep]
+
+
+def _check_run(data, samples, report, model: str, expected: dict, tokens_per_patch: int, ratio: float,
+               temporal_patch: int = 2):
+    """The run evaluated both documents, pruned, and the engine got the true frame times of each video."""
+    task = data["results"]["tango_tiny_video"]
+    assert isinstance(task["exact_match,none"], (int, float))  # the metric really was computed
+    assert sorted(s["doc_id"] for s in samples) == [0, 1]  # both documents answered and scored
+    assert all(isinstance(s["filtered_resps"], str) and "exact_match" in s for s in samples)
+    assert report["model"] == model and report["enabled"] is True
+    # the engine warns (caught into the report) when a video comes without times or pruning is skipped
+    assert report["warnings"] == []
+    assert report["config"]["retention_ratio"] == ratio
+    rows = report["samples"]
+    assert sorted(r["doc_id"] for r in rows) == [0, 1]
+    seen = {}
+    for row in rows:
+        assert row["pruned"] is True, row["note"]
+        (video,) = row["videos"]
+        name = os.path.basename(video["path"])
+        frames, fps = CLIPS[name]
+        want = expected[name]
+        assert video["frame_indices"] == want and video["video_fps"] == pytest.approx(fps)
+        assert video["frame_times"] == pytest.approx([i / fps for i in want], abs=1e-12)
+        assert video["passed_to_engine"] is True and row["warnings"] == []
+        patches = math.ceil(len(want) / temporal_patch)
+        if tokens_per_patch:  # Qwen: the unpruned count follows from the number of frames kept
+            assert row["visual_tokens_before"] == patches * tokens_per_patch
+            assert row["visual_tokens_after"] == math.ceil(row["visual_tokens_before"] * ratio)
+        assert row["visual_tokens_after"] < row["visual_tokens_before"]
+        seen[name] = video["frame_times"]
+    assert set(seen) == set(CLIPS)
+    print(f"\n{model}: frame times the engine got {seen}")
+    return seen
+
+
+def test_cli_tango_qwen2_vl_prunes_with_the_true_frame_times(lmms):
+    ckpt = _checkpoint(lmms, "qwen2_vl")
+    args = f"pretrained={ckpt},device=cpu,device_map=cpu,max_pixels={SIDE * SIDE},max_num_frames=3,tango_ratio=0.25"
+    data, samples, report, _ = _run_cli(lmms, "tango_qwen2_vl", args)
+    expected = {n: _resampled(_qwen_vl_utils_indices(*CLIPS[n]), 3) for n in CLIPS}
+    assert expected == {"clip_a.mp4": [0, 5, 15], "clip_b.mp4": [0, 8, 19]}  # the rules, written out
+    _check_run(data, samples, report, "tango_qwen2_vl", expected, tokens_per_patch=16, ratio=0.25)
+
+
+def test_cli_tango_qwen2_vl_batch_of_two(lmms):
+    ckpt = _checkpoint(lmms, "qwen2_vl")
+    args = f"pretrained={ckpt},device=cpu,device_map=cpu,max_pixels={SIDE * SIDE},max_num_frames=3,tango_ratio=0.5"
+    data, samples, report, _ = _run_cli(lmms, "tango_qwen2_vl", args, batch_size=2)
+    assert report["generate_calls"] == 1 and len(report["samples"]) == 2  # one call, two rows
+    # lmms-eval's qwen2_vl re-samples only the first video of a batch (row 0: the prompt with the most tokens)
+    first = next(r for r in report["samples"] if r["row"] == 0)["doc_id"]
+    expected = {}
+    for doc_id, name in enumerate(QUESTIONS.values()):
+        decoded = _qwen_vl_utils_indices(*CLIPS[name])
+        expected[name] = _resampled(decoded, 3) if doc_id == first else decoded
+    _check_run(data, samples, report, "tango_qwen2_vl", expected, tokens_per_patch=16, ratio=0.5)
+
+
+@pytest.mark.parametrize("force_simple", [False, True], ids=["chat", "simple"])
+def test_cli_tango_qwen2_5_vl(lmms, force_simple):
+    ckpt = _checkpoint(lmms, "qwen2_5_vl")
+    args = (f"pretrained={ckpt},device=cpu,device_map=cpu,min_pixels=3136,max_pixels={SIDE * SIDE},"
+            "max_num_frames=3,tango_ratio=0.25")
+    extra = ("--force_simple",) if force_simple else ()
+    data, samples, report, _ = _run_cli(lmms, "tango_qwen2_5_vl", args, extra=extra)
+    assert report["wrapper"].endswith("simple.qwen2_5_vl.Qwen2_5_VL" if force_simple else "chat.qwen2_5_vl.Qwen2_5_VL")
+    if force_simple:  # qwen-vl-utils at 2 fps, then lmms-eval's re-sampling (which keeps the last frame)
+        expected = {n: _resampled(_qwen_vl_utils_indices(*CLIPS[n]), 3, append_last=True) for n in CLIPS}
+    else:  # the chat wrapper asks qwen-vl-utils for nframes = min(max_num_frames, total) floored to even: 2
+        expected = {n: torch.linspace(0, CLIPS[n][0] - 1, 2).round().long().tolist() for n in CLIPS}
+    _check_run(data, samples, report, "tango_qwen2_5_vl", expected, tokens_per_patch=16, ratio=0.25)
+    for row in report["samples"]:  # what the wrapper's processor gave the model itself, for the record
+        assert row["videos"][0]["model_second_per_grid_ts"] > 0
+
+
+@pytest.mark.parametrize("force_simple", [False, True], ids=["chat", "simple-batch2"])
+def test_cli_tango_qwen3_vl(lmms, force_simple):
+    ckpt = _checkpoint(lmms, "qwen3_vl")
+    args = (f"pretrained={ckpt},device=cpu,device_map=cpu,min_pixels=4096,max_pixels=16384,max_num_frames=4,"
+            "tango_ratio=0.25")
+    extra = ("--force_simple",) if force_simple else ()
+    # the simple wrapper decodes in a worker thread, a batch ahead: batch 2 checks the times stay with their rows
+    batch = 2 if force_simple else 1
+    data, samples, report, _ = _run_cli(lmms, "tango_qwen3_vl", args, extra=extra, batch_size=batch)
+    assert report["generate_calls"] == (1 if force_simple else 2)
+    # both wrappers ask qwen-vl-utils for nframes = max_num_frames (4): round(linspace(0, n - 1, 4))
+    expected = {n: torch.linspace(0, CLIPS[n][0] - 1, 4).round().long().tolist() for n in CLIPS}
+    _check_run(data, samples, report, "tango_qwen3_vl", expected, tokens_per_patch=16, ratio=0.25)
+
+
+def test_cli_tango_llava_hf(lmms):
+    ckpt = _checkpoint(lmms, "llava_onevision")
+    # the tiny tower's 4 x 4 grid does not fit the preset's sink positions (196-token grid): none, said explicitly
+    args = f"pretrained={ckpt},device=cpu,device_map=cpu,max_frames_num=6,tango_ratio=0.25,tango_sink_positions=[]"
+    data, samples, report, _ = _run_cli(lmms, "tango_llava_hf", args)
+    expected = {n: np.linspace(0, CLIPS[n][0] - 1, 6, dtype=int).tolist() for n in CLIPS}  # llava_hf.load_video
+    _check_run(data, samples, report, "tango_llava_hf", expected, tokens_per_patch=0, ratio=0.25)
+    for row in report["samples"]:  # 6 frames of 4 x 4 pooled tokens plus LLaVA-OV's one newline
+        assert row["visual_tokens_before"] == 6 * 16 + 1
+
+
+def test_cli_bad_knob_fails_before_loading(lmms):
+    ckpt = _checkpoint(lmms, "qwen2_vl")
+    env = {**os.environ, "TANGO_TINY_VIDEO_DIR": lmms["videos"], "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "HF_HOME": str(lmms["root"] / "hf"), "WANDB_MODE": "disabled"}
+    out = lmms["root"] / "out_bad"
+    proc = subprocess.run([lmms["python"], "-m", "lmms_eval", "--model", "tango_qwen2_vl", "--model_args",
+                           f"pretrained={ckpt},device=cpu,device_map=cpu,tango_ratoi=0.3", "--tasks",
+                           "tango_tiny_video", "--include_path", str(TASKS), "--limit", "1", "--output_path",
+                           str(out)], env=env, capture_output=True, text=True, timeout=600)
+    text = proc.stdout + proc.stderr
+    assert "unknown tango knob tango_ratoi=0.3" in text and "tango_ratio" in text
+    assert not glob.glob(str(out / "**" / "*_results.json"), recursive=True)
+
+
+def test_entry_point_and_legacy_plugin_registration(lmms):
+    # one interpreter for both routes (lmms-eval's import is the slow part): the deprecated LMMS_EVAL_PLUGINS
+    # writes simple class paths into AVAILABLE_SIMPLE_MODELS; only the entry point registers the chat classes
+    code = ("import lmms_eval.models as m\n"
+            "names = sorted(n for n in m.list_available_models() if n.startswith('tango_'))\n"
+            "print(names)\n"
+            "print([m.get_model(n, force_simple=True).__mro__[2].__name__ for n in names])\n"
+            "print(m.get_model_manifest('tango_qwen2_5_vl').chat_class_path)\n"
+            "print(m.AVAILABLE_SIMPLE_MODELS.get('tango_qwen2_vl'))\n")
+    env = {**os.environ, "LMMS_EVAL_PLUGINS": "tango_plugin.patches.lmms_eval"}
+    proc = subprocess.run([lmms["python"], "-W", "ignore", "-c", code], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    names, bases, chat, legacy = proc.stdout.strip().splitlines()[-4:]
+    assert names == str(["tango_llava_hf", "tango_qwen2_5_vl", "tango_qwen2_vl", "tango_qwen3_vl"])
+    assert bases == str(["LlavaHf", "Qwen2_5_VL", "Qwen2_VL", "Qwen3_VL"])  # subclasses of lmms-eval's own
+    assert chat.endswith("tango_qwen2_5_vl.TangoQwen2_5_VLChat")
+    assert legacy.endswith("models.tango_qwen2_vl.TangoQwen2VL")
+
+
+if __name__ == "__main__":  # pragma: no cover - `python tests/test_lmms_eval.py` runs this file alone
+    sys.exit(pytest.main([__file__, "-v", "-s"]))
