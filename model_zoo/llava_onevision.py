@@ -40,26 +40,11 @@ from tango_plugin.engine.types import PrunePlan
 from tango_plugin.integration.hooks import TransientHooks, first_arg
 from tango_plugin.integration.splice import EncodedMedia, Replacement, TokenGrid, VideoSpliceAdapter
 
+from .siglip import load_siglip_head, siglip_head_scores
+
 POOL_MODES = ("bilinear", "average")
 NEWLINE_MODES = ("one_token", "grid")
 HIGHRES_MODES = ("keep", "prune")
-
-
-def load_siglip_head(path: str):
-    """`(post_layernorm, head)` of a local SigLIP vision checkpoint that has the attention-pooling head."""
-    from transformers import SiglipVisionModel
-
-    try:
-        tower = SiglipVisionModel.from_pretrained(path, local_files_only=True)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the field name
-        raise ValueError(f"siglip_head_path={path!r}: cannot load a SigLIP vision checkpoint from there "
-                         f"({exc})") from exc
-    if not getattr(tower, "use_head", False):
-        raise ValueError(f"siglip_head_path={path!r}: the checkpoint has no attention-pooling head "
-                         "(vision_use_head is False)")
-    post_ln, head = tower.post_layernorm, tower.head
-    del tower.encoder, tower.embeddings  # only the head is used; free the rest
-    return post_ln.eval(), head.eval()
 
 
 class LlavaOnevisionAdapter(VideoSpliceAdapter):
@@ -184,14 +169,7 @@ class LlavaOnevisionAdapter(VideoSpliceAdapter):
                 out = output[0] if isinstance(output, tuple) else output
                 if rows is not None:
                     out = out[rows.to(out.device)]
-                post_ln.to(out.device, out.dtype)
-                head.to(out.device, out.dtype)
-                z = post_ln(out)
-                probe = head.probe.repeat(z.shape[0], 1, 1)
-                pooled, weights = head.attention(probe, z, z, need_weights=True, average_attn_weights=True)
-                store["patch"] = weights[:, 0].float()
-                # the head's own output is the per-frame global embedding (fastvid segmentation)
-                store["frame"] = (pooled + head.mlp(head.layernorm(pooled)))[:, 0].float()
+                store["patch"], store["frame"] = siglip_head_scores(post_ln, head, out)
 
             cap.post_hook(layer, head_hook)
             return
@@ -381,8 +359,11 @@ class LlavaOnevisionAdapter(VideoSpliceAdapter):
     def encoder_outputs(self, raw: Any, videos: List[EncodedMedia], replacements: List[Replacement]) -> Any:
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-        # forward flattens (videos, tokens, D) to (tokens, D); one row of all replacements gives the same order
-        return BaseModelOutputWithPooling(pooler_output=torch.cat([r.features for r in replacements])[None])
+        # forward flattens (videos, tokens, D) to (tokens, D). The replacements have different lengths, so each kept
+        # token is its own (1, D) entry: generate's expansion for beams / num_return_sequences groups entries by the
+        # placeholder count of each batch row, which this layout always matches (rows [a, a, b, b] get
+        # [A, A, B, B]); a single (1, all, D) entry would be repeated as a whole ([A, B, A, B]).
+        return BaseModelOutputWithPooling(pooler_output=torch.cat([r.features for r in replacements])[:, None])
 
 
 __all__ = ["LlavaOnevisionAdapter", "load_siglip_head"]
