@@ -19,9 +19,14 @@ Example:
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Dict, List, Optional, Tuple, Type
 
+import torch
+
+from ..presets import get_preset
 from ..registry import Registry
+from ..strategies import get_strategy
 from .hooks import HookRegistry
 
 ENTRY_POINT_GROUP = "tango_plugin.adapters"
@@ -53,6 +58,10 @@ class ModelAdapter:
     options_help: Dict[str, str] = {}
     #: methods a concrete subclass must override (checked by `register_adapter`)
     required_methods: Tuple[str, ...] = ()
+    #: preset whose attention-sink positions apply (docs/algorithm.md §1.4), and the tokens per frame of the grid
+    #: they were written for (None: any grid)
+    preset_name: str = ""
+    preset_grid_tokens: Optional[int] = None
 
     def __init__(self, model: Any, config: Any, state: Any = None, hooks: Optional[HookRegistry] = None,
                  **options: Any) -> None:
@@ -84,6 +93,11 @@ class ModelAdapter:
         if source != "auto" and source not in self.saliency_sources:
             raise ValueError(f"saliency_source={source!r} is not supported by {type(self).__name__}; "
                              f"supported: {['auto', *self.saliency_sources]}")
+        get_strategy(self.config.strategy)  # an unknown strategy fails at enable, not at the first call
+        fps = self.options.get("fps")
+        if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps < math.inf):
+            raise ValueError(f"fps={fps!r} is not allowed; expected a positive, finite number (frames per second of "
+                             "the sampled frames)")
 
     def install(self) -> None:
         """Attach what the adapter needs on the model through `self.hooks` (called by `enable` after `validate`)."""
@@ -91,12 +105,84 @@ class ModelAdapter:
     def close(self) -> None:
         """Release whatever the adapter holds (called by `TangoHandle.remove`, after the hooks came off)."""
 
+    def sink_positions(self, tokens_per_frame: int, preset: Optional[Tuple[str, Optional[int]]] = None
+                       ) -> Tuple[Tuple[int, ...], str]:
+        """Sink positions for a frame of `tokens_per_frame` tokens, and a note when the preset's were not applied.
+
+        Explicit `config.sink_positions` win (outside the grid: `ValueError`); else the preset's (`preset`:
+        (name, grid tokens), default this class's `preset_name` / `preset_grid_tokens`), only on their grid.
+        """
+        explicit = self.config.sink_positions
+        if explicit is not None:
+            bad = [p for p in explicit if p >= tokens_per_frame]
+            if bad:
+                raise ValueError(f"sink_positions {bad} are outside the {tokens_per_frame}-token frame grid of this "
+                                 f"input ({type(self).__name__})")
+            return tuple(explicit), ""
+        name, grid = preset if preset is not None else (self.preset_name, self.preset_grid_tokens)
+        if not name:
+            return (), ""
+        values = tuple(get_preset(name).get("sink_positions") or ())
+        if not values:
+            return (), ""
+        if grid is not None and tokens_per_frame != grid:
+            note = (f"preset sink positions of {name!r} are for a {grid}-token grid; this input has "
+                    f"{tokens_per_frame} tokens per frame, so no sink positions were applied")
+            self.state.warn_once("sinks-" + str(tokens_per_frame), note)
+            return (), note
+        return values, ""
+
+    # ------------------------------------------------------------------------------------------ video timestamps
+    def _given_video_timestamps(self, index: int, kw: dict) -> Optional[torch.Tensor]:
+        """The seconds given for video `index`, flat float64 (the paper interpolates frame times in float64):
+        per call `kw["tango_video_timestamps"]` first, then the `video_timestamps` option. Either is one tensor /
+        list of numbers (every video's times) or a list with one entry per video."""
+        given = kw.get("tango_video_timestamps")
+        if given is None:
+            given = self.options.get("video_timestamps")
+        if given is None:
+            return None
+        flat = isinstance(given, (list, tuple)) and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for x in given)
+        ts = given[index] if isinstance(given, (list, tuple)) and not flat else given
+        return torch.as_tensor(ts, dtype=torch.float64).flatten()
+
+    def video_timestamps(self, index: int, num_frames: int, kw: dict) -> Optional[torch.Tensor]:
+        """(num_frames,) seconds of the frames the engine sees for video `index`, or None (no time source).
+
+        Default (one engine frame per sampled frame): the given video timestamps, else frame k at k / `fps`.
+        """
+        ts = self._given_video_timestamps(index, kw)
+        if ts is not None:
+            if ts.numel() != num_frames:
+                raise ValueError(f"video_timestamps for video {index} has {ts.numel()} values; the video has "
+                                 f"{num_frames} frames")
+            return ts
+        fps = self.options.get("fps")
+        if fps is not None:
+            return torch.arange(num_frames, dtype=torch.float64) / float(fps)
+        return None
+
     def saliency_source_name(self) -> str:
         """The saliency source actually used ("auto" resolved)."""
         source = self.config.saliency_source
         return self.saliency_sources[0] if source == "auto" else source
 
     # -------------------------------------------------------------------------------------- patched methods
+    _depth = 0  # > 0 while our own call of the original method runs (its inner forward calls pass through)
+
+    @property
+    def busy(self) -> bool:
+        """True while the adapter's own call of an original method runs (e.g. generate's inner forwards)."""
+        return self._depth > 0
+
+    def _call_original(self, original: Callable, kw: dict) -> Any:
+        self._depth += 1
+        try:
+            return original(**kw)
+        finally:
+            self._depth -= 1
+
     def forward(self, original: Callable, args: tuple, kwargs: dict) -> Any:
         """Called instead of `model.forward(*args, **kwargs)`; `original` is the unpatched bound method."""
         return original(*args, **kwargs)

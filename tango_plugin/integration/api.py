@@ -1,8 +1,9 @@
 """`enable` / `enabled` / `TangoHandle`: switch Tango on for one model instance, reversibly.
 
 `enable(model, config)` looks up the adapter for `model.config.model_type`, checks that the config fits the model
-and wraps the instance's `forward` and `generate` (instance attributes made with `functools.wraps`, so signatures
-that `generate` inspects are kept; modules are never renamed or replaced, so PEFT target names still match).
+and wraps the instance's `forward` and `generate` (instance attributes that keep the original `__signature__`, so
+the signatures `generate` inspects are kept; modules are never renamed or replaced, so PEFT target names still
+match).
 Everything attached goes through the handle's `HookRegistry` (`handle.hooks()` lists it); `handle.remove()` or
 `disable(model)` takes exactly that off again: the model is then exactly as before.
 
@@ -22,7 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Any, Iterator, List, Optional, Type, Union
+from typing import Any, Callable, Iterator, List, Optional, Type, Union
+
+import torch
 
 from ..config import TangoConfig
 from .adapter import ModelAdapter, get_adapter
@@ -60,6 +63,30 @@ class TangoHandle:
         self.active = False
         self.registry.remove_all()
         self.adapter.close()
+
+    # The patched methods route here (bound methods, so a deep copy of the model routes to its own handle).
+    def _route_forward(self, original: Callable, args: tuple, kwargs: dict) -> Any:
+        return self._route("forward", original, args, kwargs)
+
+    def _route_generate(self, original: Callable, args: tuple, kwargs: dict) -> Any:
+        return self._route("generate", original, args, kwargs)
+
+    def _route(self, name: str, original: Callable, args: tuple, kwargs: dict) -> Any:
+        if torch.compiler.is_compiling():
+            # inside torch.compile (e.g. generate's compiled decoding): the original, and no Python state touched,
+            # so the compiled graph never depends on our counters (pruning needs eager, data-dependent shapes)
+            return original(*args, **kwargs)
+        if not self.adapter.busy:
+            self.state.calls += 1  # calls the user made; the model's own inner calls are not counted
+        return getattr(self.adapter, name)(original, args, kwargs)
+
+    def layout(self) -> Optional[dict]:
+        """How the last pruned call's prompt was laid out: `padding_side`, `length` (the shortened, re-padded prompt
+        length) and `kept_positions` (per row, the positions of the caller's prompt that the LLM saw, in order).
+        Position j of row b in the shortened prompt (logits, attentions, hidden states of that call) is the
+        caller's position `kept_positions[b][j - pad]`, with `pad = length - len(kept_positions[b])` on the left
+        side and 0 on the right. None before the first pruned call."""
+        return self.state.layout
 
     def hooks(self) -> List[dict]:
         """What is attached to the model, one dict per entry: `name`, `kind` (method, forward_pre_hook,
@@ -178,13 +205,7 @@ def enable(model: Any, config: Optional[TangoConfig] = None, *,
     try:
         instance.install()
         for name in _PATCHED:
-            route = getattr(instance, name)
-
-            def counted(original, args, kwargs, __route=route):
-                state.calls += 1
-                return __route(original, args, kwargs)
-
-            registry.wrap_method(f"method:{name}", target, name, counted)
+            registry.wrap_method(f"method:{name}", target, name, getattr(handle, f"_route_{name}"))
         registry.set_attribute("handle", target, _HANDLE_ATTR, handle)
     except Exception:
         handle.remove()  # nothing half-attached stays behind

@@ -8,38 +8,105 @@ an object (`set_attribute`; the previous value, or its absence, is restored). `r
 `transient()`, which removes them when the call's `with` block ends, also on error.
 
 This follows accelerate's `add_hook_to_module` / `remove_hook_from_module` and diffusers' `HookRegistry`: named,
-listed, removable one by one, never a global monkey patch.
+listed, removable one by one, never a global monkey patch. Unlike closures, every piece here is plain data or a
+bound method, so `copy.deepcopy(model)` gives a copy with its own working patch (its own handle, adapter and
+hooks, bound to the copy) and `pickle` round-trips an enabled model.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
+import inspect
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import torch
 
-_MISSING = object()
+
+class _Missing:
+    """"No instance attribute was there" (one object, also after deepcopy and pickle)."""
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+    def __reduce__(self):
+        return "MISSING"
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+MISSING = _Missing()
+_HOOK_DICTS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks", "_forward_hooks_with_kwargs",
+               "_forward_hooks_always_called")
 
 
 @dataclass
 class HookEntry:
-    """One thing attached to the model.
+    """One thing attached to the model, and what undoes it.
 
     Args:
-        name: unique name on the registry (e.g. "method:generate", "intra_llm:pre_hook:layer3").
+        name: unique name on the registry (e.g. "method:generate", "intra_llm:reduce:layer3").
         kind: "method", "forward_pre_hook", "forward_hook" or "attribute".
         target: the object it is attached to (a module, the model, a config).
         detail: the attribute or method name, when there is one.
+        previous: the instance attribute it replaced (`MISSING`: none), for "method" / "attribute".
+        hook_id: the torch hook id, for the hook kinds.
     """
 
     name: str
     kind: str
     target: Any
     detail: str
-    undo: Callable[[], None]
+    previous: Any = MISSING
+    hook_id: Optional[int] = None
+
+    def undo(self) -> None:
+        if self.hook_id is not None:
+            for table in _HOOK_DICTS:  # what torch's RemovableHandle.remove does, by id
+                getattr(self.target, table, {}).pop(self.hook_id, None)
+            return
+        d = self.target.__dict__
+        if self.previous is MISSING:
+            d.pop(self.detail, None)
+        else:
+            d[self.detail] = self.previous
+
+
+class MethodPatch:
+    """The callable that replaces ``owner.<method>``: ``route(original, args, kwargs)``.
+
+    `original` is looked up on each call (the instance attribute that was there before, else the class's method
+    bound to `owner`), so a deep copy of the model calls its own weights. `__signature__` is the original's, so
+    `inspect.signature` (which `generate` uses to filter model kwargs) is unchanged.
+    """
+
+    def __init__(self, owner: Any, method: str, route: Callable[[Callable, tuple, dict], Any], previous: Any) -> None:
+        self.owner, self.method, self.route, self.previous = owner, method, route, previous
+        original = self.original()
+        self.__name__ = getattr(original, "__name__", method)
+        self.__qualname__ = getattr(original, "__qualname__", method)
+        self.__doc__ = getattr(original, "__doc__", None)
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        # computed on access (a stored Signature would carry typing objects that do not pickle)
+        return inspect.signature(self.original())
+
+    def original(self) -> Callable:
+        if self.previous is not MISSING:
+            return self.previous
+        return getattr(type(self.owner), self.method).__get__(self.owner, type(self.owner))
+
+    def __call__(self, *args, **kwargs):
+        return self.route(self.original(), args, kwargs)
+
+    def __repr__(self) -> str:
+        return f"<tango_plugin patch of {type(self.owner).__name__}.{self.method}>"
 
 
 class HookRegistry:
@@ -55,46 +122,32 @@ class HookRegistry:
 
     # ------------------------------------------------------------------------------------------ adding
     def wrap_method(self, name: str, obj: Any, method: str, route: Callable[[Callable, tuple, dict], Any]) -> None:
-        """Make ``obj.<method>(*args, **kwargs)`` call ``route(original, args, kwargs)``, as an instance attribute.
-
-        `functools.wraps` keeps `__wrapped__`, so `inspect.signature` (which `generate` uses to filter model
-        kwargs) still sees the original signature. An instance attribute set by someone else before (e.g.
-        accelerate's hooks) is restored on removal.
-        """
-        original = getattr(obj, method)
-
-        def patched(*args, **kwargs):
-            return route(original, args, kwargs)
-
-        self.set_attribute(name, obj, method, functools.wraps(original)(patched), kind="method")
+        """Make ``obj.<method>(*args, **kwargs)`` call ``route(original, args, kwargs)``, as an instance attribute
+        (a `MethodPatch`). An instance attribute set by someone else before (e.g. accelerate's hooks) is what
+        `original` calls, and it is restored on removal. `route` should be a bound method (deepcopy-safe)."""
+        previous = obj.__dict__.get(method, MISSING)
+        self.set_attribute(name, obj, method, MethodPatch(obj, method, route, previous), kind="method")
 
     def set_attribute(self, name: str, obj: Any, attr: str, value: Any, kind: str = "attribute") -> None:
         """``obj.<attr> = value`` in the instance's own `__dict__`; removal restores the previous instance value
         or deletes the attribute when there was none."""
         self._check_free(name)
         d = obj.__dict__
-        previous = d.get(attr, _MISSING)
+        previous = d.get(attr, MISSING)
         d[attr] = value
-
-        def undo() -> None:
-            if previous is _MISSING:
-                d.pop(attr, None)
-            else:
-                d[attr] = previous
-
-        self._entries[name] = HookEntry(name, kind, obj, attr, undo)
+        self._entries[name] = HookEntry(name, kind, obj, attr, previous=previous)
 
     def add_forward_pre_hook(self, name: str, module: torch.nn.Module, fn: Callable, with_kwargs: bool = True) -> None:
         """`module.register_forward_pre_hook(fn, with_kwargs=...)` under `name`."""
         self._check_free(name)
         handle = module.register_forward_pre_hook(fn, with_kwargs=with_kwargs)
-        self._entries[name] = HookEntry(name, "forward_pre_hook", module, "", handle.remove)
+        self._entries[name] = HookEntry(name, "forward_pre_hook", module, "", hook_id=handle.id)
 
     def add_forward_hook(self, name: str, module: torch.nn.Module, fn: Callable) -> None:
         """`module.register_forward_hook(fn)` under `name`."""
         self._check_free(name)
         handle = module.register_forward_hook(fn)
-        self._entries[name] = HookEntry(name, "forward_hook", module, "", handle.remove)
+        self._entries[name] = HookEntry(name, "forward_hook", module, "", hook_id=handle.id)
 
     @contextlib.contextmanager
     def transient(self, prefix: str) -> Iterator["TransientHooks"]:
@@ -199,4 +252,4 @@ def first_arg(args: tuple, kwargs: dict, name: str) -> Optional[torch.Tensor]:
     return kwargs.get(name)
 
 
-__all__ = ["HookRegistry", "HookEntry", "TransientHooks", "first_arg"]
+__all__ = ["HookRegistry", "HookEntry", "MethodPatch", "TransientHooks", "first_arg", "MISSING"]

@@ -128,7 +128,7 @@ class IntraLLMStage:
         self._implementation = self._shared_config._attn_implementation
         for i in range(self.k, len(self.layers)):
             hooks.add_forward_pre_hook(f"intra_llm:reduce:layer{i}", self.layers[i],
-                                       self._make_hook(first=i == self.k), with_kwargs=True)
+                                       _ReduceHook(self, first=i == self.k), with_kwargs=True)
 
     def real_attention(self, module) -> Callable:
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -159,23 +159,21 @@ class IntraLLMStage:
         self._decode_cache = (None, None, None)
 
     # ------------------------------------------------------------------------------------------ hooks
-    def _make_hook(self, first: bool):
-        def hook(module, args, kwargs):
-            if not self.armed:
-                return None
-            hidden = args[0] if args else kwargs["hidden_states"]
-            if first and self.reduction is None:
-                self._reduce(hidden, kwargs)
-            if self.reduction is None:
-                return None
-            if self._prefill_layers_left > 0:
-                self._prefill_layers_left -= 1
-                return self._prefill_arguments(args, kwargs, first)
-            if first:
-                self._decoded += hidden.shape[1]  # tokens appended to the reduced cache so far, this step included
-            return self._decode_arguments(args, kwargs)
-
-        return hook
+    def pre_hook(self, module, args, kwargs, first: bool):
+        """Forward pre-hook of layers K.. (`first`: layer K, which reduces the hidden states)."""
+        if not self.armed:
+            return None
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if first and self.reduction is None:
+            self._reduce(hidden, kwargs)
+        if self.reduction is None:
+            return None
+        if self._prefill_layers_left > 0:
+            self._prefill_layers_left -= 1
+            return self._prefill_arguments(args, kwargs, first)
+        if first:
+            self._decoded += hidden.shape[1]  # tokens appended to the reduced cache so far, this step included
+        return self._decode_arguments(args, kwargs)
 
     def _reduce(self, hidden: torch.Tensor, kwargs: dict) -> None:
         if self.scores is None:
@@ -311,6 +309,16 @@ class IntraLLMStage:
         old = allowed[..., : red.full_length].gather(2, keep[:, None, :].expand(B, q, Lr)) & valid[:, None]
         allowed = torch.cat([old, allowed[..., red.full_length:]], dim=-1)
         return self._as_format(allowed[:, None], given.dtype)
+
+
+class _ReduceHook:
+    """A layer's pre-hook: a small object rather than a closure, so that deepcopy / pickle of the model carry it."""
+
+    def __init__(self, stage: IntraLLMStage, first: bool) -> None:
+        self.stage, self.first = stage, first
+
+    def __call__(self, module, args, kwargs):
+        return self.stage.pre_hook(module, args, kwargs, self.first)
 
 
 __all__ = ["IntraLLMStage", "last_row_attention", "SCORING_IMPLEMENTATION", "SUPPORTED_IMPLEMENTATIONS"]

@@ -62,6 +62,8 @@ class RunState:
     plans: List["PlanRecord"] = field(default_factory=list)
     record_plans: bool = False
     observers: List[Callable] = field(default_factory=list)
+    #: the last pruned call's layout: padding side and, per row, the unpruned positions the LLM saw, in order
+    layout: Optional[dict] = None
 
     def reset(self) -> None:
         self.calls = self.pruned_calls = self.total_before = self.total_after = 0

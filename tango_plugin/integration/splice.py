@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 
 from ..engine.types import PrunePlan, VisualTokens
-from ..strategies import get_strategy, run_strategy
+from ..strategies import run_strategy
 from .adapter import ModelAdapter, required
 from .report import PlanRecord, SampleReport
 
@@ -177,6 +177,35 @@ class SpliceCall:
         return self.kw["input_ids"].shape[0]
 
 
+#: attribute a cache object gets after a pruned generate (see `VideoSpliceAdapter._continue`)
+CONTINUATION_ATTR = "_tango_continuation"
+
+
+@dataclass
+class Continuation:
+    """How a cache left by a pruned `generate` lines up with the sequences that generate returned.
+
+    Args:
+        full: (B, Lf) the sequences returned to the caller (their prompt + new tokens).
+        short: (B, Ls) the sequences the cache was built from (the pruned prompt + the same new tokens).
+        short_mask: (B, Ls) attention mask of `short` (None: no mask was used).
+        short_types: (B, Ls) `mm_token_type_ids` of `short` (None when the model takes none).
+        intra_llm: the intra-LLM stage ran (its layers K.. cached a reduced sequence).
+    """
+
+    full: torch.Tensor
+    short: torch.Tensor
+    short_mask: Optional[torch.Tensor]
+    short_types: Optional[torch.Tensor]
+    intra_llm: bool = False
+
+
+def _default_generation_value(name: str) -> Any:
+    from transformers import GenerationConfig
+
+    return getattr(GenerationConfig(), name)
+
+
 class VideoSpliceAdapter(ModelAdapter):
     """Base of adapters that prune video tokens before the LLM by shortening the input sequence.
 
@@ -195,11 +224,6 @@ class VideoSpliceAdapter(ModelAdapter):
     supports_image_pruning: bool = False
     #: True for M-RoPE models whose kept tokens must keep their original 3-D positions
     uses_3d_positions: bool = False
-    #: preset name for the sink positions (docs/algorithm.md §1.4)
-    preset_name: str = ""
-    #: tokens per frame of the grid the preset's sink positions were written for (None: any grid)
-    preset_grid_tokens: Optional[int] = None
-
     required_methods = ("video_token_id", "encode_videos", "encoder_outputs")
 
     options_help = {
@@ -277,64 +301,8 @@ class VideoSpliceAdapter(ModelAdapter):
                 return pid
         return 0
 
-    def sink_positions(self, tokens_per_frame: int) -> Tuple[Tuple[int, ...], str]:
-        """Sink positions for a frame of `tokens_per_frame` tokens, and a note when the preset was not applied."""
-        explicit = self.config.sink_positions
-        if explicit is not None:
-            bad = [p for p in explicit if p >= tokens_per_frame]
-            if bad:
-                raise ValueError(f"sink_positions {bad} are outside the {tokens_per_frame}-token frame grid of this "
-                                 f"input ({type(self).__name__})")
-            return tuple(explicit), ""
-        if not self.preset_name:
-            return (), ""
-        from ..presets import get_preset
-
-        preset = tuple(get_preset(self.preset_name).get("sink_positions") or ())
-        if not preset:
-            return (), ""
-        if self.preset_grid_tokens is not None and tokens_per_frame != self.preset_grid_tokens:
-            note = (f"preset sink positions of {self.preset_name!r} are for a {self.preset_grid_tokens}-token grid; "
-                    f"this input has {tokens_per_frame} tokens per frame, so no sink positions were applied")
-            self.state.warn_once("sinks-" + str(tokens_per_frame), note)
-            return (), note
-        return preset, ""
-
-    # ------------------------------------------------------------------------------------------ video timestamps
-    def _given_video_timestamps(self, index: int, kw: dict) -> Optional[torch.Tensor]:
-        """The seconds given for video `index` (per call `tango_video_timestamps` first, then the
-        `video_timestamps` option), flat float64 (the paper interpolates frame times in float64)."""
-        given = kw.get("tango_video_timestamps")
-        if given is None:
-            given = self.options.get("video_timestamps")
-        if given is None:
-            return None
-        ts = given[index] if isinstance(given, (list, tuple)) else given
-        return torch.as_tensor(ts, dtype=torch.float64).flatten()
-
-    def video_timestamps(self, index: int, num_frames: int, kw: dict) -> Optional[torch.Tensor]:
-        """(num_frames,) seconds of the frames the engine sees for video `index`, or None (no time source).
-
-        Default (one engine frame per sampled frame): the given video timestamps, else frame k at k / `fps`.
-        """
-        ts = self._given_video_timestamps(index, kw)
-        if ts is not None:
-            if ts.numel() != num_frames:
-                raise ValueError(f"video_timestamps for video {index} has {ts.numel()} values; the video has "
-                                 f"{num_frames} frames")
-            return ts
-        fps = self.options.get("fps")
-        if fps is not None:
-            return torch.arange(num_frames, dtype=torch.float64) / float(fps)
-        return None
-
     def validate(self) -> None:
         super().validate()
-        fps = self.options.get("fps")
-        if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0
-                                or fps == float("inf")):
-            raise ValueError(f"fps={fps!r} must be a positive, finite number")
-        get_strategy(self.config.strategy)  # unknown strategy -> ValueError now, not at the first call
         if self.config.intra_llm_layer is not None:
             self._validate_intra_llm()
 
@@ -403,15 +371,6 @@ class VideoSpliceAdapter(ModelAdapter):
         kw.update(kwargs)
         return kw
 
-    _depth = 0  # > 0 while our own call of the original method runs (its inner forward calls pass through)
-
-    def _call_original(self, original: Callable, kw: dict) -> Any:
-        self._depth += 1
-        try:
-            return original(**kw)
-        finally:
-            self._depth -= 1
-
     def forward(self, original: Callable, args: tuple, kwargs: dict) -> Any:
         if self._depth:
             return original(*args, **kwargs)
@@ -428,11 +387,20 @@ class VideoSpliceAdapter(ModelAdapter):
         kw = self._as_kwargs(original, args, kwargs)
         if kw.get("inputs") is not None and kw.get("input_ids") is None:
             kw["input_ids"] = kw.pop("inputs")
+        cache = self._cache_of(kw)
+        if cache is not None and getattr(cache, CONTINUATION_ATTR, None) is not None:
+            return self._continue(original, kw, getattr(cache, CONTINUATION_ATTR))
         if not self._should_prune(kw):
             return self._pass_through(original, kw)
         prompt = kw["input_ids"]
-        call = self.splice(kw, generating=True)
-        if self._intra is not None and self._intra_applies(kw) and not self._intra.arm(call.video_spans):
+        self._lengths_as_given(kw, prompt.shape[1])
+        # generate runs under no_grad; the splice must too, so the features handed to it carry no autograd history
+        # (assisted decoding deep-copies them) and the vision tower's activations are freed at once
+        with torch.no_grad():
+            call = self.splice(kw, generating=True)
+        intra = self._intra is not None and self._intra_applies(kw)
+        if intra and not self._intra.arm(call.video_spans):
+            intra = False
             self.state.warn_once("intra-impl", "intra_llm_layer needs SDPA or eager attention in the language model; "
                                                "it was switched to another implementation after enable(), so this "
                                                "call runs without the intra-LLM stage")
@@ -441,21 +409,102 @@ class VideoSpliceAdapter(ModelAdapter):
         finally:
             if self._intra is not None:
                 self._intra.disarm()
-        # Give back what the unpruned model returns: the caller's prompt followed by the new tokens, so that
-        # `out[:, inputs.input_ids.shape[1]:]` still slices the answer.
+        short_mask = call.new_kw.get("attention_mask")
+        return self._give_back(out, prompt, call.length, short_mask, call.new_kw.get("mm_token_type_ids"),
+                               call.new_kw.get("past_key_values", call.new_kw.get("cache")), intra)
+
+    def _give_back(self, out: Any, prompt: torch.Tensor, short_length: int, short_mask: Optional[torch.Tensor],
+                   short_types: Optional[torch.Tensor], given_cache: Any, intra: bool) -> Any:
+        """What the unpruned model returns: the caller's prompt followed by the new tokens (so that
+        `out[:, inputs.input_ids.shape[1]:]` still slices the answer); the cache remembers both layouts so a
+        later `generate` can continue from it (`_continue`)."""
         seqs = out if isinstance(out, torch.Tensor) else out.sequences
-        full = torch.cat([prompt.to(seqs.device), seqs[:, call.length:]], dim=1)
+        copies = seqs.shape[0] // prompt.shape[0]  # num_return_sequences / beams: generate repeats each row
+        full = torch.cat([prompt.to(seqs.device).repeat_interleave(copies, dim=0), seqs[:, short_length:]], dim=1)
+        cache = given_cache if given_cache is not None else getattr(out, "past_key_values", None)
+        if cache is not None and hasattr(cache, "get_seq_length"):
+            new = seqs.shape[1] - short_length
+
+            def extend(t: Optional[torch.Tensor], value: int) -> Optional[torch.Tensor]:
+                if t is None:
+                    return None
+                t = t.to(seqs.device).repeat_interleave(copies, dim=0)
+                return torch.cat([t, t.new_full((t.shape[0], new), value)], dim=1)
+
+            setattr(cache, CONTINUATION_ATTR, Continuation(full=full, short=seqs, short_mask=extend(short_mask, 1),
+                                                           short_types=extend(short_types, 0), intra_llm=intra))
         if isinstance(out, torch.Tensor):
             return full
         out.sequences = full
         return out
+
+    def _continue(self, original: Callable, kw: dict, previous: "Continuation") -> Any:
+        """`generate(previous sequences + new turn, past_key_values=cache)` after a pruned generate: the cache holds
+        the pruned prompt, so the prefix the caller passes (the full sequences we returned) is swapped for the
+        sequences the cache was really built from; the new turn follows, and the caller gets their own prefix back."""
+        ids = kw.get("input_ids")
+        full, short = previous.full, previous.short
+        if previous.intra_llm:
+            raise ValueError("continuing from the cache of a generate that ran the intra-LLM stage is not supported "
+                             "(layers K.. cached a reduced sequence); start a new generate with the whole "
+                             "conversation")
+        if self._has(kw, self.video_kwargs[:1]) or self._prunes_images(kw):
+            raise ValueError("a continuation from a pruned cache cannot bring new video (or pruned image) pixels; "
+                             "start a new generate with the whole conversation")
+        if ids is None or ids.shape[0] != full.shape[0] or ids.shape[1] < full.shape[1] or not torch.equal(
+                ids[:, :full.shape[1]].to(full.device), full):
+            raise ValueError("past_key_values holds the pruned prompt of an earlier tango_plugin generate; continue "
+                             "from it with input_ids that start with exactly the sequences that generate returned "
+                             f"({tuple(full.shape)}), followed by the new tokens; got input_ids of shape "
+                             f"{None if ids is None else tuple(ids.shape)}")
+        tail = ids[:, full.shape[1]:]
+        kw = dict(kw)
+        kw["input_ids"] = torch.cat([short.to(ids.device), tail], dim=1)
+        mask = kw.get("attention_mask")
+        if mask is not None or previous.short_mask is not None:
+            head = previous.short_mask if previous.short_mask is not None else torch.ones_like(short)
+            rest = mask[:, full.shape[1]:] if mask is not None else torch.ones_like(tail)
+            kw["attention_mask"] = torch.cat([head.to(ids.device), rest.to(ids.device)], dim=1)
+        if kw.get("mm_token_type_ids") is not None:
+            head = previous.short_types if previous.short_types is not None else torch.zeros_like(short)
+            kw["mm_token_type_ids"] = torch.cat([head.to(ids.device), kw["mm_token_type_ids"][:, full.shape[1]:]],
+                                                dim=1)
+        for name in self.video_kwargs + ("tango_video_timestamps",):
+            kw.pop(name, None)  # grids of the first turn: its video is in the cache already
+        self._lengths_as_given(kw, ids.shape[1])
+        self.state.last = [SampleReport(sample=b, note="continued from a pruned cache") for b in range(ids.shape[0])]
+        out = self._call_original(original, kw)
+        return self._give_back(out, ids, kw["input_ids"].shape[1], kw.get("attention_mask"),
+                               kw.get("mm_token_type_ids"), self._cache_of(kw), False)
+
+    def _lengths_as_given(self, kw: dict, caller_length: int) -> None:
+        """`max_length` / `min_length` count the caller's prompt, as without the plugin: turn them into new-token
+        counts before the prompt gets shorter."""
+        cfg = kw.get("generation_config")
+        for total, new in (("max_length", "max_new_tokens"), ("min_length", "min_new_tokens")):
+            value = kw.pop(total, None)
+            if value is None and cfg is not None and getattr(cfg, new, None) is None:
+                from_cfg = getattr(cfg, total, None)
+                if from_cfg is not None and from_cfg != _default_generation_value(total):
+                    value = from_cfg
+            if value is None or kw.get(new) is not None:
+                continue
+            if total == "max_length" and value <= caller_length:
+                raise ValueError(f"Input length of input_ids is {caller_length}, but `max_length` is set to {value}. "
+                                 "Increase `max_length` or, better, set `max_new_tokens`.")
+            kw[new] = max(0, int(value) - caller_length)
+
+    @staticmethod
+    def _cache_of(kw: dict) -> Any:
+        cache = kw.get("past_key_values")
+        return cache if cache is not None else kw.get("cache")
 
     def _pass_through(self, original: Callable, kw: dict) -> Any:
         """Call the original unchanged, and say in the report that this call pruned nothing."""
         kw.pop("tango_video_timestamps", None)
         ids = kw.get("input_ids")
         batch = ids.shape[0] if isinstance(ids, torch.Tensor) else 1
-        note = "video passed through unpruned (see the warning)" if self._has(kw, self.video_kwargs) \
+        note = "video passed through unpruned (see the warning)" if self._has(kw, self.video_kwargs[:1]) \
             else "no video in this call"
         self.state.last = [SampleReport(sample=b, note=note) for b in range(batch)]
         return self._call_original(original, kw)
@@ -468,7 +517,7 @@ class VideoSpliceAdapter(ModelAdapter):
         return bool(self.config.prune_images and self.supports_image_pruning and self._has(kw, self.image_kwargs))
 
     def _should_prune(self, kw: dict) -> bool:
-        has_video = self._has(kw, self.video_kwargs)
+        has_video = self._has(kw, self.video_kwargs[:1])  # the pixels: a grid alone (e.g. while decoding) is no video
         if self._prunes_images(kw):
             has_video = True  # images are pruned as single-frame videos: the same splice path
         elif self.config.prune_images and self._has(kw, self.image_kwargs):
@@ -483,7 +532,8 @@ class VideoSpliceAdapter(ModelAdapter):
             self.state.warn_once("embeds", "video inputs came with inputs_embeds instead of input_ids; the video "
                                            "placeholders cannot be located, so this call is not pruned")
             return False
-        if kw.get("cache") is not None and kw["cache"].get_seq_length() > 0:
+        cache = self._cache_of(kw)
+        if cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0:
             self.state.warn_once("cache", "video inputs came with a non-empty cache; only the prefill of a fresh "
                                           "sequence is pruned, so this call is not pruned")
             return False
@@ -556,7 +606,9 @@ class VideoSpliceAdapter(ModelAdapter):
         """Stage 3: per row, the unpruned positions that stay (in order) and where each video lands."""
         ids = call.kw["input_ids"]
         real = self._mask(call.kw).bool()
-        media_ids = [self.video_token_id] + ([self.image_token_id] if call.prune_images else [])
+        # only the kinds that were encoded: a stray placeholder id of another kind stays, as the model keeps it
+        media_ids = [token for kind, token in (("video", self.video_token_id), ("image", self.image_token_id))
+                     if kind in call.raw]
         replaced = torch.zeros_like(real)
         for token_id in media_ids:
             replaced |= (ids == token_id) & real
@@ -608,6 +660,8 @@ class VideoSpliceAdapter(ModelAdapter):
         for name, pad in (("labels", -100), ("mm_token_type_ids", 0), ("token_type_ids", 0)):
             if kw.get(name) is not None:
                 new[name] = gather(kw[name], pad)
+        if kw.get("inputs_embeds") is not None:  # given next to input_ids: shortened the same way
+            new["inputs_embeds"] = gather(kw["inputs_embeds"].permute(2, 0, 1), 0).permute(1, 2, 0)
 
         pos = None
         if kw.get("position_ids") is not None:
@@ -662,6 +716,8 @@ class VideoSpliceAdapter(ModelAdapter):
                 images=len(images), image_tokens_before=sum(it.media.num_placeholders for it in images),
                 image_tokens_after=sum(int(it.replacement.src.numel()) for it in images)))
         self.state.record(reports)
+        self.state.layout = {"padding_side": call.padding_side, "length": call.length,
+                             "kept_positions": [s.clone() for s in call.sources]}
 
     # ------------------------------------------------------------------------------------------ helpers
     @staticmethod
