@@ -55,6 +55,13 @@ def patch_times(frame_times: torch.Tensor, num_patches: int) -> torch.Tensor:
     return out
 
 
+#: the one-time warning when Qwen2.5-VL's second_per_grid_ts equals its processor's default (no metadata given)
+DEFAULT_FPS_NOTE = ("second_per_grid_ts is temporal_patch_size / 24: what the Qwen2.5-VL processor returns from its "
+                    "24-fps default when it gets no video_metadata; if the frames were sampled at another rate the "
+                    "frame times are wrong: pass the video metadata to the processor, or tango_video_timestamps= "
+                    "(seconds, or the metadata: tango_plugin.timestamps_from_metadata) to generate")
+
+
 class QwenVLAdapter(VideoSpliceAdapter):
     """Shared code of the Qwen-VL family.
 
@@ -198,10 +205,18 @@ class QwenVLAdapter(VideoSpliceAdapter):
         elif self.options.get("fps") is not None:
             frames = torch.arange(t * tp, dtype=torch.float64) / float(self.options["fps"])
         elif second_per_grid is not None:
+            if abs(second_per_grid - tp / 24.0) < 1e-6:  # float32 in the processor output
+                self.state.warn_once("default-fps", DEFAULT_FPS_NOTE)
             frames = torch.arange(t * tp, dtype=torch.float64) * (second_per_grid / tp)
         else:
             return None
         return self.patch_times(frames, t, tp)
+
+    def timestamps_source(self, kw: dict) -> str:
+        source = super().timestamps_source(kw)
+        if source.startswith("none") and kw.get("second_per_grid_ts") is not None:
+            return "second_per_grid_ts (processor)"
+        return source
 
     def patch_times(self, frame_times: torch.Tensor, t: int, tp: int) -> torch.Tensor:
         """One time per temporal patch from the sampled frames' times (the paper's interpolation)."""

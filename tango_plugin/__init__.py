@@ -10,8 +10,10 @@ from . import model_zoo  # noqa: E402,F401,I001  (the built-in families register
 from .config import TangoConfig
 from .engine.types import PrunePlan, VisualTokens
 from .integration.adapter import ModelAdapter, get_adapter, list_adapters, register_adapter, unregister_adapter
-from .integration.api import TangoHandle, disable, enable, enabled
+from .integration.api import TangoHandle, disable, enable, enabled, get_handle
+from .integration.pretrained import from_pretrained
 from .integration.report import PlanRecord, SampleReport
+from .integration.video_io import timestamps_from_metadata
 from .presets import get_preset, list_presets, register_preset
 from .strategies import (
     PruningStrategy,
@@ -62,10 +64,13 @@ __all__ = [
     "enable",
     "enabled",
     "disable",
+    "get_handle",
+    "from_pretrained",
     "TangoHandle",
     "SampleReport",
     "PlanRecord",
     "register_preset",
     "get_preset",
     "list_presets",
+    "timestamps_from_metadata",
 ]

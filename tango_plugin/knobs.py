@@ -207,7 +207,22 @@ def _parse_option(knob: str, name: str, value: Any) -> Any:
     return text
 
 
+#: the key of the knobs section in a model folder's config.json (and the attribute on `model.config`)
+SECTION = "tango"
+
+
 # ------------------------------------------------------------------------------------------------ mapping
+def knobs_from_config(config: TangoConfig, options: Dict[str, Any]) -> Dict[str, Any]:
+    """The knobs (the `tango` section of config.json) for a config and the enable options; options that
+    are not plain JSON values (e.g. a `video_timestamps` tensor, which belongs to one video anyway) are left out."""
+    section = {f"tango_{k}": v for k, v in config.to_dict().items()}
+    for name, value in options.items():
+        if name in ENABLE_OPTIONS and isinstance(value, (str, int, float, bool)):
+            section[f"tango_{name}"] = value
+    return section
+
+
+
 def config_from_knobs(knobs: Mapping[str, Any], *, default_preset: Optional[str] = None,
                       default_on: bool = True) -> Tuple[TangoConfig, Dict[str, Any], Dict[str, Any]]:
     """Build the `TangoConfig`, the `enable` options and the integration extras from `tango*` knobs.
@@ -278,4 +293,4 @@ def config_from_knobs(knobs: Mapping[str, Any], *, default_preset: Optional[str]
 
 
 __all__ = ["SWITCH", "PREFIX", "ALIASES", "ENABLE_OPTIONS", "EXTRAS", "allowed_knobs", "is_knob", "split_knobs",
-           "knobs_help", "parse_bool", "parse_field", "config_from_knobs"]
+           "knobs_help", "parse_bool", "parse_field", "config_from_knobs", "knobs_from_config", "SECTION"]

@@ -28,6 +28,7 @@ from ..presets import get_preset
 from ..registry import Registry
 from ..strategies import get_strategy
 from .hooks import HookRegistry
+from .video_io import is_video_metadata, timestamps_from_metadata
 
 ENTRY_POINT_GROUP = "tango_plugin.adapters"
 
@@ -135,17 +136,34 @@ class ModelAdapter:
     # ------------------------------------------------------------------------------------------ video timestamps
     def _given_video_timestamps(self, index: int, kw: dict) -> Optional[torch.Tensor]:
         """The seconds given for video `index`, flat float64 (the paper interpolates frame times in float64):
-        per call `kw["tango_video_timestamps"]` first, then the `video_timestamps` option. Either is one tensor /
-        list of numbers (every video's times) or a list with one entry per video."""
+        per call `kw["tango_video_timestamps"]` first, then the `video_timestamps` option. Either is one video's
+        times (a tensor, a list of numbers, or video metadata: `frames_indices / fps`) for every video, or a list
+        with one such entry per video."""
         given = kw.get("tango_video_timestamps")
         if given is None:
             given = self.options.get("video_timestamps")
         if given is None:
             return None
-        flat = isinstance(given, (list, tuple)) and all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) for x in given)
-        ts = given[index] if isinstance(given, (list, tuple)) and not flat else given
-        return torch.as_tensor(ts, dtype=torch.float64).flatten()
+        one = is_video_metadata(given) or (isinstance(given, (list, tuple)) and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for x in given))
+        if isinstance(given, (list, tuple)) and not one:
+            if index >= len(given):
+                raise ValueError(f"video_timestamps has {len(given)} entries, but this call has a video {index}: "
+                                 "give one entry per video of the call (in placeholder order)")
+            given = given[index]
+        if is_video_metadata(given):
+            return timestamps_from_metadata(given)
+        return torch.as_tensor(given, dtype=torch.float64).flatten()
+
+    def timestamps_source(self, kw: dict) -> str:
+        """Where the frame times of this call come from (for the report)."""
+        if kw.get("tango_video_timestamps") is not None:
+            return "tango_video_timestamps (per call)"
+        if self.options.get("video_timestamps") is not None:
+            return "video_timestamps option"
+        if self.options.get("fps") is not None:
+            return "fps option"
+        return "none: frame index"
 
     def video_timestamps(self, index: int, num_frames: int, kw: dict) -> Optional[torch.Tensor]:
         """(num_frames,) seconds of the frames the engine sees for video `index`, or None (no time source).

@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator, List, Optional, Type, Union
 import torch
 
 from ..config import TangoConfig
+from ..knobs import SECTION, knobs_from_config
 from .adapter import ModelAdapter, get_adapter
 from .hooks import HookRegistry
 from .report import PlanObserver, PlanRecord, RunState
@@ -207,10 +208,18 @@ def enable(model: Any, config: Optional[TangoConfig] = None, *,
         for name in _PATCHED:
             registry.wrap_method(f"method:{name}", target, name, getattr(handle, f"_route_{name}"))
         registry.set_attribute("handle", target, _HANDLE_ATTR, handle)
+        if getattr(target, "config", None) is not None and hasattr(target.config, "__dict__"):
+            # the config flag: save_pretrained of the enabled model writes this section (docs/usage.md)
+            registry.set_attribute("config:tango", target.config, SECTION, knobs_from_config(config, options))
     except Exception:
         handle.remove()  # nothing half-attached stays behind
         raise
     return handle
+
+
+def get_handle(model: Any) -> Optional[TangoHandle]:
+    """The handle of an enabled model (or of the base model of a `PeftModel`), None when Tango is not on."""
+    return getattr(_unwrap(model), "__dict__", {}).get(_HANDLE_ATTR)
 
 
 def disable(model: Any) -> bool:
@@ -242,4 +251,4 @@ def enabled(model: Any, config: Optional[TangoConfig] = None, **kwargs: Any) -> 
         handle.remove()
 
 
-__all__ = ["enable", "enabled", "disable", "TangoHandle"]
+__all__ = ["enable", "enabled", "disable", "get_handle", "TangoHandle"]

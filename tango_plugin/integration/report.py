@@ -29,6 +29,10 @@ class SampleReport:
         image_tokens_after: image tokens the LLM really received (not counted in `visual_tokens_*`).
         intra_llm_tokens_after: video tokens left after the intra-LLM stage (`intra_llm_layer`), newline tokens
             included; None when that stage did not run on this call.
+        video_timestamps: per video of the row, the seconds ST-RoPE used for each engine frame (Qwen: one per
+            temporal patch), or None when there were none (the frame index was used).
+        timestamps_source: where those times came from ("tango_video_timestamps (per call)", "video_timestamps
+            option", "fps option", "second_per_grid_ts (processor)", "none: frame index").
     """
 
     sample: int
@@ -45,6 +49,8 @@ class SampleReport:
     image_tokens_before: int = 0
     image_tokens_after: int = 0
     intra_llm_tokens_after: Optional[int] = None
+    video_timestamps: List[Optional[List[float]]] = field(default_factory=list)
+    timestamps_source: str = ""
 
 
 @dataclass

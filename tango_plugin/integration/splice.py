@@ -714,7 +714,10 @@ class VideoSpliceAdapter(ModelAdapter):
                 pruned=bool(mine) and call.need_saliency,
                 note="; ".join(notes) if mine else "no video in this row",
                 images=len(images), image_tokens_before=sum(it.media.num_placeholders for it in images),
-                image_tokens_after=sum(int(it.replacement.src.numel()) for it in images)))
+                image_tokens_after=sum(int(it.replacement.src.numel()) for it in images),
+                video_timestamps=[None if it.media.timestamps is None else it.media.timestamps.tolist()
+                                  for it in videos],
+                timestamps_source=self.timestamps_source(call.kw) if videos else ""))
         self.state.record(reports)
         self.state.layout = {"padding_side": call.padding_side, "length": call.length,
                              "kept_positions": [s.clone() for s in call.sources]}

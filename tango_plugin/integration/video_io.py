@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Dict, Tuple
+from typing import Any, Dict, Tuple
 
 import numpy as np
 import torch
@@ -97,4 +97,44 @@ def read_video(path: str, num_frames: int, label: str = "video") -> SampledVideo
                         timestamps=torch.as_tensor(indices, dtype=torch.float64) / fps)
 
 
-__all__ = ["SampledVideo", "read_video"]
+def _field(meta: Any, name: str) -> Any:
+    return meta.get(name) if isinstance(meta, dict) else getattr(meta, name, None)
+
+
+def is_video_metadata(value: Any) -> bool:
+    """True for a transformers `VideoMetadata`, or a dict / object with `frames_indices` and `fps` (what
+    qwen-vl-utils and the video processors return)."""
+    return _field(value, "frames_indices") is not None and _field(value, "fps") is not None
+
+
+def timestamps_from_metadata(metadata: Any) -> Any:
+    """Seconds of the sampled frames, `frames_indices / fps`, from video metadata.
+
+    Args:
+        metadata: a transformers `VideoMetadata`, a dict with `frames_indices` and `fps` (qwen-vl-utils'
+            `return_video_metadata=True`), or a list of those (one per video).
+
+    Returns:
+        a float64 tensor (one video) or a list of them, ready for `generate(..., tango_video_timestamps=...)`.
+
+    Raises:
+        ValueError: an entry without `frames_indices` / `fps`, or a non-positive fps.
+
+    Example:
+        ```python
+        >>> timestamps_from_metadata({"frames_indices": [0, 12, 24], "fps": 24.0})
+        tensor([0.0000, 0.5000, 1.0000], dtype=torch.float64)
+        ```
+    """
+    if isinstance(metadata, (list, tuple)):
+        return [timestamps_from_metadata(m) for m in metadata]
+    if not is_video_metadata(metadata):
+        raise ValueError(f"video metadata {metadata!r} has no frames_indices and fps; expected a transformers "
+                         "VideoMetadata or a dict with 'frames_indices' and 'fps'")
+    fps = float(_field(metadata, "fps"))
+    if not 0 < fps < float("inf"):
+        raise ValueError(f"video metadata fps={fps!r} must be a positive, finite number")
+    return torch.as_tensor(np.asarray(_field(metadata, "frames_indices"), dtype=np.float64)) / fps
+
+
+__all__ = ["SampledVideo", "read_video", "timestamps_from_metadata", "is_video_metadata"]
