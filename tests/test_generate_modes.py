@@ -353,3 +353,37 @@ def test_deepcopy_and_pickle_carry_their_own_working_patch(name, tmp_path):
     assert pickle.loads(pickle.dumps(handle.config)) == handle.config
     handle.remove()
     assert torch.equal(model(**inputs).logits, twin(**inputs).logits)
+
+
+# ----------------------------------------------------------------------------------------------- bad input at enable
+def test_bad_enable_options_fail_at_enable_naming_them():
+    t = TESTERS["qwen2_vl"]
+    model = t.fresh_model()
+    for bad in (float("nan"), float("inf"), 0, -1, True, "2"):
+        with pytest.raises(ValueError, match=r"fps=.* is not allowed; expected a positive, finite number"):
+            tango.enable(model, cfg(), fps=bad)
+    with pytest.raises(ValueError, match="unknown strategy 'nope'"):
+        tango.enable(model, cfg(strategy="nope"))
+    lv = TESTERS["llava_onevision"]
+    with pytest.raises(ValueError, match=r"sink_positions \[999\] are outside the 16-token frame grid"):
+        tango.enable(lv.fresh_model(), cfg(sink_positions=[999]))
+    assert tango.get_handle(model) is None
+
+
+@torch.no_grad()
+def test_a_strategy_returning_a_bad_plan_is_refused_naming_it():
+    t = TESTERS["qwen2_vl"]
+    model = t.model()
+
+    @tango.register_strategy("test_unsorted")
+    class Unsorted(tango.PruningStrategy):
+        def select(self, tokens, config):
+            plan = tango.get_strategy("topk").select(tokens, config)
+            return tango.PrunePlan(plan.kept_indices.flip(0), plan.features.flip(0))
+
+    try:
+        with tango.enabled(model, cfg(strategy="test_unsorted")):
+            with pytest.raises(ValueError, match="strategy 'test_unsorted' returned"):
+                model(**t.single(model))
+    finally:
+        tango.unregister_strategy("test_unsorted")
