@@ -131,7 +131,7 @@ def test_prompt_lookup_behaves_as_without_the_plugin(name):
 
 
 # ----------------------------------------------------------------------------------------------- compile, caches
-@pytest.mark.parametrize("name", ["llava_onevision", "qwen2_vl"])
+@pytest.mark.parametrize("name", NAMES)
 @torch.no_grad()
 def test_compiled_forward_fullgraph_never_recompiles(name):
     """Bug 1: a Python counter incremented in the patched forward made every decode step recompile."""
