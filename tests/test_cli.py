@@ -17,6 +17,30 @@ def test_demo_engine_part_writes_pngs(tmp_path, capsys):
         assert f"| {name}" in text
 
 
+def test_saliency_picture_opens_with_pil_and_marks_kept_tokens(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from tango_plugin.cli.picture import KEPT_RGB, kept_map_png, sheet_layout
+
+    v = synthetic_video(3, (4, 5), 8, seed=1)
+    kept = torch.tensor([0, 7, 20 + 3, 40 + 19])  # frame 0: tokens 0, 7; frame 1: token 3; frame 2: token 19
+    path = kept_map_png(str(tmp_path / "map.png"), v.saliency, (4, 5), kept, cell=6)
+    image = Image.open(path)
+    assert image.format == "PNG" and image.mode == "RGB"
+    layout = sheet_layout(3, (4, 5), 6)
+    assert image.size == layout.size and layout.columns == 2
+    pixels = np.asarray(image)
+
+    def centre(t, i):
+        x0, y0, x1, y1 = layout.cell_box(t, i)
+        return tuple(int(c) for c in pixels[(y0 + y1) // 2, (x0 + x1) // 2])
+
+    assert centre(1, 3) == KEPT_RGB and centre(2, 19) == KEPT_RGB and centre(0, 7) == KEPT_RGB
+    grey = centre(1, 4)  # a pruned token: its saliency as a grey level, not green
+    assert grey[0] == grey[1] == grey[2] and grey != KEPT_RGB
+
+
 def test_prune_command_on_saved_tensors(tmp_path, capsys):
     v = synthetic_video(5, (4, 4), 24, seed=3)
     src, dst = tmp_path / "tokens.pt", tmp_path / "kept.pt"
@@ -105,17 +129,35 @@ def _expected_times():
 
 
 def _spy_enabled(monkeypatch):
+    """The options of every `tango_plugin.enabled` call and the per-call kwargs of every `generate` of `run`."""
     import tango_plugin
+    from tango_plugin.cli import run as run_module
 
     seen = []
-    real = tango_plugin.enabled
+    real, real_generate = tango_plugin.enabled, run_module._generate
 
     def spy(model, config=None, **kwargs):
-        seen.append(kwargs)
+        seen.append(dict(kwargs))
         return real(model, config, **kwargs)
 
+    def generate(*args, **kwargs):
+        if seen and "tango_video_timestamps" in kwargs:
+            seen[-1]["per_call"] = kwargs["tango_video_timestamps"]
+        return real_generate(*args, **kwargs)
+
     monkeypatch.setattr(tango_plugin, "enabled", spy)
+    monkeypatch.setattr(run_module, "_generate", generate)
     return seen
+
+
+def _per_call_times(call):
+    """The seconds `run` passed per call (`tango_video_timestamps=[one entry]`: metadata or seconds)."""
+    from tango_plugin import timestamps_from_metadata
+    from tango_plugin.integration.video_io import is_video_metadata
+
+    assert "video_timestamps" not in call  # the times travel per call, not as an enable option
+    (entry,) = call["per_call"]
+    return timestamps_from_metadata(entry) if is_video_metadata(entry) else torch.as_tensor(entry)
 
 
 def _tokens_line(text: str):
@@ -148,7 +190,7 @@ def test_run_on_saved_checkpoint_and_video_file(checkpoints, model_type, monkeyp
     indices, times = _expected_times()
     assert f"sampled 4 frames {indices}" in text and f"{VIDEO_FRAMES} frames at {VIDEO_FPS} fps" in text
     assert len(calls) == 1
-    torch.testing.assert_close(calls[0]["video_timestamps"], times)  # frame index / average fps of the file
+    torch.testing.assert_close(_per_call_times(calls[0]), times)  # frame index / average fps of the file
     if model_type == "llava_onevision":  # one LLaVA-OV frame per sampled frame: the strategy sees those times
         torch.testing.assert_close(seen_tokens[0].timestamps, times)
     else:  # one Qwen2-VL frame per temporal patch (2 frames): the paper's interpolation, first and last frame here
@@ -227,7 +269,7 @@ def test_run_odd_frame_count_on_qwen(checkpoints, monkeypatch, capsys):
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "sampled 3 frames [0, 5, 11]" in text and "retention_ratio 0.1" in text  # the default ratio
-    torch.testing.assert_close(calls[0]["video_timestamps"], torch.tensor([0, 5, 11], dtype=torch.float64) / VIDEO_FPS)
+    torch.testing.assert_close(_per_call_times(calls[0]), torch.tensor([0, 5, 11], dtype=torch.float64) / VIDEO_FPS)
     torch.testing.assert_close(seen_tokens[0].timestamps, torch.tensor([0, 11], dtype=torch.float64) / VIDEO_FPS)
     assert _tokens_line(text) == (32, 4)  # ceil(32 * 0.1)
 
@@ -242,3 +284,183 @@ def test_model_demo_prunes_every_tiny_model(capsys):
         assert r["same_prompt"] and len(r["new_pruned"]) == 2, r["model"]
         assert not any("no video timestamps" in w or "cannot see them" in w for w in r["warnings"]), r["model"]
     assert "| qwen3_vl" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ run: the loader, --json, --picture, bad input
+def _capture_plans(monkeypatch) -> list:
+    """Every `PlanRecord` (tokens and plan) of the enables the test makes, through the `on_plan` observer."""
+    from tango_plugin.integration import api
+
+    seen, real = [], api.enable
+    monkeypatch.setattr(api, "enable", lambda model, config=None, **kw: real(
+        model, config, on_plan=seen.append, **kw))
+    return seen
+
+
+def test_read_video_through_transformers_loader(checkpoints, tmp_path):
+    pytest.importorskip("transformers")
+    from tango_plugin.integration.video_io import read_video
+
+    indices, times = _expected_times()
+    backends = ["pyav"] + (["decord"] if pytest.importorskip("importlib").util.find_spec("decord") else [])
+    frames = {}
+    for backend in backends + ["auto"]:
+        video = read_video(checkpoints["video"], 4, backend=backend)
+        assert video.indices.tolist() == indices and video.total_frames == VIDEO_FRAMES and video.fps == VIDEO_FPS
+        torch.testing.assert_close(video.timestamps, times)
+        assert video.metadata.frames_indices == indices and video.metadata.fps == VIDEO_FPS
+        assert video.frames.shape == (4, VIDEO_SIDE, VIDEO_SIDE, 3)
+        frames[video.backend] = video.frames.astype(int)
+    assert read_video(checkpoints["video"], 4).backend == backends[-1]  # auto: decord when installed
+    if "decord" in frames:  # both decoders give the same frames
+        assert abs(frames["decord"] - frames["pyav"]).max() <= 2
+    assert read_video(checkpoints["video"], 40).indices.tolist() == list(range(VIDEO_FRAMES))  # fewer frames
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_run_json_is_one_object_with_the_engine_times(checkpoints, capsys):
+    import json
+
+    args = ["run", "--model", checkpoints["qwen2_vl"], "--video", checkpoints["video"], "--frames", "4",
+            "--ratio", "0.25", "--max-new-tokens", "2", "--compare", "--json"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)  # the whole of stdout is one JSON object
+    indices, times = _expected_times()
+    assert out["model"]["model_type"] == "qwen2_vl" and out["model"]["class"] == "Qwen2VLForConditionalGeneration"
+    assert out["video"]["total_frames"] == VIDEO_FRAMES and out["video"]["fps"] == VIDEO_FPS
+    assert out["frames"] == indices and out["frame_times"] == pytest.approx(times.tolist())
+    assert out["pruned"] is True and out["not_pruned_reason"] is None
+    assert (out["visual_tokens_before"], out["visual_tokens_after"]) == (32, 8)
+    assert out["unpruned"]["visual_tokens"] == 32 and isinstance(out["answer"], str)
+    assert set(out["timings"]) >= {"decode_s", "load_model_s", "generate_s", "prune_s"}
+    sample = out["report"]["samples"][0]
+    assert sample["pruned"] and sample["visual_tokens_after"] == 8
+    assert sample["timestamps_source"] == "tango_video_timestamps (per call)"
+    # one time per Qwen2-VL temporal patch: the first and the last sampled frame (the paper's interpolation)
+    assert sample["video_timestamps"] == [pytest.approx(times[[0, 3]].tolist())]
+    assert out["config"]["retention_ratio"] == 0.25 and out["config"]["strategy"] == "tango"
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_run_ratio_one_says_why_it_was_not_pruned(checkpoints, capsys):
+    import json
+
+    args = ["run", "--model", checkpoints["llava_onevision"], "--video", checkpoints["video"], "--frames", "2",
+            "--ratio", "1.0", "--max-new-tokens", "1", "--json", "--picture", "unused.png"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert out["pruned"] is False and out["not_pruned_reason"] and out["picture"] is None
+    assert "warning: the video was not pruned" in captured.err and "no picture" in captured.err
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_run_timestamps_option_reaches_the_engine(checkpoints, monkeypatch, capsys):
+    seen = spy_strategy(monkeypatch)
+    args = ["run", "--model", checkpoints["llava_onevision"], "--video", checkpoints["video"], "--frames", "3",
+            "--timestamps", "0,2.5,7", "--max-new-tokens", "1"]
+    assert main(args) == 0
+    torch.testing.assert_close(seen[0].timestamps, torch.tensor([0.0, 2.5, 7.0], dtype=torch.float64))
+    assert "timestamps (s, --timestamps): 0.000, 2.500, 7.000" in capsys.readouterr().out
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("model_type", ["llava_onevision", "qwen2_vl"])
+def test_run_picture_draws_kept_tokens_over_the_frames(checkpoints, model_type, monkeypatch, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from tango_plugin.cli.picture import DIM, sheet_layout
+    from tango_plugin.integration.video_io import read_video
+
+    records = _capture_plans(monkeypatch)
+    png = tmp_path / "kept.png"
+    args = ["run", "--model", checkpoints[model_type], "--video", checkpoints["video"], "--frames", "4",
+            "--ratio", "0.25", "--max-new-tokens", "1", "--picture", str(png)]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    (record,) = records
+    tiles = 4 if model_type == "llava_onevision" else 2  # Qwen2-VL: one tile per 2-frame temporal patch
+    assert record.tokens.num_frames == tiles and tuple(record.tokens.grid_hw) == (4, 4)
+    assert f"{tiles} frames x 16 tokens" in text
+    image = Image.open(png)
+    layout = sheet_layout(tiles, (4, 4), 40)  # 160-pixel tiles: 40 pixels a token
+    assert image.format == "PNG" and image.size == layout.size
+    pixels = np.asarray(image.convert("RGB")).astype(int)
+    sampled = read_video(checkpoints["video"], 4).frames
+    kept = set(record.plan.kept_indices.tolist())
+    t = tiles - 1  # the last tile: LLaVA-OV frame 11; Qwen2-VL patch 1, whose first frame is sampled frame 2 (7)
+    frame = sampled[3 if model_type == "llava_onevision" else 2]
+    expected = np.asarray(Image.fromarray(frame).resize((160, 160), Image.BILINEAR)).astype(int)
+    x, y = layout.tile_origin(t)
+    in_tile = [i for i in range(16) if t * 16 + i in kept]
+    out_tile = [i for i in range(16) if t * 16 + i not in kept]
+    assert in_tile and out_tile
+
+    def inner(i):  # the cell without its outline, in the picture and in the resized frame
+        x0, y0, x1, y1 = layout.cell_box(t, i)
+        return pixels[y0 + 3:y1 - 3, x0 + 3:x1 - 3], expected[y0 - y + 3:y1 - y - 3, x0 - x + 3:x1 - x - 3]
+
+    got, want = inner(in_tile[0])
+    assert abs(got - want).max() <= 1  # a kept token shows the frame itself
+    got_pruned, want_pruned = inner(out_tile[0])
+    assert abs(got_pruned - np.round(want_pruned * DIM)).max() <= 1  # a pruned token is dimmed
+    assert got.mean() > 2 * got_pruned.mean()
+    x0, y0, _, _ = layout.cell_box(t, in_tile[0])
+    assert tuple(pixels[y0, x0 + 10]) == (40, 200, 70)  # the kept cell's green outline
+    if model_type == "qwen2_vl":  # the tile is the patch's first frame (7), not the second (11)
+        other = np.asarray(Image.fromarray(sampled[3]).resize((160, 160), Image.BILINEAR)).astype(int)
+        assert abs(other[y0 - y + 3:y0 - y + 37, x0 - x + 3:x0 - x + 37] - got).mean() > 10
+
+
+def _write_audio_only(path) -> None:
+    import numpy as np
+
+    av = pytest.importorskip("av")
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), dtype=np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 8000
+        for _ in range(4):
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def test_run_bad_video_files_and_times(checkpoints, tmp_path, capsys):
+    audio, text = tmp_path / "sound.m4a", tmp_path / "notes.mp4"
+    _write_audio_only(audio)
+    text.write_text("not a video")
+    cases = [
+        (["--video", str(audio)], f"--video {audio}: the file has no video stream (its streams: audio)"),
+        (["--video", str(text)], f"--video {text}: not a readable video file"),
+        (["--timestamps", "0,1"], "--timestamps has 2 values, but 4 frames were sampled (frames [0, 3, 7, 11] of 12)"),
+        (["--timestamps", "0,1,x,3"], "--timestamps '0,1,x,3': not a comma-separated list of seconds"),
+        (["--timestamps", "0,3,2,4"], "must be finite, >= 0 and non-decreasing"),
+        (["--video-backend", "vlc"], "--video-backend vlc: expected auto or one of decord, pyav"),
+    ]
+    for change, expect in cases:
+        args = {"--model": checkpoints["llava_onevision"], "--video": checkpoints["video"], "--frames": "4"}
+        args.update(dict(zip(change[::2], change[1::2])))
+        assert main(["run", *[x for kv in args.items() for x in kv], "--json"]) == 2, change
+        captured = capsys.readouterr()
+        assert expect in captured.err and "Traceback" not in captured.err, (change, captured.err)
+        assert captured.out == ""  # --json: no half report on stdout
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_run_progress_only_on_a_terminal(checkpoints, monkeypatch, capsys):
+    import sys
+
+    args = ["run", "--model", checkpoints["llava_onevision"], "--video", checkpoints["video"], "--frames", "2",
+            "--max-new-tokens", "2"]
+    assert main(args) == 0
+    assert "generating" not in capsys.readouterr().err  # stderr is not a terminal here: no bars
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main(args + ["--quiet"]) == 0
+    assert "generating" not in capsys.readouterr().err
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "decoding clip.mp4" in err and "loading llava_onevision" in err and "generating (pruned)" in err
+    assert "2/2" in err  # one step per new token

@@ -42,7 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     prune.set_defaults(func=cmd_prune)
     run = sub.add_parser("run", help="answer a question about a video file with a local checkpoint, pruned")
     run.add_argument("--model", required=True, help="local checkpoint folder (model and processor files)")
-    run.add_argument("--video", required=True, help="video file PyAV can read")
+    run.add_argument("--video", required=True, help="video file (mp4, mkv, webm, ...)")
+    run.add_argument("--video-backend", default="auto",
+                     help="decoder for transformers' video loader: auto (decord if installed, else pyav), decord, "
+                          "pyav, opencv or torchcodec")
+    run.add_argument("--timestamps", help="seconds of the sampled frames, comma-separated, one per sampled frame "
+                                          "(default: frame index / fps from the file)")
     run.add_argument("--question", default="Describe this video.")
     run.add_argument("--frames", type=int, default=32, help="frames sampled uniformly over the video")
     run.add_argument("--ratio", type=float, default=None,
@@ -53,7 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="cpu", help="cpu or cuda")
     run.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
     run.add_argument("--compare", action="store_true", help="also run the unpruned model and show both")
-    run.add_argument("--picture", help="PNG of the tokens kept in the video")
+    run.add_argument("--picture", help="PNG of the kept tokens drawn over the sampled frames")
+    run.add_argument("--json", action="store_true",
+                     help="print the run and its report as one JSON object on stdout (nothing else there)")
+    run.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
     run.set_defaults(func=cmd_run)
     return parser
 
