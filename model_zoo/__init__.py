@@ -20,3 +20,6 @@ register_adapter("qwen3_vl", "tango_plugin.model_zoo.qwen_vl:Qwen3VLAdapter")
 #: model types of the built-in families (the test matrix checks each has a tester)
 BUILTIN_MODEL_TYPES = ("llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 register_adapter("llava_qwen", "tango_plugin.model_zoo.llava_next:LlavaNextAdapter")
+# Families written through the public adapter API only (docs/adapters.md); tiny recipes in tango_plugin.testing.
+register_adapter("qwen3_vl_moe", "tango_plugin.model_zoo.qwen3_vl_moe:Qwen3VLMoeAdapter")
+register_adapter("llava_next_video", "tango_plugin.model_zoo.llava_next_video:LlavaNextVideoAdapter")

@@ -61,7 +61,17 @@ TESTERS: Dict[str, Tester] = {
     "qwen2_vl": Tester("qwen2_vl"),
     "qwen2_5_vl": Tester("qwen2_5_vl"),
     "qwen3_vl": Tester("qwen3_vl"),
+    "qwen3_vl_moe": Tester("qwen3_vl_moe"),
+    # videos stack into one (videos, frames, C, H, W) tensor, so both videos of the batch test have 8 frames
+    "llava_next_video": Tester("llava_next_video", batch_frames=(8, 8)),
 }
+try:  # the example third-party package (examples/third_party_adapter), when pip-installed: its entry point registers
+    # tango_example_vl and its testing module registers the tiny recipe, so the matrix covers it too
+    import tango_example_adapter.testing  # noqa: F401
+
+    TESTERS["tango_example_vl"] = Tester("tango_example_vl")
+except ImportError:
+    pass
 
 
 #: registered adapters whose package cannot be installed next to transformers 5: tested in their own file, which

@@ -33,6 +33,28 @@ _CORPUS = [
 ] * 20
 
 MODEL_TYPES = ("llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+#: further families with tiny recipes here (adapters in model_zoo written through the public adapter API); they
+#: lay out their inputs like one of the types above (`INPUT_LAYOUT`)
+MORE_MODEL_TYPES = ("qwen3_vl_moe", "llava_next_video")
+#: model_type -> the type whose processor layout its inputs follow
+INPUT_LAYOUT = {"qwen3_vl_moe": "qwen3_vl", "llava_next_video": "llava_onevision"}
+#: tiny recipes registered from outside (`register_tiny_model`): model_type -> builder
+_RECIPES: dict = {}
+
+
+def register_tiny_model(model_type: str, build, layout: str) -> None:
+    """Let another package's model family use `build_model` / `video_inputs` (and so the project's adapter matrix).
+
+    Args:
+        model_type: the family's `config.model_type`.
+        build: `build(tok, seed=..., dtype=..., text_overrides=..., **overrides)` returning the tiny model (eval mode,
+            `generation_config.eos_token_id = None`), like `build_model`.
+        layout: a type of `MODEL_TYPES` whose processor layout the family's inputs follow (e.g. "qwen2_vl").
+    """
+    if layout not in MODEL_TYPES:
+        raise ValueError(f"layout={layout!r}; expected one of {list(MODEL_TYPES)}")
+    _RECIPES[model_type] = build
+    INPUT_LAYOUT[model_type] = layout
 
 
 @functools.lru_cache(maxsize=None)
@@ -93,6 +115,8 @@ def build_model(model_type: str, tok, seed: int = 0, dtype: torch.dtype = torch.
     """
     import transformers as tf
 
+    if model_type in _RECIPES:
+        return _RECIPES[model_type](tok, seed=seed, dtype=dtype, text_overrides=text_overrides, **overrides)
     torch.manual_seed(seed)
     text_overrides = text_overrides or {}
     if model_type == "llava_onevision":
@@ -105,6 +129,18 @@ def build_model(model_type: str, tok, seed: int = 0, dtype: torch.dtype = torch.
             image_token_index=_tid(tok, "<image>"), video_token_index=_tid(tok, "<video>"), vision_feature_layer=-1,
             vision_feature_select_strategy="full", image_grid_pinpoints=[[vision["image_size"]] * 2])
         cls = tf.LlavaOnevisionForConditionalGeneration
+    elif model_type == "llava_next_video":
+        # CLIP tower (CLS token dropped by the "default" select strategy), 2 x 2 average pooling of each frame
+        vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      image_size=112, patch_size=14, projection_dim=64)
+        vision.update(overrides)
+        cfg = tf.LlavaNextVideoConfig(
+            vision_config=tf.CLIPVisionConfig(**vision),
+            text_config=tf.LlamaConfig(**_text_config(tok, **text_overrides)),
+            image_token_index=_tid(tok, "<image>"), video_token_index=_tid(tok, "<video>"), vision_feature_layer=-1,
+            vision_feature_select_strategy="default", image_grid_pinpoints=[[vision["image_size"]] * 2],
+            spatial_pool_mode="average", spatial_pool_stride=2)
+        cls = tf.LlavaNextVideoForConditionalGeneration
     else:
         ids = dict(image_token_id=_tid(tok, "<|image_pad|>"), video_token_id=_tid(tok, "<|video_pad|>"),
                    vision_start_token_id=_tid(tok, "<|vision_start|>"),
@@ -126,8 +162,15 @@ def build_model(model_type: str, tok, seed: int = 0, dtype: torch.dtype = torch.
             qwen3_text = {"head_dim": 16, "rope_parameters": dict(rope, mrope_interleaved=True)}
             text = _text_config(tok, **{**qwen3_text, **text_overrides})
             cfg_cls, cls = tf.Qwen3VLConfig, tf.Qwen3VLForConditionalGeneration
+        elif model_type == "qwen3_vl_moe":
+            vision = dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=4, out_hidden_size=64,
+                          patch_size=16, num_position_embeddings=64, deepstack_visual_indexes=[0])
+            moe_text = {"head_dim": 16, "rope_parameters": dict(rope, mrope_interleaved=True), "num_experts": 4,
+                        "num_experts_per_tok": 2, "moe_intermediate_size": 32, "decoder_sparse_step": 1}
+            text = _text_config(tok, **{**moe_text, **text_overrides})
+            cfg_cls, cls = tf.Qwen3VLMoeConfig, tf.Qwen3VLMoeForConditionalGeneration
         else:
-            raise ValueError(f"unknown tiny model_type {model_type!r}; known: {list(MODEL_TYPES)}")
+            raise ValueError(f"unknown tiny model_type {model_type!r}; known: {list(MODEL_TYPES + MORE_MODEL_TYPES)}")
         vision.update(overrides)
         cfg = cfg_cls(text_config=text, vision_config=vision, **ids)
     cfg._attn_implementation = "sdpa"
@@ -181,6 +224,9 @@ def video_token_count(model, spec) -> int:
     if cfg.model_type == "llava_onevision":
         side = cfg.vision_config.image_size // cfg.vision_config.patch_size
         return spec.frames * (-(-side // 2)) ** 2 + 1
+    if cfg.model_type == "llava_next_video":  # pooled frames back to back, no newline
+        side = cfg.vision_config.image_size // cfg.vision_config.patch_size
+        return spec.frames * (side // cfg.spatial_pool_stride) ** 2
     vc = cfg.vision_config
     size = spec.size or _native_size(model)
     frames = getattr(spec, "frames", 1)
@@ -190,7 +236,7 @@ def video_token_count(model, spec) -> int:
 
 def _native_size(model) -> int:
     cfg = model.config
-    if cfg.model_type == "llava_onevision":
+    if INPUT_LAYOUT.get(cfg.model_type, cfg.model_type) == "llava_onevision":
         return cfg.vision_config.image_size
     return 8 * cfg.vision_config.patch_size
 
@@ -214,7 +260,7 @@ def video_inputs(model, tok, media: Sequence[Sequence], prompts: Sequence[str], 
         (and `second_per_grid_ts` for Qwen2.5-VL).
     """
     cfg = model.config
-    mt = cfg.model_type
+    mt = INPUT_LAYOUT.get(cfg.model_type, cfg.model_type)
     dtype = dtype or model.dtype
     media = [[m] if isinstance(m, (VideoSpec, ImageSpec)) else list(m) for m in media]
     texts, videos, images, grids_v, grids_i, spg = [], [], [], [], [], []
@@ -311,4 +357,4 @@ def media_token_counts(model, media: Sequence) -> List[int]:
 
 __all__ = ["build_tokenizer", "build_model", "video_inputs", "VideoSpec", "ImageSpec", "video_token_count",
            "synthetic_frames", "qwen_patches",
-           "media_token_counts", "MODEL_TYPES", "SPECIALS"]
+           "media_token_counts", "MODEL_TYPES", "MORE_MODEL_TYPES", "INPUT_LAYOUT", "register_tiny_model", "SPECIALS"]
