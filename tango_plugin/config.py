@@ -281,6 +281,12 @@ class TangoConfig:
             merged into them. The reference uses K = 18 of 28. Applied in `generate` only. Must be below the
             model's depth (checked at `enable`).
         intra_llm_ratio: share of each video's tokens kept at the intra-LLM layer (reference: 0.5).
+        exact_budget: make the kept count a pure function of (T, L, retention_ratio), known before the vision
+            tower runs: `engine.budgets.exact_keep_count(T, L, r) = T * max(1, ceil(L * r))` tokens per video (or
+            image, T = 1) for every strategy. `run_strategy` tops the strategy's plan up with the most salient
+            tokens it did not keep (their own features) or trims its least salient ones (docs/algorithm.md,
+            "Exact-count budget").
+            Off by default: Tango's own count depends on the content (static tokens are kept once per segment).
 
     Example:
         ```python
@@ -333,6 +339,10 @@ class TangoConfig:
         _optional(_integer(1)), default=None)
     intra_llm_ratio: float = _help("intra-LLM stage: share of each video's tokens kept, in (0, 1]",
                                    _range(0.0, 1.0, low_open=True), default=0.5)
+    exact_budget: bool = _help(
+        "keep exactly T * max(1, ceil(L * r)) tokens per video for every strategy (topped up with the most salient "
+        "unkept tokens or trimmed by lowest saliency; docs/algorithm.md, exact-count budget)", _flag,
+        default=False)
 
     # ----------------------------------------------------------- validation on every assignment
     def __setattr__(self, name: str, value: Any) -> None:

@@ -21,18 +21,19 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
-import os
 import sys
 import threading
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, List, Optional, Sequence
 
 import numpy as np
 import torch
 
 from tango_plugin.knobs import config_from_knobs, split_knobs
+
+from .._session import HarnessSession, video_entry
+from .._session import ProcessorProxy as BaseProcessorProxy
 
 #: key of the frame times in the processor output (removed again by the patched generate / forward)
 CARRIER_KEY = "tango_frame_times"
@@ -287,19 +288,9 @@ def recording_video_reader(real_cls, book: FrameBook):
     return RecordingVideoReader
 
 
-class ProcessorProxy:
+class ProcessorProxy(BaseProcessorProxy):
     """Wraps a wrapper's processor: traces the frames of each video it is given, calls it on plain tensors and adds
     a `FrameTimes` to the output. Every other attribute is the processor's own."""
-
-    def __init__(self, processor: Any, session: "TangoSession") -> None:
-        self.__dict__["_tango_processor"] = processor
-        self.__dict__["_tango_session"] = session
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.__dict__["_tango_processor"], name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        setattr(self.__dict__["_tango_processor"], name, value)
 
     def __call__(self, *args, **kwargs):
         processor, session = self.__dict__["_tango_processor"], self.__dict__["_tango_session"]
@@ -321,53 +312,35 @@ class ProcessorProxy:
 
 
 # ----------------------------------------------------------------------------------------------- the session
-class TangoSession:
+class TangoSession(HarnessSession):
     """Tango on one lmms-eval wrapper instance: the handle, the interceptions, the report."""
 
     def __init__(self, owner: Any, model_name: str, config, options: dict, extras: dict) -> None:
-        self.owner = owner
-        self.model_name = model_name
-        self.config = config
-        self.options = options
-        self.enabled = bool(extras["enabled"])
-        self.report_path = extras["report"]
+        super().__init__(owner, model_name, config, options, extras)
         self.book = FrameBook()
-        self.handle = None
-        self.records: List[dict] = []
-        self.warnings: List[str] = []
-        self.calls = 0
         self._requests: List[tuple] = []
-        self._warned: set = set()
+
+    @property
+    def model_name(self) -> str:
+        return self.name
 
     # -------------------------------------------------------------------------------------- setup
     def install(self, model: Any) -> None:
-        """Enable Tango on `model` and route its `generate` / `forward` through the frame-time channel."""
-        if not self.enabled:
-            self.write_report()
-            return
-        import tango_plugin as tango
-
-        try:
-            self.handle = tango.enable(model, self.config, **self.options)
-        except ValueError as err:
-            raise ValueError(f"{self.model_name}: cannot enable Tango on this model: {err}") from None
-        for name in ("generate", "forward"):
-            inner = getattr(model, name)  # tango's patched method (an instance attribute)
-            model.__dict__[name] = functools.wraps(inner)(functools.partial(self._call, inner, name == "generate"))
+        """Enable Tango on `model` and route its `generate` / `forward` through the frame-time channel (both
+        wrappers are entries of the handle's hook registry)."""
+        if self.enabled:
+            self.enable(model, {"generate": self._route_generate, "forward": self._route_forward})
         self.write_report()
+
+    def _route_generate(self, original, args, kwargs):
+        return self._call(original, True, *args, **kwargs)
+
+    def _route_forward(self, original, args, kwargs):
+        return self._call(original, False, *args, **kwargs)
 
     def _call(self, inner, generating: bool, *args, **kwargs):
         carrier = kwargs.pop(CARRIER_KEY, None)
-        if carrier is not None and "tango_video_timestamps" not in kwargs:
-            if carrier.complete:
-                kwargs["tango_video_timestamps"] = carrier.timestamps()
-                carrier.passed = True
-            else:
-                missing = [i for i, v in enumerate(carrier.videos) if v is None]
-                self.warn_once("untraced", f"{self.model_name}: the frames of video(s) {missing} of a batch could not "
-                                           "be traced to the decoded file, so no frame times are passed for this "
-                                           "batch and the engine falls back to its own (see its warning); the "
-                                           "report marks these videos 'untraced'")
+        self.pass_frame_times(carrier, kwargs)
         # lmms-eval silences Python warnings, so the engine's (skipped pruning, missing times) are caught here,
         # logged through lmms-eval's logger and kept in the report
         with warnings.catch_warnings(record=True) as caught:
@@ -411,13 +384,8 @@ class TangoSession:
                 setattr(module, name, real)
             self.write_report()
 
-    def warn_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            text = f"tango_plugin: {message}"
-            self.warnings.append(text)
-            self._log(text)
-            warnings.warn(text, stacklevel=3)
+    def log(self, text: str) -> None:
+        self._log(text)
 
     @staticmethod
     def _log(text: str) -> None:
@@ -454,16 +422,8 @@ class TangoSession:
 
     @staticmethod
     def _video_entry(frames: Optional[VideoFrames], spg: Optional[float], passed: bool) -> dict:
-        if frames is None:
-            entry = {"frame_indices": None, "video_fps": None, "frame_times": None, "times_source": "untraced",
-                     "passed_to_engine": False}
-        else:
-            entry = {"path": frames.path, "frame_indices": frames.frame_indices, "video_fps": frames.video_fps,
-                     "frame_times": frames.frame_times, "times_source": f"{frames.source}; traced: {frames.traced}",
-                     "passed_to_engine": passed}
-        if spg is not None:
-            entry["model_second_per_grid_ts"] = spg  # what the wrapper's processor gave the model's own M-RoPE
-        return entry
+        source = None if frames is None else f"{frames.source}; traced: {frames.traced}"
+        return video_entry(frames, spg, passed, source)
 
     def _doc_of(self, text: str):
         best = None
@@ -472,40 +432,11 @@ class TangoSession:
                 best = (ctx, doc_id, task)
         return (best[1], best[2]) if best else (None, None)
 
-    def summary(self) -> dict:
-        before = sum(int(r.get("visual_tokens_before") or 0) for r in self.records)
-        after = sum(int(r.get("visual_tokens_after") or 0) for r in self.records)
-        return {"model": self.model_name, "wrapper": _wrapper_path(type(self.owner)), "enabled": self.enabled,
-                "config": self.config.to_dict(), "enable_options": self.options, "generate_calls": self.calls,
-                "visual_tokens_before": before, "visual_tokens_after": after, "warnings": self.warnings,
-                "samples": self.records}
+    def summary_fields(self) -> dict:
+        return {"wrapper": _wrapper_path(type(self.owner))}
 
-    def write_report(self) -> None:
-        if not self.report_path:
-            return
-        path = self.report_path
-        rank, world = getattr(self.owner, "_rank", 0), getattr(self.owner, "_world_size", 1)
-        if world and world > 1:
-            root, ext = os.path.splitext(path)
-            path = f"{root}.rank{rank}{ext or '.json'}"
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w") as fh:
-            json.dump(self.summary(), fh, indent=2, default=_json_default)
-        os.replace(tmp, path)
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, torch.Tensor):
-        return o.tolist()
-    if hasattr(o, "__dataclass_fields__"):
-        return asdict(o)
-    return str(o)
+    def rank(self):
+        return getattr(self.owner, "_rank", 0), getattr(self.owner, "_world_size", 1)
 
 
 def _request_key(request: Any) -> tuple:

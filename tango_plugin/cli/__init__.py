@@ -1,9 +1,10 @@
-"""Command line: `tango-plugin demo | info | prune | run`.
+"""Command line: `tango-plugin demo | info | prune | run | matrix`.
 
     tango-plugin demo                 # generated video, no downloads: engine + tiny random Video LLMs
     tango-plugin info                 # registered strategies, adapters and presets
     tango-plugin prune tokens.pt      # run the engine on saved tensors (features, saliency, grid_hw, ...)
     tango-plugin run --model DIR --video clip.mp4 --question "..." --compare   # a local checkpoint on a video file
+    tango-plugin matrix --adapters qwen2_vl --strategies tango topk --ratios 0.1   # adapters x strategies x ratios
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import List, Optional
 
 from .demo import cmd_demo
 from .info import cmd_info
+from .matrix import add_parser as add_matrix_parser
 from .prune import cmd_prune
 from .run import cmd_run
 
@@ -63,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print the run and its report as one JSON object on stdout (nothing else there)")
     run.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
     run.set_defaults(func=cmd_run)
+    add_matrix_parser(sub)
     return parser
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Tuple
 
 
@@ -35,4 +36,52 @@ def adjusted_ratio(ratio: float, num_frames: int, tokens_per_frame: int, num_sta
     return min(ratio / ((total - gain) / total), 1.0)
 
 
-__all__ = ["frame_keep_count", "frame_budgets", "segment_budgets", "adjusted_ratio"]
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name}={value!r} is not allowed; expected an integer >= 1")
+    return int(value)
+
+
+def exact_keep_count(num_frames: int, tokens_per_frame: int, retention_ratio: float) -> int:
+    """Tokens one video keeps under ``TangoConfig(exact_budget=True)``, for every strategy: T * max(1, ceil(L * r)).
+
+    A pure function of the grid and the ratio, known before the vision tower runs, so a serving engine can size
+    the placeholder tokens of a request (vLLM's pruning contract) and a compiled model can use static shapes. It is
+    the count the per-frame baselines (`topk`, `uniform`) keep anyway, the same per-frame `ceil` as Tango's
+    budgets (docs/algorithm.md §4.6), and T * L at r = 1.0 (nothing pruned). A still image is T = 1.
+
+    Args:
+        num_frames: T (frames, or temporal patches for the Qwen families), >= 1.
+        tokens_per_frame: L = H * W tokens per frame as the LLM receives them, >= 1.
+        retention_ratio: r in (0, 1].
+
+    Example:
+        ```python
+        >>> exact_keep_count(32, 196, 0.1)
+        640
+        ```
+    """
+    T = _positive_int("num_frames", num_frames)
+    L = _positive_int("tokens_per_frame", tokens_per_frame)
+    if isinstance(retention_ratio, bool) or not isinstance(retention_ratio, numbers.Real) \
+            or not 0.0 < float(retention_ratio) <= 1.0:
+        raise ValueError(f"retention_ratio={retention_ratio!r} is not allowed; expected a number in (0, 1]")
+    return T * frame_keep_count(L, float(retention_ratio))
+
+
+def plain_keep_ceiling(num_frames: int, tokens_per_frame: int, retention_ratio: float) -> int:
+    """Most tokens a built-in strategy keeps without `exact_budget`: ceil(r * T * L) + 2 T.
+
+    The per-frame baselines keep T * ceil(L r) <= r T L + T. Tango keeps, per segment of T_s frames,
+    ``[S > 0] ceil(S r_adj) + T_s ceil(L_dyn r_adj)`` <= r T_s L + T_s + 1 (§4.6, since
+    r_adj (T_s L - (T_s - 1) S) = r T_s L; fewer than r T_s L tokens when r_adj is clamped at 1), so at most
+    r T L + T + (segments) <= r T L + 2 T.
+    `tango-plugin matrix` checks this bound for every strategy without `exact_budget`.
+    """
+    T = _positive_int("num_frames", num_frames)
+    L = _positive_int("tokens_per_frame", tokens_per_frame)
+    return min(T * L, math.ceil(float(retention_ratio) * T * L) + 2 * T)
+
+
+__all__ = ["frame_keep_count", "frame_budgets", "segment_budgets", "adjusted_ratio", "exact_keep_count",
+           "plain_keep_ceiling"]

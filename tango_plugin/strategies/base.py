@@ -13,6 +13,8 @@ import torch
 
 from ..config import TangoConfig
 from ..engine import checks
+from ..engine.budgets import exact_keep_count
+from ..engine.tango import masked_saliency
 from ..engine.types import PrunePlan, VisualTokens
 from ..registry import Registry
 
@@ -83,14 +85,66 @@ def run_strategy(tokens: VisualTokens, config: TangoConfig) -> PrunePlan:
 
     `retention_ratio == 1.0` keeps every token with its own features for every strategy (no merging either): 1.0
     means "no pruning", in the engine as in the model adapters.
+
+    With `config.exact_budget` the checked plan is then fitted to exactly
+    `engine.budgets.exact_keep_count(T, L, r) = T * max(1, ceil(L * r))` tokens by `fit_exact_budget`, here, for
+    every strategy (docs/algorithm.md, "Exact-count budget").
     """
     checks.check_visual_tokens(tokens)
     strategy = get_strategy(config.strategy)
     if config.retention_ratio >= 1.0:
-        return PrunePlan.keep_all(tokens.features)
+        return PrunePlan.keep_all(tokens.features)  # T * L == exact_keep_count(T, L, 1.0)
     plan = strategy.select(tokens, config)
     checks.check_plan(plan, tokens, config.strategy, allow_duplicates=strategy.allows_duplicate_indices)
+    if getattr(config, "exact_budget", False):
+        T, L = tokens.saliency.shape
+        plan = fit_exact_budget(plan, tokens, exact_keep_count(T, L, config.retention_ratio))
+        checks.check_plan(plan, tokens, config.strategy)  # strictly ascending now, duplicates or not before
     return plan
+
+
+def fit_exact_budget(plan: PrunePlan, tokens: VisualTokens, target: int) -> PrunePlan:
+    """The exact-count rule of ``TangoConfig(exact_budget=True)``: `plan` made to keep exactly `target` tokens
+    (docs/algorithm.md, "Exact-count budget").
+
+    1. A repeated index (Tango's degenerate tie, §4.5) is kept once, with its first entry's features.
+    2. Fewer than `target`: top up with the highest-saliency tokens the plan does not keep (saliency with the
+       sink positions zeroed, as the strategies see it; ties to the lower flat index), with their own features.
+       The kept set is a superset of the plan's.
+    3. More than `target`: drop the lowest-saliency kept tokens (ties: the higher flat index goes first). The kept
+       set is a subset of the plan's.
+
+    The features of tokens the plan kept stay the plan's (merged where the strategy merged). The result is sorted
+    and unique. `plan` must be a checked plan for `tokens` (ascending, in range); its tensors are not modified.
+    """
+    idx, feats = plan.kept_indices, plan.features
+    T, L, D = tokens.features.shape
+    if not 0 <= target <= T * L:
+        raise ValueError(f"exact budget target={target} is outside [0, T * L] = [0, {T * L}]")
+    if idx.numel() > 1:
+        first = torch.ones(idx.numel(), dtype=torch.bool, device=idx.device)
+        first[1:] = idx[1:] != idx[:-1]  # the plan is ascending: repeats are neighbours
+        if not bool(first.all()):
+            idx, feats = idx[first], feats[first]
+    n = idx.numel()
+    if n == target:
+        return plan if idx is plan.kept_indices else PrunePlan(kept_indices=idx, features=feats)
+    idx = idx.to(torch.long)
+    scores = masked_saliency(tokens.saliency, tokens.sink_positions).reshape(T * L).to(idx.device)
+    if n < target:
+        unkept = torch.ones(T * L, dtype=torch.bool, device=idx.device)
+        unkept[idx] = False
+        candidates = torch.nonzero(unkept).flatten()  # ascending, so the stable sort sends ties to the lower index
+        best = torch.sort(scores[candidates], descending=True, stable=True).indices[: target - n]
+        add = candidates[best]
+        extra = tokens.features.reshape(T * L, D)[add.to(tokens.features.device)].to(device=feats.device,
+                                                                                   dtype=feats.dtype)
+        idx, feats = torch.cat([idx, add]), torch.cat([feats, extra])
+    else:
+        keep = torch.sort(scores[idx], descending=True, stable=True).indices[:target]
+        idx, feats = idx[keep], feats[keep.to(feats.device)]
+    order = torch.sort(idx).indices
+    return PrunePlan(kept_indices=idx[order], features=feats[order.to(feats.device)])
 
 
 def prune_video_tokens(
@@ -138,4 +192,4 @@ def prune(tokens: VisualTokens, config: TangoConfig) -> PrunePlan:
 
 
 __all__ = ["PruningStrategy", "register_strategy", "unregister_strategy", "list_strategies", "get_strategy",
-           "run_strategy", "prune_video_tokens", "STRATEGIES", "VisualTokens", "PrunePlan"]
+           "run_strategy", "fit_exact_budget", "prune_video_tokens", "STRATEGIES", "VisualTokens", "PrunePlan"]

@@ -1,0 +1,171 @@
+"""What every harness integration shares: Tango on one harness model instance, its warnings and its JSON report.
+
+A harness session (`lmms_eval.session.TangoSession`, `vlmevalkit.TangoSession`) subclasses `HarnessSession` and
+adds what is particular to its harness: how frames are traced and which rows of the report belong to which sample.
+The wrappers it puts around the model's `generate` / `forward` are entries of the Tango handle's hook registry, so
+`handle.hooks()` lists them and `handle.remove()` takes them off with the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import warnings
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+
+class HarnessSession:
+    """Tango on one harness model: enable, route calls, collect warnings, write the report.
+
+    Args:
+        owner: the harness's model object (the wrapper class instance).
+        name: the model name the user chose (for messages and the report).
+        config / options / extras: what `tango_plugin.knobs.config_from_knobs` returned.
+    """
+
+    def __init__(self, owner: Any, name: str, config, options: dict, extras: dict) -> None:
+        self.owner = owner
+        self.name = name
+        self.config = config
+        self.options = options
+        self.enabled = bool(extras["enabled"])
+        self.report_path = extras["report"]
+        self.handle = None
+        self.records: List[dict] = []
+        self.warnings: List[str] = []
+        self.calls = 0
+        self._warned: set = set()
+
+    # ------------------------------------------------------------------------------------------ enabling
+    def enable(self, model: Any, routes: Dict[str, Callable]) -> None:
+        """`tango_plugin.enable(model)`, then wrap the named methods through the handle's registry:
+        ``routes[name](original, args, kwargs)`` is called instead of ``model.<name>(*args, **kwargs)``."""
+        import tango_plugin as tango
+
+        try:
+            self.handle = tango.enable(model, self.config, **self.options)
+        except ValueError as err:
+            raise ValueError(f"{self.name}: cannot enable Tango on this model: {err}") from None
+        for method, route in routes.items():
+            self.handle.registry.wrap_method(f"harness:{method}", model, method, route)
+
+    def pass_frame_times(self, carrier: Any, kwargs: dict) -> None:
+        """Put the traced frame times of a processor output's `carrier` into `kwargs` as `tango_video_timestamps`
+        (unless the caller gave times); when some video could not be traced, pass none and say so once."""
+        if carrier is None or "tango_video_timestamps" in kwargs:
+            return
+        if carrier.complete:
+            kwargs["tango_video_timestamps"] = carrier.timestamps()
+            carrier.passed = True
+            return
+        missing = [i for i, v in enumerate(carrier.videos) if v is None]
+        self.warn_once("untraced", f"{self.name}: the frames of video(s) {missing} could not be traced to the "
+                                   "decoded file, so no frame times are passed for this call and the engine falls "
+                                   "back to its own (see its warning); the report marks these videos 'untraced'")
+
+    # ------------------------------------------------------------------------------------------ warnings
+    def warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            text = f"tango_plugin: {message}"
+            self.warnings.append(text)
+            self.log(text)
+            warnings.warn(text, stacklevel=3)
+
+    def log(self, text: str) -> None:
+        """Where the harness shows warnings (it may silence Python's); default: nowhere else."""
+
+    @staticmethod
+    def call_collecting_warnings(fn: Callable, *args, **kwargs) -> Tuple[Any, List[str]]:
+        """Run `fn` and return (its result, the tango_plugin warnings it raised); every warning is re-issued."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = fn(*args, **kwargs)
+        notes = []
+        for w in caught:
+            if str(w.message).startswith("tango_plugin:"):
+                notes.append(str(w.message))
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        return out, notes
+
+    # ------------------------------------------------------------------------------------------ report
+    def summary_fields(self) -> dict:
+        """Harness-specific fields of the report (model path, wrapper class, ...)."""
+        return {}
+
+    def summary(self) -> dict:
+        before = sum(int(r.get("visual_tokens_before") or 0) for r in self.records)
+        after = sum(int(r.get("visual_tokens_after") or 0) for r in self.records)
+        return {"model": self.name, **self.summary_fields(), "enabled": self.enabled,
+                "config": self.config.to_dict(), "enable_options": self.options, "generate_calls": self.calls,
+                "visual_tokens_before": before, "visual_tokens_after": after, "warnings": self.warnings,
+                "samples": self.records}
+
+    def rank(self) -> Tuple[int, int]:
+        """(rank, world size) of this process; the report of rank r > 0 worlds goes to `<path>.rank<r>.json`."""
+        return int(os.environ.get("RANK", "0") or 0), int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+    def write_report(self) -> None:
+        if not self.report_path:
+            return
+        path = self.report_path
+        rank, world = self.rank()
+        if world and world > 1:
+            root, ext = os.path.splitext(path)
+            path = f"{root}.rank{rank}{ext or '.json'}"
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "w") as fh:
+            json.dump(self.summary(), fh, indent=2, default=json_default)
+        os.replace(tmp, path)  # a reader never sees half a report
+
+
+class ProcessorProxy:
+    """Stands in for a harness model's processor: every attribute is the processor's own; subclasses implement
+    `__call__` (trace the frames of each video given, then call the real processor)."""
+
+    def __init__(self, processor: Any, session: HarnessSession) -> None:
+        self.__dict__["_tango_processor"] = processor
+        self.__dict__["_tango_session"] = session
+
+    @property
+    def processor(self) -> Any:
+        return self.__dict__["_tango_processor"]
+
+    @property
+    def session(self) -> Any:
+        return self.__dict__["_tango_session"]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["_tango_processor"], name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self.__dict__["_tango_processor"], name, value)
+
+
+def video_entry(frames: Optional[Any], spg: Optional[float], passed: bool, source: Optional[str] = None) -> dict:
+    """The report entry of one video: the true frame indices, fps and times, whether they reached the engine."""
+    if frames is None:
+        entry = {"path": None, "frame_indices": None, "video_fps": None, "frame_times": None,
+                 "times_source": "untraced", "passed_to_engine": False}
+    else:
+        entry = {"path": frames.path, "frame_indices": frames.frame_indices, "video_fps": frames.video_fps,
+                 "frame_times": frames.frame_times, "times_source": source or frames.source,
+                 "passed_to_engine": passed}
+    if spg is not None:
+        entry["model_second_per_grid_ts"] = spg  # what the harness's processor call gave the model's own M-RoPE
+    return entry
+
+
+def json_default(o: Any) -> Any:
+    if dataclasses.is_dataclass(o) and not isinstance(o, type):
+        return dataclasses.asdict(o)
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if hasattr(o, "item"):
+        return o.item()
+    return str(o)
+
+
+__all__ = ["HarnessSession", "ProcessorProxy", "video_entry", "json_default"]
