@@ -218,6 +218,27 @@ def _sink_positions(name: str, value: Any) -> Optional[list]:
     return out
 
 
+def _strategy_options(name: str, value: Any) -> Optional[dict]:
+    # Which keys a strategy takes is the strategy's business (it names the unknown ones when it runs); here the
+    # form: a mapping of option names to plain JSON values, so the config still round-trips through JSON.
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{name}={_show(value)} must be None or a dict of option name -> value")
+    out = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"{name}={_show(value)}: option names must be non-empty strings; got {_show(key)}")
+        if isinstance(item, (list, tuple)):
+            item = list(item)
+        if not (item is None or isinstance(item, (bool, int, float, str)) or (
+                isinstance(item, list) and all(isinstance(x, (bool, int, float, str)) for x in item))):
+            raise ValueError(f"{name}[{key!r}]={_show(item)} must be a number, a string, a bool, None or a list of "
+                             "those")
+        out[key] = item
+    return out
+
+
 def _folder(name: str, value: Any) -> Optional[str]:
     if value is None:
         return None
@@ -281,6 +302,8 @@ class TangoConfig:
             merged into them. The reference uses K = 18 of 28. Applied in `generate` only. Must be below the
             model's depth (checked at `enable`).
         intra_llm_ratio: share of each video's tokens kept at the intra-LLM layer (reference: 0.5).
+        strategy_options: options of the chosen strategy, a dict (e.g. ``{"seed": 3}`` for "random"); the
+            strategy refuses keys it does not know (docs/strategies.md lists each one's).
         exact_budget: make the kept count a pure function of (T, L, retention_ratio), known before the vision
             tower runs: `engine.budgets.exact_keep_count(T, L, r) = T * max(1, ceil(L * r))` tokens per video (or
             image, T = 1) for every strategy. `run_strategy` tops the strategy's plan up with the most salient
@@ -339,6 +362,9 @@ class TangoConfig:
         _optional(_integer(1)), default=None)
     intra_llm_ratio: float = _help("intra-LLM stage: share of each video's tokens kept, in (0, 1]",
                                    _range(0.0, 1.0, low_open=True), default=0.5)
+    strategy_options: Optional[dict] = _help(
+        "options of the chosen strategy (e.g. {'seed': 3} for 'random'); each strategy lists its own "
+        "(docs/strategies.md)", _strategy_options, default=None)
     exact_budget: bool = _help(
         "keep exactly T * max(1, ceil(L * r)) tokens per video for every strategy (topped up with the most salient "
         "unkept tokens or trimmed by lowest saliency; docs/algorithm.md, exact-count budget)", _flag,

@@ -191,7 +191,13 @@ def parse_field(knob: str, field_name: str, value: Any) -> Any:
         return _parse_int_list(knob, value)
     if tp is str:
         return _parse_str(knob, value)
-    return value  # a field type this parser does not know: TangoConfig validates it
+    if (tp is dict or typing.get_origin(tp) is dict) and isinstance(value, str):
+        # strategy_options from a command line: a JSON object, e.g. tango_strategy_options={"seed":3}
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise _bad(knob, value, 'a JSON object, e.g. {"seed": 3}') from None
+    return value  # TangoConfig validates the rest
 
 
 def _parse_option(knob: str, name: str, value: Any) -> Any:

@@ -332,3 +332,23 @@ def test_every_strategy_runs_with_every_adapter(name, tester):
         assert row["visual_tokens_after"] < row["visual_tokens_before"], row
     finally:
         handle.remove()
+
+
+def test_strategy_options_travel_in_the_config_json_and_knobs():
+    from tango_plugin.knobs import config_from_knobs
+
+    cfg = tango.TangoConfig(strategy="random", strategy_options={"seed": 3})
+    assert tango.TangoConfig.from_json(cfg.to_json()) == cfg
+    from_text = config_from_knobs({"tango_strategy": "random", "tango_strategy_options": '{"seed": 3}'})[0]
+    assert from_text == cfg
+    with pytest.raises(ValueError, match="tango_strategy_options.*a JSON object"):
+        config_from_knobs({"tango_strategy_options": "{seed"})
+    with pytest.raises(ValueError, match="strategy_options=.* must be None or a dict"):
+        tango.TangoConfig(strategy_options=[1])
+    feats, sal = torch.randn(3, 16, 8), torch.rand(3, 16)
+    a = tango.prune_video_tokens(feats, sal, (4, 4), config=cfg.replace(retention_ratio=0.25))
+    b = tango.prune_video_tokens(feats, sal, (4, 4), config=cfg.replace(retention_ratio=0.25, strategy_options={
+        "seed": 4}))
+    assert not torch.equal(a.kept_indices, b.kept_indices)  # the seed reached the strategy
+    with pytest.raises(ValueError, match="nope"):
+        tango.prune_video_tokens(feats, sal, (4, 4), config=cfg.replace(strategy_options={"nope": 1}))

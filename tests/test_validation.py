@@ -403,7 +403,7 @@ _OTHER = st.one_of(
 )
 _VALUES = st.one_of(_NUMBERS, _OTHER)
 _FIELDS = [f.name for f in dataclasses.fields(tp.TangoConfig)]
-_PLAIN = (type(None), bool, int, float, str, list)
+_PLAIN = (type(None), bool, int, float, str, list, dict)
 
 
 def _assert_sound(cfg):
@@ -415,6 +415,8 @@ def _assert_sound(cfg):
             assert math.isfinite(value)
         if isinstance(value, list):
             assert all(type(p) is int and p >= 0 for p in value)
+        if isinstance(value, dict):  # strategy_options: names -> plain JSON values
+            assert name == "strategy_options" and all(type(k) is str for k in value)
     cfg.validate()
     assert tp.TangoConfig.from_json(cfg.to_json()) == cfg
     assert tp.TangoConfig.from_dict(cfg.to_dict()) == cfg

@@ -1,7 +1,7 @@
 """Helpers shared by the baseline strategies: per-strategy options, integer budget splits, plan assembly.
 
 Every baseline keeps its paper's hyper-parameters in a small frozen dataclass; `resolve_options` overlays the
-run's ``config.strategy_options`` dict (a `TangoConfig` field that may not exist yet, hence the `getattr`).
+run's ``config.strategy_options`` dict (a `TangoConfig` field).
 """
 
 from __future__ import annotations
