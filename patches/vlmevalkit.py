@@ -60,9 +60,8 @@ PREFIX = "tango_"
 #: key of the frame times in the processor output (popped again by the patched generate)
 CARRIER_KEY = "tango_frame_times"
 
-INSTALL_HINT = ("VLMEvalKit (the `vlmeval` package) is not installed; it is not on PyPI: clone "
-                "https://github.com/open-compass/VLMEvalKit and `pip install -e` it, with its requirements and "
-                "`qwen-vl-utils[decord]` (docs/vlmevalkit.md)")
+INSTALL_HINT = ("VLMEvalKit (the `vlmeval` package) is not installed; it is not on PyPI: install "
+                "open-compass/VLMEvalKit as its README says, with qwen-vl-utils[decord] (docs/vlmevalkit.md)")
 
 
 def _vlmeval_vlm():
@@ -555,7 +554,7 @@ def find_run_py(path: Optional[str] = None) -> str:
     candidate = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(vlmeval.__file__))), "run.py")
     if not os.path.isfile(candidate):
         raise ValueError(f"cannot find VLMEvalKit's run.py at {candidate} (it is not part of the installed package: "
-                         "install VLMEvalKit from a checkout with `pip install -e`, or pass --run-py PATH)")
+                         "use an editable install of VLMEvalKit, or pass --run-py PATH)")
     return candidate
 
 

@@ -1,8 +1,8 @@
 """Tango on LLaVA-NeXT's own `llava` package (`LlavaQwenForCausalLM`, model_zoo/llava_next.py).
 
 `llava` is not on PyPI and runs on transformers 4.x only, so this module is skipped where it cannot be imported (the
-project's own venv has transformers 5). To run it, install llava from its repository in a transformers 4.x
-environment (docs/llava_next.md) and `pip install -e .` this project there.
+project's own venv has transformers 5). It runs where llava is importable next to this project, in a transformers
+4.x environment (docs/llava_next.md says what that needs).
 
 The models are tiny and random, built from configs with no download: a 2-layer Qwen2 LLM and a 3-layer SigLIP tower
 (384 px, patch 14, so the 27 x 27 grid llava asserts) saved to a temporary folder and loaded through llava's own
