@@ -47,7 +47,6 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from tango_plugin.engine.saliency import score
 from tango_plugin.engine.types import VisualTokens
 from tango_plugin.integration.adapter import ModelAdapter
 from tango_plugin.integration.hooks import TransientHooks, first_arg
@@ -55,6 +54,7 @@ from tango_plugin.integration.report import PlanRecord, SampleReport
 from tango_plugin.strategies import run_strategy
 
 from .siglip import load_siglip_head, siglip_head_scores
+from .vision_towers import qk_saliency_hook
 
 #: llava.constants.IMAGE_TOKEN_INDEX: the one placeholder of each image / video in `input_ids`
 IMAGE_TOKEN_INDEX = -200
@@ -335,14 +335,7 @@ class LlavaNextAdapter(ModelAdapter):
             cap.post_hook(layer, head_hook)
             return
 
-        def qk_hook(mod, args, kwargs):
-            hs = first_arg(args, kwargs, "hidden_states")
-            n, p, _ = hs.shape
-            q = mod.q_proj(hs).view(n, p, -1, mod.head_dim).transpose(1, 2)
-            k = mod.k_proj(hs).view(n, p, -1, mod.head_dim).transpose(1, 2)
-            store["patch"] = score(source, q, k)
-
-        cap.pre_hook(layer.self_attn, qk_hook)
+        cap.pre_hook(layer.self_attn, qk_saliency_hook(store, source))
 
     def _get_2d_pool(self, original: Callable, args: tuple, kwargs: dict) -> Any:
         out = original(*args, **kwargs)

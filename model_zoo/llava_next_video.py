@@ -24,12 +24,12 @@ from typing import Any, List, Tuple
 import torch
 import torch.nn.functional as F
 
-from tango_plugin.engine.saliency import score
-from tango_plugin.integration.hooks import first_arg
 from tango_plugin.integration.splice import EncodedMedia, Replacement, TokenGrid, VideoSpliceAdapter
 
+from .vision_towers import HFLlavaTower, qk_saliency_hook
 
-class LlavaNextVideoAdapter(VideoSpliceAdapter):
+
+class LlavaNextVideoAdapter(HFLlavaTower, VideoSpliceAdapter):
     """Tango for `LlavaNextVideoForConditionalGeneration`: prunes each frame's pooled tokens; images unchanged."""
 
     saliency_sources = ("global_query", "attention_received")
@@ -42,30 +42,6 @@ class LlavaNextVideoAdapter(VideoSpliceAdapter):
         return self.model.config.video_token_id
 
     # ------------------------------------------------------------------------------------------- model layout
-    def _tower_layers(self):
-        tower = self.inner.vision_tower
-        enc = getattr(tower, "encoder", None) or getattr(getattr(tower, "vision_model", None), "encoder", None)
-        if enc is None or not hasattr(enc, "layers"):
-            raise ValueError(f"{type(self).__name__}: the vision tower {type(tower).__name__} has no encoder.layers")
-        return enc.layers
-
-    def _feature_args(self, kw: dict) -> Tuple[Any, str]:
-        cfg = self.model.config
-        layer = kw.get("vision_feature_layer")
-        layer = cfg.vision_feature_layer if layer is None else layer
-        return layer, kw.get("vision_feature_select_strategy") or cfg.vision_feature_select_strategy
-
-    def _layer_index(self, feature_layer) -> int:
-        """Index in `encoder.layers` of the layer whose output is `hidden_states[feature_layer]`."""
-        if isinstance(feature_layer, (list, tuple)):
-            feature_layer = feature_layer[-1]
-        n = len(self._tower_layers())
-        hs_index = feature_layer if feature_layer >= 0 else n + 1 + feature_layer
-        if not 1 <= hs_index <= n:
-            raise ValueError(f"vision_feature_layer={feature_layer} selects the patch embeddings; the saliency needs "
-                             "an attention layer")
-        return hs_index - 1
-
     def validate(self) -> None:
         super().validate()
         layer = self._tower_layers()[self._layer_index(self.model.config.vision_feature_layer)]
@@ -88,16 +64,10 @@ class LlavaNextVideoAdapter(VideoSpliceAdapter):
         source = self.saliency_source_name()
         store: dict = {}
 
-        def qk_hook(mod, args, kwargs):
-            hs = first_arg(args, kwargs, "hidden_states")
-            n, p, _ = hs.shape
-            q = mod.q_proj(hs).view(n, p, -1, mod.head_dim).transpose(1, 2)
-            k = mod.k_proj(hs).view(n, p, -1, mod.head_dim).transpose(1, 2)
-            store["patch"] = score(source, q, k)
-
         with self.hooks.transient("saliency") as cap:
             if need_saliency:
-                cap.pre_hook(self._tower_layers()[self._layer_index(feature_layer)].self_attn, qk_hook)
+                cap.pre_hook(self._tower_layers()[self._layer_index(feature_layer)].self_attn,
+                             qk_saliency_hook(store, source))
             out = self.inner.get_video_features(pixel_values_videos=pv, vision_feature_layer=feature_layer,
                                                 vision_feature_select_strategy=strategy, return_dict=True)
         pooled = out.pooler_output  # (videos, frames * L, D)

@@ -35,19 +35,19 @@ from typing import Any, List, Tuple
 import torch
 import torch.nn.functional as F
 
-from tango_plugin.engine.saliency import score
 from tango_plugin.engine.types import PrunePlan
-from tango_plugin.integration.hooks import TransientHooks, first_arg
+from tango_plugin.integration.hooks import TransientHooks
 from tango_plugin.integration.splice import EncodedMedia, Replacement, TokenGrid, VideoSpliceAdapter
 
 from .siglip import load_siglip_head, siglip_head_scores
+from .vision_towers import HFLlavaTower, qk_saliency_hook
 
 POOL_MODES = ("bilinear", "average")
 NEWLINE_MODES = ("one_token", "grid")
 HIGHRES_MODES = ("keep", "prune")
 
 
-class LlavaOnevisionAdapter(VideoSpliceAdapter):
+class LlavaOnevisionAdapter(HFLlavaTower, VideoSpliceAdapter):
     """Tango for `LlavaOnevisionForConditionalGeneration`: video inputs, and still images with `prune_images=True`.
 
     With `prune_images=True` each image's base-resolution grid (the first anyres crop, side x side tokens, not pooled)
@@ -95,24 +95,6 @@ class LlavaOnevisionAdapter(VideoSpliceAdapter):
     @property
     def preset_grid_tokens(self) -> int:  # type: ignore[override]
         return 169 if self.pool_mode == "average" else 196  # the 13 x 13 / 14 x 14 grids of the 384 px models
-
-    def _tower_layers(self):
-        tower = self.inner.vision_tower
-        enc = getattr(tower, "encoder", None) or getattr(getattr(tower, "vision_model", None), "encoder", None)
-        if enc is None or not hasattr(enc, "layers"):
-            raise ValueError(f"{type(self).__name__}: the vision tower {type(tower).__name__} has no encoder.layers")
-        return enc.layers
-
-    def _layer_index(self, feature_layer) -> int:
-        """Index in `encoder.layers` of the layer that outputs the selected feature (hidden_states[i]: layer i-1)."""
-        if isinstance(feature_layer, (list, tuple)):
-            feature_layer = feature_layer[-1]
-        n = len(self._tower_layers())
-        hs_index = feature_layer if feature_layer >= 0 else n + 1 + feature_layer
-        if not 1 <= hs_index <= n:
-            raise ValueError(f"vision_feature_layer={feature_layer} selects the patch embeddings; the saliency needs "
-                             "an attention layer")
-        return hs_index - 1
 
     def grid_side(self) -> int:
         side = self.model.config.vision_config.image_size // self.model.config.vision_config.patch_size
@@ -174,22 +156,7 @@ class LlavaOnevisionAdapter(VideoSpliceAdapter):
             cap.post_hook(layer, head_hook)
             return
 
-        def qk_hook(mod, args, kwargs):
-            hs = first_arg(args, kwargs, "hidden_states")
-            if rows is not None:
-                hs = hs[rows.to(hs.device)]
-            n, p, _ = hs.shape
-            q = mod.q_proj(hs).view(n, p, -1, mod.head_dim).transpose(1, 2)
-            k = mod.k_proj(hs).view(n, p, -1, mod.head_dim).transpose(1, 2)
-            store["patch"] = score(source, q, k)
-
-        cap.pre_hook(layer.self_attn, qk_hook)
-
-    def _feature_args(self, kw: dict) -> Tuple[Any, str]:
-        cfg = self.model.config
-        feature_layer = kw.get("vision_feature_layer")
-        feature_layer = cfg.vision_feature_layer if feature_layer is None else feature_layer
-        return feature_layer, kw.get("vision_feature_select_strategy") or cfg.vision_feature_select_strategy
+        cap.pre_hook(layer.self_attn, qk_saliency_hook(store, source, rows))
 
     def _crops_per_image(self, kw: dict) -> List[int]:
         """Crops `get_image_features` feeds the tower per image (the base crop first), computed the way it does."""

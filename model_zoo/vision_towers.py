@@ -1,0 +1,59 @@
+"""What the LLaVA-style families share about their CLIP / SigLIP vision towers: where the encoder layers are, which
+layer a `vision_feature_layer` selects, and the q/k saliency hook on that layer (docs/algorithm.md §1.3)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Tuple
+
+import torch
+
+from tango_plugin.engine.saliency import score
+from tango_plugin.integration.hooks import first_arg
+
+
+def qk_saliency_hook(store: dict, source: str, rows: Optional[torch.Tensor] = None) -> Callable:
+    """A forward pre-hook for a tower layer's `self_attn`: recompute its q / k with the module's own projections
+    and put the (crops, patches) scores of `source` in `store["patch"]`; `rows` picks the crops to score."""
+
+    def hook(mod, args, kwargs):
+        hs = first_arg(args, kwargs, "hidden_states")
+        if rows is not None:
+            hs = hs[rows.to(hs.device)]
+        n, p, _ = hs.shape
+        q = mod.q_proj(hs).view(n, p, -1, mod.head_dim).transpose(1, 2)
+        k = mod.k_proj(hs).view(n, p, -1, mod.head_dim).transpose(1, 2)
+        store["patch"] = score(source, q, k)
+
+    return hook
+
+
+class HFLlavaTower:
+    """Mixin for adapters of Hugging Face LLaVA-style models (`self.inner.vision_tower`, `vision_feature_layer` and
+    `vision_feature_select_strategy` in the model config or the call)."""
+
+    def _tower_layers(self):
+        tower = self.inner.vision_tower
+        enc = getattr(tower, "encoder", None) or getattr(getattr(tower, "vision_model", None), "encoder", None)
+        if enc is None or not hasattr(enc, "layers"):
+            raise ValueError(f"{type(self).__name__}: the vision tower {type(tower).__name__} has no encoder.layers")
+        return enc.layers
+
+    def _layer_index(self, feature_layer) -> int:
+        """Index in `encoder.layers` of the layer that outputs the selected feature (hidden_states[i]: layer i-1)."""
+        if isinstance(feature_layer, (list, tuple)):
+            feature_layer = feature_layer[-1]
+        n = len(self._tower_layers())
+        hs_index = feature_layer if feature_layer >= 0 else n + 1 + feature_layer
+        if not 1 <= hs_index <= n:
+            raise ValueError(f"vision_feature_layer={feature_layer} selects the patch embeddings; the saliency needs "
+                             "an attention layer")
+        return hs_index - 1
+
+    def _feature_args(self, kw: dict) -> Tuple[Any, str]:
+        cfg = self.model.config
+        feature_layer = kw.get("vision_feature_layer")
+        feature_layer = cfg.vision_feature_layer if feature_layer is None else feature_layer
+        return feature_layer, kw.get("vision_feature_select_strategy") or cfg.vision_feature_select_strategy
+
+
+__all__ = ["qk_saliency_hook", "HFLlavaTower"]
