@@ -147,6 +147,17 @@ class LlavaNextAdapter(ModelAdapter):
         "video_timestamps": "(T,) seconds per video (a tensor, or a list with one tensor per video)",
     }
 
+    @classmethod
+    def language_model_modules(cls, model):
+        # `llava` keeps the vision tower, the projector and the resampler inside the LLM's own module
+        inner = model.get_model()
+        vision = [getattr(inner, name, None) for name in ("vision_tower", "mm_projector", "vision_resampler")]
+        return [inner], [m for m in vision if m is not None]
+
+    @classmethod
+    def projector_modules(cls, model):
+        return [model.get_model().mm_projector]
+
     def __init__(self, model, config, state=None, hooks=None, **options) -> None:
         super().__init__(model, config, state, hooks, **options)
         self._head = None

@@ -81,8 +81,11 @@ class LlavaNextVideoAdapter(HFLlavaTower, VideoSpliceAdapter):
             sal = self._pool_scores(patch).reshape(num_videos, frames, -1)
         videos = []
         for v in range(num_videos):
+            times = self.video_timestamps(v, frames, kw)
+            if times is None and need_saliency:
+                self.warn_missing_timestamps()
             grid = TokenGrid(features=feats[v], saliency=None if sal is None else sal[v], grid_hw=grid_hw,
-                             timestamps=self.video_timestamps(v, frames, kw),
+                             timestamps=times,
                              frame_embeddings=feats[v].float().mean(1) if self.config.segmentation == "fastvid"
                              else None)
             videos.append(EncodedMedia(grids=[grid], num_placeholders=frames * L))

@@ -256,8 +256,11 @@ class LlavaOnevisionAdapter(HFLlavaTower, VideoSpliceAdapter):
             if need_saliency and self.config.segmentation == "fastvid":
                 frame_emb = (store["frame"].reshape(num_videos, frames, -1)[v] if "frame" in store
                              else feats[v].float().mean(1))
+            times = self.video_timestamps(v, frames, kw)
+            if times is None and need_saliency:
+                self.warn_missing_timestamps()
             grid = TokenGrid(features=feats[v], saliency=None if sal is None else sal[v], grid_hw=(side, side),
-                             timestamps=self.video_timestamps(v, frames, kw), frame_embeddings=frame_emb)
+                             timestamps=times, frame_embeddings=frame_emb)
             videos.append(EncodedMedia(grids=[grid], num_placeholders=placeholders, extra={"newline": newline}))
         return videos, out, cap.seconds
 

@@ -70,6 +70,11 @@ class QwenVLAdapter(VideoSpliceAdapter):
     image tokens keep their original 3-D positions like video tokens.
     """
 
+    @classmethod
+    def projector_modules(cls, model):
+        visual = model.model.visual
+        return [visual.merger, *getattr(visual, "deepstack_merger_list", [])]  # Qwen3-VL: the deepstack mergers too
+
     saliency_sources = ("global_query", "attention_received")
     video_kwargs = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
     image_kwargs = ("pixel_values", "image_grid_thw")
@@ -167,7 +172,7 @@ class QwenVLAdapter(VideoSpliceAdapter):
                 grid_hw, scores = (h // ms, w // ms), None if sal is None else sal[v].reshape(t, -1)
                 ts = self.video_timestamps(v, t, kw)
                 if ts is None and need_saliency:
-                    self.state.warn_once("timestamps", self.missing_timestamps_note)
+                    self.warn_missing_timestamps()
             grid_tokens = TokenGrid(
                 features=feats, saliency=scores, grid_hw=grid_hw, timestamps=ts,
                 frame_embeddings=feats.float().mean(1) if self.config.segmentation == "fastvid" else None)
@@ -179,7 +184,8 @@ class QwenVLAdapter(VideoSpliceAdapter):
     #: the one-time warning when a video has no time source (ST-RoPE then uses the temporal-patch index)
     missing_timestamps_note = ("no video timestamps (no second_per_grid_ts, fps or video_timestamps): ST-RoPE uses "
                                "the temporal-patch index 0..T-1 as time; pass fps= (frames per second of the sampled "
-                               "frames) or video_timestamps= to tango.enable")
+                               "frames) or video_timestamps= to tango.enable, or tango_video_timestamps= (seconds, "
+                               "or the video metadata) to generate / forward")
 
     def video_timestamps(self, index: int, t: int, kw: dict) -> Optional[torch.Tensor]:
         """(t,) seconds per temporal patch of video `index`, or None when nothing gives times.
@@ -293,7 +299,8 @@ class Qwen3VLAdapter(QwenVLAdapter):
     deepstack = True
     missing_timestamps_note = ("Qwen3-VL's processor puts the video timestamps into the prompt text only, so the "
                                "adapter cannot see them: ST-RoPE uses the temporal-patch index 0..T-1 as time; pass "
-                               "fps= (frames per second of the sampled frames) or video_timestamps= to tango.enable")
+                               "fps= (frames per second of the sampled frames) or video_timestamps= to tango.enable, "
+                               "or tango_video_timestamps= (seconds, or the video metadata) to generate / forward")
 
     def patch_times(self, frame_times: torch.Tensor, t: int, tp: int) -> torch.Tensor:
         """The processor's prompt-text times (`_calculate_timestamps`): the last frame repeated up to t * tp frames,

@@ -31,6 +31,10 @@ class HFLlavaTower:
     """Mixin for adapters of Hugging Face LLaVA-style models (`self.inner.vision_tower`, `vision_feature_layer` and
     `vision_feature_select_strategy` in the model config or the call)."""
 
+    @classmethod
+    def projector_modules(cls, model):
+        return [model.model.multi_modal_projector]
+
     def _tower_layers(self):
         tower = self.inner.vision_tower
         enc = getattr(tower, "encoder", None) or getattr(getattr(tower, "vision_model", None), "encoder", None)

@@ -14,6 +14,7 @@ from .integration.adapter import ModelAdapter, get_adapter, list_adapters, regis
 from .integration.api import TangoHandle, disable, enable, enabled, get_handle
 from .integration.pretrained import from_pretrained
 from .integration.report import PlanRecord, SampleReport
+from .integration.training import load_peft_adapter, lora_target_modules, save_peft_adapter
 from .integration.video_io import timestamps_from_metadata
 from .presets import get_preset, list_presets, register_preset
 from .strategies import (
@@ -67,6 +68,9 @@ __all__ = [
     "disable",
     "get_handle",
     "from_pretrained",
+    "lora_target_modules",
+    "save_peft_adapter",
+    "load_peft_adapter",
     "TangoHandle",
     "SampleReport",
     "PlanRecord",

@@ -26,8 +26,11 @@ __all__ = ["tango_prune", "masked_saliency", "stable_topk", "frame_budgets", "se
 
 
 def masked_saliency(saliency: torch.Tensor, sink_positions: Sequence[int]) -> torch.Tensor:
-    """A copy of (T, L) saliency with the attention-sink columns set to 0 (they stay eligible, lowest score)."""
-    scores = saliency.clone()
+    """A copy of (T, L) saliency with the attention-sink columns set to 0 (they stay eligible, lowest score).
+
+    Detached: scores only make decisions (docs/training.md, "Gradients").
+    """
+    scores = saliency.detach().clone()
     if len(sink_positions):
         scores[:, list(sink_positions)] = 0
     return scores
@@ -179,6 +182,9 @@ class _Video:
 
     def __init__(self, tokens: VisualTokens, cfg: TangoConfig) -> None:
         self.feats = tokens.features
+        # decisions (similarity, clustering, assignment) read a detached view, so that under autograd only the
+        # feature path (row gathers, temporal means, cluster merges) is recorded (docs/training.md, "Gradients")
+        self.signal = tokens.features.detach()
         T, L, _ = self.feats.shape
         self.scores = masked_saliency(tokens.saliency, tokens.sink_positions)
         self.t_pos = frame_times(T, tokens.timestamps).to(self.feats.device)
@@ -189,7 +195,7 @@ class _Video:
     def roped(self, frames, cells=slice(None)) -> torch.Tensor:
         """(frames, cells, D) float32 clustering features; `frames` / `cells` are index tensors or slices
         (slices avoid a gather copy)."""
-        x = F.normalize(self.feats[frames][:, cells].float(), p=2, dim=-1)
+        x = F.normalize(self.signal[frames][:, cells].float(), p=2, dim=-1)
         return rope_tokens_(x, self.t_pos[frames], self.rows[cells], self.cols[cells], self.cfg.base_time,
                             self.cfg.base_space)
 
@@ -253,7 +259,7 @@ def _segment_sizes(token_sim: torch.Tensor, tokens: VisualTokens, cfg: TangoConf
         return holitom_segments(token_sim, cfg.similarity_threshold, cfg.holitom_max_window)
     if tokens.frame_embeddings is None:
         raise ValueError("segmentation='fastvid' needs frame_embeddings (T, D'): one global embedding per frame")
-    emb = F.normalize(tokens.frame_embeddings.float(), p=2, dim=-1)
+    emb = F.normalize(tokens.frame_embeddings.detach().float(), p=2, dim=-1)
     return fastvid_segments(consecutive_similarity(emb), cfg.similarity_threshold, cfg.fastvid_min_cuts)
 
 
@@ -268,7 +274,7 @@ def tango_prune(tokens: VisualTokens, cfg: TangoConfig) -> PrunePlan:
     T, L, D = feats.shape
     strope_sections(D)  # clear error for an odd or too small D
     video = _Video(tokens, cfg)
-    token_sim = _token_similarity(feats)  # segmentation and the static test
+    token_sim = _token_similarity(video.signal)  # segmentation and the static test
     sizes = _segment_sizes(token_sim, tokens, cfg)
 
     kept = _Kept()

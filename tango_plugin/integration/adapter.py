@@ -87,6 +87,20 @@ class ModelAdapter:
                 missing.append(name)
         return missing
 
+    # ---------------------------------------------------------------------------- fine-tuning (docs/training.md)
+    @classmethod
+    def language_model_modules(cls, model: Any) -> Tuple[List[Any], List[Any]]:
+        """(modules holding the language model, vision-side modules inside them): where LoRA on the LLM only may go.
+
+        The default is the transformers convention, `model.get_decoder()` with nothing inside it to leave out.
+        """
+        return [model.get_decoder()], []
+
+    @classmethod
+    def projector_modules(cls, model: Any) -> List[Any]:
+        """The modules that map vision features into the LLM's space (optionally trained with the LLM)."""
+        return []
+
     # -------------------------------------------------------------------------------------------- lifecycle
     def validate(self) -> None:
         """Raise `ValueError` when `self.config` / options cannot apply to `self.model` (called by `enable`)."""
@@ -164,6 +178,15 @@ class ModelAdapter:
         if self.options.get("fps") is not None:
             return "fps option"
         return "none: frame index"
+
+    #: the one-time warning when a pruned video has no time source (ST-RoPE then uses the frame index)
+    missing_timestamps_note = ("no video timestamps (no fps or video_timestamps): ST-RoPE uses the frame index "
+                               "0..T-1 as time; pass tango_video_timestamps= (seconds, or the video metadata) to "
+                               "generate / forward, or fps= / video_timestamps= to tango.enable")
+
+    def warn_missing_timestamps(self) -> None:
+        """Say once per handle that a video is pruned without frame times (call it when the engine will run)."""
+        self.state.warn_once("timestamps", self.missing_timestamps_note)
 
     def video_timestamps(self, index: int, num_frames: int, kw: dict) -> Optional[torch.Tensor]:
         """(num_frames,) seconds of the frames the engine sees for video `index`, or None (no time source).

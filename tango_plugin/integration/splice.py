@@ -375,6 +375,8 @@ class VideoSpliceAdapter(ModelAdapter):
         if self._depth:
             return original(*args, **kwargs)
         kw = self._as_kwargs(original, args, kwargs)
+        if self.model.training and self._has(kw, self.video_kwargs[:1]):
+            self._check_trainable_call(kw)
         if not self._should_prune(kw):
             return self._pass_through(original, kw)
         if self._intra is not None:
@@ -382,6 +384,20 @@ class VideoSpliceAdapter(ModelAdapter):
                                                   "logit row per input token); this forward call runs without it")
         call = self.splice(kw, generating=False)
         return self._call_original(original, call.new_kw)
+
+    def _check_trainable_call(self, kw: dict) -> None:
+        """Refuse what a training forward (the model in `train()` mode) cannot do exactly (docs/training.md)."""
+        if self._intra is not None:
+            raise ValueError(
+                f"intra_llm_layer={self.config.intra_llm_layer} applies in generate only, so a training forward "
+                "would train on a sequence that inference never shows the model; enable Tango for training with "
+                "cfg.replace(intra_llm_layer=None) (the pre-LLM pruning stays on) and the stage for inference only")
+        cache = self._cache_of(kw)
+        if cache is not None and (not hasattr(cache, "get_seq_length") or cache.get_seq_length() > 0):
+            raise ValueError(
+                "past_key_values holds a cache in a training forward (the model is in train() mode): the cached "
+                "prefix was laid out by an earlier call and cannot be pruned again; train without a cache "
+                "(past_key_values=None, use_cache=False), or call model.eval() for inference")
 
     def generate(self, original: Callable, args: tuple, kwargs: dict) -> Any:
         kw = self._as_kwargs(original, args, kwargs)

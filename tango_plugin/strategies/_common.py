@@ -93,8 +93,12 @@ def apportion(total: int, weights: torch.Tensor, low: int, high: int) -> List[in
 
 
 def normalized(x: torch.Tensor) -> torch.Tensor:
-    """A float32, L2-normalised copy along the last dim (zero vectors stay zero)."""
-    return F.normalize(x.float(), p=2, dim=-1)
+    """A float32, L2-normalised, detached copy along the last dim (zero vectors stay zero).
+
+    Detached because it only feeds decisions (similarities, clustering): under autograd the strategies record only
+    their feature path (docs/training.md, "Gradients").
+    """
+    return F.normalize(x.detach().float(), p=2, dim=-1)
 
 
 def cluster_means(features: torch.Tensor, assign: torch.Tensor, num_clusters: int) -> torch.Tensor:

@@ -31,6 +31,11 @@ class PruningStrategy:
     #: the plan may repeat an index (Tango, in degenerate ties: two clusters keep the same best token, as the
     #: paper's code does; docs/algorithm.md §4.5); every other disorder is refused all the same
     allows_duplicate_indices: bool = False
+    #: under autograd `select` records only its feature path (row gathers, means, merges: linear in the features)
+    #: and makes its decisions from detached values, so the selection costs no autograd memory
+    #: (docs/training.md, "Gradients"); every built-in strategy does. A strategy that leaves this False still
+    #: trains, but `run_strategy` warns once that autograd records all of it.
+    feature_gradients: bool = False
 
     def select(self, tokens: VisualTokens, config: TangoConfig) -> PrunePlan:  # pragma: no cover - interface
         raise NotImplementedError
@@ -94,6 +99,8 @@ def run_strategy(tokens: VisualTokens, config: TangoConfig) -> PrunePlan:
     strategy = get_strategy(config.strategy)
     if config.retention_ratio >= 1.0:
         return PrunePlan.keep_all(tokens.features)  # T * L == exact_keep_count(T, L, 1.0)
+    if not strategy.feature_gradients and torch.is_grad_enabled() and tokens.features.requires_grad:
+        _warn_full_autograd(config.strategy)
     plan = strategy.select(tokens, config)
     checks.check_plan(plan, tokens, config.strategy, allow_duplicates=strategy.allows_duplicate_indices)
     if getattr(config, "exact_budget", False):
@@ -101,6 +108,17 @@ def run_strategy(tokens: VisualTokens, config: TangoConfig) -> PrunePlan:
         plan = fit_exact_budget(plan, tokens, exact_keep_count(T, L, config.retention_ratio))
         checks.check_plan(plan, tokens, config.strategy)  # strictly ascending now, duplicates or not before
     return plan
+
+
+_WARNED_FULL_AUTOGRAD: set = set()
+
+
+def _warn_full_autograd(name: str) -> None:
+    if name not in _WARNED_FULL_AUTOGRAD:
+        _WARNED_FULL_AUTOGRAD.add(name)
+        warnings.warn(f"strategy {name!r} does not declare feature_gradients=True, and the features it gets require "
+                      "gradients (a trainable projector or vision tower): autograd records its whole selection, "
+                      "distance matrices included (docs/training.md, 'Gradients')", UserWarning, stacklevel=3)
 
 
 def fit_exact_budget(plan: PrunePlan, tokens: VisualTokens, target: int) -> PrunePlan:

@@ -22,6 +22,7 @@ def plan_from_frame_columns(tokens: VisualTokens, local: torch.Tensor) -> PruneP
 @register_strategy("topk")
 class TopKStrategy(PruningStrategy):
     """Per frame, the ceil(L * r) tokens with the highest saliency (ties -> lower index)."""
+    feature_gradients = True  # decisions from detached values (PruningStrategy)
 
     def select(self, tokens: VisualTokens, config: TangoConfig) -> PrunePlan:
         k = frame_keep_count(tokens.tokens_per_frame, config.retention_ratio)
@@ -32,6 +33,7 @@ class TopKStrategy(PruningStrategy):
 @register_strategy("uniform")
 class UniformStrategy(PruningStrategy):
     """Per frame, ceil(L * r) tokens evenly spaced in raster order (ignores saliency)."""
+    feature_gradients = True  # decisions from detached values (PruningStrategy)
 
     def select(self, tokens: VisualTokens, config: TangoConfig) -> PrunePlan:
         T, L = tokens.saliency.shape
@@ -44,6 +46,7 @@ class UniformStrategy(PruningStrategy):
 class TangoStrategy(PruningStrategy):
     """Tango: diversity-driven salient pick plus ST-RoPE-guided context merging (the paper's method,
     docs/algorithm.md)."""
+    feature_gradients = True  # decisions from detached values (PruningStrategy)
 
     allows_duplicate_indices = True
 

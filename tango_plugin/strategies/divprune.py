@@ -101,6 +101,7 @@ class DivPruneStrategy(PruningStrategy):
     Simplifications: none in the selection rule; the paper prunes after the projector (as here), with the budget
     rounded to the nearest integer rather than up.
     """
+    feature_gradients = True  # decisions from detached values (PruningStrategy)
 
     defaults = DivPruneOptions()
 

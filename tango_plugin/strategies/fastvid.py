@@ -80,6 +80,7 @@ class FastVIDStrategy(PruningStrategy):
     when the anchor frames hold fewer candidates than the segment needs anchors
     (large r), the candidates are all remaining tokens of the segment.
     """
+    feature_gradients = True  # decisions from detached values (PruningStrategy)
 
     defaults = FastVIDOptions()
 

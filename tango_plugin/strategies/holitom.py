@@ -86,6 +86,7 @@ class HoliTomStrategy(PruningStrategy):
     is balanced per segment (static and dynamic pools at the same rate) rather than by one video-wide adjusted
     ratio.
     """
+    feature_gradients = True  # decisions from detached values (PruningStrategy)
 
     defaults = HoliTomOptions()
 

@@ -37,6 +37,7 @@ class RandomStrategy(PruningStrategy):
     The draw is a CPU `torch.Generator` seeded with ``strategy_options["seed"]`` (default 0): uniform keys per token,
     the k largest kept. It depends on (seed, T, L, r) only, never on the content or the device.
     """
+    feature_gradients = True  # decisions from detached values (PruningStrategy)
 
     defaults = RandomOptions()
 

@@ -59,7 +59,7 @@ def vidcom2_scores(features: torch.Tensor, opts: VidCom2Options) -> Tuple[torch.
     to the video centre plus similarity to its frame's centre; lower = more unique.
     """
     T, L, D = features.shape
-    x = features.reshape(T * L, D).float()
+    x = features.detach().reshape(T * L, D).float()  # scores only make decisions
     keep = max(1, int(D * opts.channel_ratio))
     channels = torch.sort(x.var(dim=0, unbiased=False), stable=True).indices[:keep]  # ties -> lower channel
     unit = normalized(x[:, channels]).view(T, L, keep)
@@ -101,6 +101,7 @@ class VidCom2Strategy(PruningStrategy):
     Simplifications: the authors round each frame's r_t * L on its own (the total can drift by a few tokens) and
     cap r_t at 1; here the counts are apportioned so the total is exact.
     """
+    feature_gradients = True  # decisions from detached values (PruningStrategy)
 
     defaults = VidCom2Options()
 

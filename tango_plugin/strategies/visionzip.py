@@ -61,6 +61,7 @@ class VisionZipStrategy(PruningStrategy):
     supplies and the matching uses the LLM-space features. Video use is per frame (as video papers apply it); the
     paper's optional fine-tuning of the projector is not part of a training-free plugin.
     """
+    feature_gradients = True  # decisions from detached values (PruningStrategy)
 
     defaults = VisionZipOptions()
 

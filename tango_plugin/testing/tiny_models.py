@@ -188,6 +188,8 @@ class VideoSpec:
     size: Optional[int] = None
     seed: int = 0
     second_per_grid: Optional[float] = None  # Qwen2.5-VL: seconds per temporal patch
+    #: (frames, 3, size, size) pixels in [-1, 1] to use instead of the random pattern (e.g. a generated scene)
+    pixels: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -199,6 +201,11 @@ class ImageSpec:
 
 
 def synthetic_frames(spec, size: int, n: int) -> torch.Tensor:
+    given = getattr(spec, "pixels", None)
+    if given is not None:
+        if tuple(given.shape) != (n, 3, size, size):
+            raise ValueError(f"VideoSpec.pixels has shape {tuple(given.shape)}; expected {(n, 3, size, size)}")
+        return given
     g = torch.Generator().manual_seed(spec.seed)
     # Smooth frames (a random low-res pattern upsampled, drifting in time) so that neighbouring frames are similar,
     # as in real video; pure noise would make every token dynamic.
@@ -242,7 +249,8 @@ def _native_size(model) -> int:
 
 
 def video_inputs(model, tok, media: Sequence[Sequence], prompts: Sequence[str], padding_side: Optional[str] = None,
-                 labels: bool = False, dtype: Optional[torch.dtype] = None) -> dict:
+                 labels: bool = False, dtype: Optional[torch.dtype] = None,
+                 answers: Optional[Sequence[str]] = None) -> dict:
     """A batch of chat prompts, each with its own videos / images, laid out the way the HF processor does.
 
     Args:
@@ -252,7 +260,10 @@ def video_inputs(model, tok, media: Sequence[Sequence], prompts: Sequence[str], 
             as a one-item list.
         prompts: per sample, the question text.
         padding_side: "left" / "right" (default: the tokenizer's).
-        labels: also return `labels` (the input ids, visual and pad tokens set to -100).
+        labels: also return `labels` (the input ids, visual and pad tokens set to -100; with `answers`, only the
+            answer tokens are labelled).
+        answers: per sample, the assistant's answer, appended after the prompt with an end-of-turn token (the
+            training layout).
         dtype: dtype of the pixel tensors (default: the model's).
 
     Returns:
@@ -263,6 +274,8 @@ def video_inputs(model, tok, media: Sequence[Sequence], prompts: Sequence[str], 
     mt = INPUT_LAYOUT.get(cfg.model_type, cfg.model_type)
     dtype = dtype or model.dtype
     media = [[m] if isinstance(m, (VideoSpec, ImageSpec)) else list(m) for m in media]
+    if answers is not None and len(answers) != len(prompts):
+        raise ValueError(f"answers has {len(answers)} entries for {len(prompts)} prompts; give one per sample")
     texts, videos, images, grids_v, grids_i, spg = [], [], [], [], [], []
     for sample, prompt in zip(media, prompts):
         parts = ["<|im_start|>user\n"]
@@ -303,6 +316,8 @@ def video_inputs(model, tok, media: Sequence[Sequence], prompts: Sequence[str], 
                     parts.append("<|vision_start|>" + "<|image_pad|>" * (grid[0] * grid[1] * grid[2] // 4)
                                  + "<|vision_end|>")
         parts.append(prompt + "<|im_end|>\n<|im_start|>assistant\n")
+        if answers is not None:
+            parts.append(answers[len(texts)] + "<|im_end|>")
         texts.append("".join(parts))
     side = padding_side or tok.padding_side
     old = tok.padding_side
@@ -339,6 +354,13 @@ def video_inputs(model, tok, media: Sequence[Sequence], prompts: Sequence[str], 
             if v is not None:
                 lab[lab == v] = -100
         lab[out["attention_mask"] == 0] = -100
+        if answers is not None:  # only the answer and its end-of-turn token: the last n real tokens of each row
+            for b, answer in enumerate(answers):
+                n = len(tok(answer + "<|im_end|>", add_special_tokens=False)["input_ids"])
+                real = torch.nonzero(out["attention_mask"][b]).flatten()
+                keep = torch.zeros_like(lab[b], dtype=torch.bool)
+                keep[real[-n:]] = True
+                lab[b][~keep] = -100
         out["labels"] = lab
     return out
 
