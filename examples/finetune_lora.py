@@ -196,8 +196,8 @@ def main(argv=None) -> int:
           f"{acc1['full']:.2f} |")
     print(f"reloaded adapter + Tango config: same outputs = {summary['reloaded_same_outputs']}, pruned = "
           f"{summary['reloaded_pruned']}")
-    ok = (summary["last_loss"] < summary["first_loss"] and acc1["pruned"] > acc0["pruned"]
-          and acc1["full"] > acc0["full"] and summary["reloaded_same_outputs"] and not math.isnan(summary["last_loss"]))
+    ok = (summary["last_loss"] < summary["first_loss"] and not math.isnan(summary["last_loss"])
+          and acc1["pruned"] > acc0["pruned"] and acc1["full"] > acc0["full"] and summary["reloaded_same_outputs"])
     return 0 if ok else 1
 
 

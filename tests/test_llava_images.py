@@ -260,7 +260,7 @@ def test_generate_returns_prompt_and_new_tokens():
 def test_no_prune_images_warning_any_more():
     model = T.model()
     inputs = image_inputs(model, [[tiny.VideoSpec(8), tiny.ImageSpec()]], ["what?"])
-    with tango.enabled(model, cfg(0.2)) as h:
+    with tango.enabled(model, cfg(0.2), fps=1.0) as h:  # times given: no warning of any kind
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             model(**inputs)

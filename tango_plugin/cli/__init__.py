@@ -1,10 +1,11 @@
-"""Command line: `tango-plugin demo | info | prune | run | matrix`.
+"""Command line: `tango-plugin demo | info | prune | run | matrix | profile`.
 
     tango-plugin demo                 # generated video, no downloads: engine + tiny random Video LLMs
     tango-plugin info                 # registered strategies, adapters and presets
     tango-plugin prune tokens.pt      # run the engine on saved tensors (features, saliency, grid_hw, ...)
     tango-plugin run --model DIR --video clip.mp4 --question "..." --compare   # a local checkpoint on a video file
     tango-plugin matrix --adapters qwen2_vl --strategies tango topk --ratios 0.1   # adapters x strategies x ratios
+    tango-plugin profile --tiny qwen2_vl --repeats 3   # per-stage times and memory, unpruned vs pruned (also --model)
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import List, Optional
 from .demo import cmd_demo
 from .info import cmd_info
 from .matrix import add_parser as add_matrix_parser
+from .profile import add_parser as add_profile_parser
 from .prune import cmd_prune
 from .run import cmd_run
 
@@ -66,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
     run.set_defaults(func=cmd_run)
     add_matrix_parser(sub)
+    add_profile_parser(sub)
     return parser
 
 

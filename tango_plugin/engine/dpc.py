@@ -67,10 +67,13 @@ def _dpc_full(x: torch.Tensor, cluster_num: int, k: int) -> torch.Tensor:
     rho = _density(knn_d)
     max_dist = dist.flatten(1).max(dim=1).values
     delta, peaks = _neighbour_delta(rho, knn_d, knn_i, max_dist)
-    b, i = torch.nonzero(peaks, as_tuple=True)
+    # Peaks take the nearest denser point over their whole row. The matrix is already there, so every row is
+    # scanned and the peaks' values picked with `where`: the same values as gathering the peak rows, without the
+    # host sync of finding them (one per call; the single-frame path calls this once per frame).
     idx = torch.arange(M, device=x.device)
-    denser = _denser(rho[b], idx[None, :], rho[b, i][:, None], i[:, None])  # (peaks, M)
-    delta[b, i] = torch.where(denser, dist[b, i], max_dist[b][:, None]).min(dim=-1).values
+    denser = _denser(rho[:, None, :], idx[None, None, :], rho[:, :, None], idx[None, :, None])  # (B, M, M)
+    scanned = torch.where(denser, dist, max_dist[:, None, None]).min(dim=-1).values
+    delta = torch.where(peaks, scanned, delta)
     return stable_topk(rho * delta, cluster_num)
 
 

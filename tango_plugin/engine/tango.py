@@ -57,6 +57,28 @@ class _Kept:
         return PrunePlan(kept_indices=idx[order], features=feats[order])
 
 
+class _Deferred:
+    """Device-side checks of the assumption the sync-free path makes (no repeated salient pick in a row), read
+    once at the end of the call instead of once per segment (docs/algorithm.md, "Host syncs")."""
+
+    def __init__(self) -> None:
+        self.flags: List[torch.Tensor] = []
+
+    def repeats(self, picks: torch.Tensor) -> None:
+        if picks.shape[-1] > 1:
+            ordered = picks.sort(dim=-1).values
+            self.flags.append((ordered[..., 1:] == ordered[..., :-1]).any())
+
+    def failed(self) -> bool:
+        return bool(torch.stack(self.flags).any()) if self.flags else False
+
+
+def _free_positions(free: torch.Tensor, count: int) -> torch.Tensor:
+    """Ascending positions of the `count` True entries of each row of `free` (B, n), when every row has exactly
+    `count`: what ``torch.nonzero(free)[:, 1].reshape(B, count)`` gives, without reading the mask on the host."""
+    return torch.sort((~free).to(torch.uint8), dim=1, stable=True).indices[:, :count]
+
+
 def _rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """x[b, idx[b]] for (B, n, D) x and (B, k) idx -> (B, k, D); a row copy, much faster than an expanded gather."""
     B, n, D = x.shape
@@ -113,11 +135,13 @@ def _merge_context(feats: torch.Tensor, roped: torch.Tensor, num_anchors: int,
 
 
 def _compress_frames(feats: torch.Tensor, roped: torch.Tensor, scores: torch.Tensor, ratio: float,
-                     cfg: TangoConfig) -> Tuple[torch.Tensor, torch.Tensor]:
+                     cfg: TangoConfig, deferred: "_Deferred | None" = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """The single-frame path (docs/algorithm.md §4.5) for B frames of the same size at once.
 
     Args:
         feats / roped: (B, L', D); scores: (B, L').
+        deferred: None reads the pool sizes on the host; else they are taken to be L' - picks (no repeated pick,
+            checked on the device into `deferred`).
 
     Returns:
         (local indices (B, K), features (B, K, D)); K is the same for every frame.
@@ -131,7 +155,14 @@ def _compress_frames(feats: torch.Tensor, roped: torch.Tensor, scores: torch.Ten
         picked_idx.append(sal)
         picked_feats.append(_rows(feats, sal))
         free.scatter_(1, sal, False)
-    if k_c > 0:
+    if k_c > 0 and deferred is not None:
+        if picked_idx:
+            deferred.repeats(picked_idx[0])
+        pool_size = n - (picked_idx[0].shape[1] if picked_idx else 0)
+        idx, merged = _context_of_pools(feats, roped, free, pool_size, k_c, cfg, known_size=True)
+        picked_idx.append(idx)
+        picked_feats.append(merged)
+    elif k_c > 0:
         pool_sizes = free.sum(dim=1)
         if bool((pool_sizes == pool_sizes[0]).all()):
             idx, merged = _context_of_pools(feats, roped, free, int(pool_sizes[0]), k_c, cfg)
@@ -157,10 +188,13 @@ def _ragged_frames(feats, picked_idx, picked_feats, rows):
     return idx, out
 
 
-def _context_of_pools(feats, roped, free, pool_size: int, k_c: int, cfg: TangoConfig):
+def _context_of_pools(feats, roped, free, pool_size: int, k_c: int, cfg: TangoConfig, known_size: bool = False):
     """Context tokens of B pools of equal size: keep all if they fit the budget, else cluster and merge."""
     B, _, D = feats.shape
-    pool = torch.nonzero(free)[:, 1].reshape(B, pool_size)  # ascending local indices
+    if known_size:
+        pool = _free_positions(free, pool_size)
+    else:
+        pool = torch.nonzero(free)[:, 1].reshape(B, pool_size)  # ascending local indices
     n_ctx = min(k_c, pool_size)
     if pool_size == 0:
         return pool, feats[:, :0]
@@ -210,47 +244,66 @@ def _token_similarity(feats: torch.Tensor, frames_per_chunk: int = 16) -> torch.
     return out
 
 
-def _segment(kept: _Kept, video: _Video, start: int, n: int, token_sim: torch.Tensor) -> None:
-    """One segment of n > 1 frames starting at frame `start` (docs/algorithm.md §4.1-§4.4)."""
+def _segment(kept: _Kept, video: _Video, start: int, n: int, static: torch.Tensor, num_static: int,
+             deferred: "_Deferred | None" = None) -> None:
+    """One segment of n > 1 frames starting at frame `start` (docs/algorithm.md §4.1-§4.4).
+
+    Args:
+        static: (L,) the segment's static-token mask; num_static: its count (read on the host by the caller, for
+            every segment at once).
+        deferred: as in `_compress_frames` (None: the host reads what shapes need, segment by segment).
+    """
     cfg = video.cfg
     feats = video.feats
     _, L, D = feats.shape
     frames = torch.arange(start, start + n, device=feats.device)
     flat = frames[:, None] * L + torch.arange(L, device=feats.device)  # (n, L) flat token indices
-    static = (token_sim > cfg.static_threshold).all(dim=0)  # (L,)
-    num_static = int(static.sum())
     ratio = adjusted_ratio(cfg.retention_ratio, n, L, num_static)
     scores = video.scores[start:start + n]
+    # static cells first, then dynamic ones, each ascending: what nonzero(static) and nonzero(~static) give
+    cells_in_order = torch.sort((~static).to(torch.uint8), stable=True).indices
 
     if num_static:
         # one pseudo-frame: temporal mean of features and scores, clustering features of the first frame
-        cells = torch.nonzero(static).flatten()
+        cells = cells_in_order[:num_static]
         idx, out = _compress_frames(feats[start:start + n][:, cells].mean(dim=0)[None],
                                     video.roped(slice(start, start + 1), cells), scores[:, cells].mean(dim=0)[None],
-                                    ratio, cfg)
+                                    ratio, cfg, deferred)
+        if isinstance(idx, list):  # only without `deferred`
+            idx, out = idx[0][None], out[0][None]
         kept.add(flat[0, cells][idx[0]], out[0])
 
-    cells = torch.nonzero(~static).flatten()
-    n_dyn = cells.numel()
+    cells = cells_in_order[num_static:]
+    n_dyn = L - num_static
     if n_dyn == 0:
         return
     d_roped, d_scores, d_flat = video.roped(slice(start, start + n), cells), scores[:, cells], flat[:, cells]
     flat_feats = feats.reshape(-1, D)
     k_s, k_c = segment_budgets(n_dyn, ratio, cfg.context_ratio)
     free = torch.ones(n, n_dyn, dtype=torch.bool, device=feats.device)
+    picks = 0
     if k_s > 0:
         local = _select_salient(d_roped, d_scores, min(k_s, n_dyn), cfg)  # (n, k_s)
         sal = torch.gather(d_flat, 1, local)
         kept.add(sal, flat_feats[sal])
         free.scatter_(1, local, False)
+        picks = local.shape[1]
+        if deferred is not None:
+            deferred.repeats(local)
     if k_c > 0:
         budget = k_c * n
-        pool_flat = d_flat[free]  # frame-major, then token order
+        if deferred is not None:  # frame-major, then token order, as a boolean mask would give
+            pool_local = _free_positions(free, n_dyn - picks)
+            pool_flat = torch.gather(d_flat, 1, pool_local).flatten()
+            pool_roped = _rows(d_roped, pool_local).reshape(pool_flat.numel(), -1)
+        else:
+            pool_flat = d_flat[free]
+            pool_roped = d_roped[free]
         pool_feats = flat_feats[pool_flat]
         if pool_flat.numel() <= budget:
             kept.add(pool_flat, pool_feats)
         else:
-            local, merged = _merge_context(pool_feats[None], d_roped[free][None], budget, cfg)
+            local, merged = _merge_context(pool_feats[None], pool_roped[None], budget, cfg)
             kept.add(pool_flat[local[0]], merged[0])
 
 
@@ -266,10 +319,22 @@ def _segment_sizes(token_sim: torch.Tensor, tokens: VisualTokens, cfg: TangoConf
 def tango_prune(tokens: VisualTokens, cfg: TangoConfig) -> PrunePlan:
     """Tango on one video. Inputs are not modified; the output follows the features' dtype and device.
 
+    The host reads a fixed number of values per call, however many segments and frames the video has
+    (docs/algorithm.md, "Host syncs"): the segment sizes, every segment's static count at once, and one deferred
+    check at the end. When that check finds a repeated salient pick (degenerate ties only), the call is redone on
+    the path that reads the pool sizes segment by segment; both paths give the same plan.
+
     Args:
         tokens: the video's tokens (see `VisualTokens`).
         cfg: the run's settings.
     """
+    plan = _tango_prune(tokens, cfg, _Deferred())
+    if plan is None:
+        plan = _tango_prune(tokens, cfg, None)
+    return plan
+
+
+def _tango_prune(tokens: VisualTokens, cfg: TangoConfig, deferred: "_Deferred | None"):
     feats = tokens.features
     T, L, D = feats.shape
     strope_sections(D)  # clear error for an odd or too small D
@@ -287,13 +352,19 @@ def tango_prune(tokens: VisualTokens, cfg: TangoConfig) -> PrunePlan:
         else:
             frames_or_all = frames
         idx, out = _compress_frames(feats[frames_or_all], video.roped(frames_or_all), video.scores[frames_or_all],
-                                    cfg.retention_ratio, cfg)
+                                    cfg.retention_ratio, cfg, deferred)
         if isinstance(idx, list):
             for f, i, o in zip(singles, idx, out):
                 kept.add(f * L + i, o)
         else:
             kept.add(frames[:, None] * L + idx, out)
-    for s, n in zip(starts, sizes):
-        if n > 1:
-            _segment(kept, video, s, n, token_sim[s:s + n - 1])
+    multi = [(s, n) for s, n in zip(starts, sizes) if n > 1]
+    if multi:
+        # every multi-frame segment's static mask, and their counts in one host read
+        static = torch.stack([(token_sim[s:s + n - 1] > cfg.static_threshold).all(dim=0) for s, n in multi])
+        counts = static.sum(dim=1).tolist()
+        for (s, n), mask, count in zip(multi, static, counts):
+            _segment(kept, video, s, n, mask, int(count), deferred)
+    if deferred is not None and deferred.failed():
+        return None
     return kept.plan(D, feats.dtype, feats.device)

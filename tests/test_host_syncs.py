@@ -1,0 +1,114 @@
+"""Host reads per engine call (docs/algorithm.md, "Host syncs"): on a GPU each one stalls the launch queue, so the
+engine reads a fixed number of values per video, however many segments and frames it has.
+
+Counted on CPU: every operation that needs a device value on the host (item / bool / int, nonzero and boolean-mask
+indexing, unique) through a dispatch mode, plus the tensor methods that copy to the host (tolist, cpu, numpy).
+"""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import tango_plugin as tango
+from tango_plugin.engine import tango as engine
+from tango_plugin.testing import synthetic
+
+HOST_OPS = ("aten._local_scalar_dense", "aten.nonzero", "aten.masked_select", "aten._unique2", "aten.unique_dim",
+            "aten.unique_consecutive", "aten.repeat_interleave.Tensor")
+
+
+class HostReads(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.counts = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func)
+        if name.startswith(HOST_OPS):
+            self.counts[name] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def host_reads(fn, monkeypatch) -> collections.Counter:
+    mode = HostReads()
+    for method in ("tolist", "cpu", "numpy"):
+        original = getattr(torch.Tensor, method)
+
+        def counted(self, *a, _original=original, _name=method, **k):
+            mode.counts["Tensor." + _name] += 1
+            return _original(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, method, counted)
+    with mode:
+        fn()
+    monkeypatch.undo()
+    return mode.counts
+
+
+def _video(frames: int, scenes: int, dynamic: float = 0.3, seed: int = 0):
+    return synthetic.synthetic_video(num_frames=frames, grid_hw=(14, 14), dim=64, num_scenes=scenes,
+                                     dynamic_fraction=dynamic, seed=seed)
+
+
+def _prune(v, **cfg):
+    return tango.prune_video_tokens(v.features, v.saliency, v.grid_hw, timestamps=v.timestamps,
+                                    config=tango.TangoConfig(retention_ratio=0.1, **cfg),
+                                    frame_embeddings=v.frame_embeddings)
+
+
+@pytest.mark.parametrize("segmentation", ["holitom", "fastvid"])
+def test_host_reads_do_not_grow_with_segments_or_frames(monkeypatch, segmentation):
+    totals = {}
+    for frames, scenes in ((16, 1), (32, 1), (16, 4), (32, 8), (32, 32)):
+        v = _video(frames, scenes, dynamic=0.9 if scenes == frames else 0.3)
+        counts = host_reads(lambda: _prune(v, segmentation=segmentation), monkeypatch)
+        totals[(frames, scenes)] = sum(counts.values())
+    # input and plan checks, the segment sizes, the static counts, the deferred check: about a dozen, however
+    # many segments (1 to 32 here) and frames
+    assert max(totals.values()) <= 14 and max(totals.values()) - min(totals.values()) <= 2, totals
+
+
+def test_the_per_segment_path_would_be_counted(monkeypatch):
+    """Control: the path that reads pool sizes segment by segment (the fallback) is seen growing with segments."""
+    counts = []
+    for scenes in (2, 8):
+        v = _video(32, scenes)
+        tokens = tango.VisualTokens(features=v.features, saliency=v.saliency, grid_hw=v.grid_hw,
+                                    timestamps=v.timestamps)
+        counts.append(sum(host_reads(lambda: engine._tango_prune(tokens, tango.TangoConfig(retention_ratio=0.1),
+                                                                 None), monkeypatch).values()))
+    assert counts[1] > counts[0] + 6
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("scenes,dynamic", [(1, 0.3), (3, 0.3), (5, 0.8), (12, 0.95)])
+def test_sync_free_path_gives_the_per_segment_plan(seed, scenes, dynamic):
+    v = synthetic.synthetic_video(num_frames=12, grid_hw=(8, 8), dim=48, num_scenes=scenes, dynamic_fraction=dynamic,
+                                  seed=seed)
+    tokens = tango.VisualTokens(features=v.features, saliency=v.saliency, grid_hw=v.grid_hw, timestamps=v.timestamps)
+    for ratio in (0.1, 0.3):
+        cfg = tango.TangoConfig(retention_ratio=ratio)
+        fast = engine._tango_prune(tokens, cfg, engine._Deferred())
+        slow = engine._tango_prune(tokens, cfg, None)
+        assert fast is not None
+        assert torch.equal(fast.kept_indices, slow.kept_indices) and torch.equal(fast.features, slow.features)
+
+
+def test_repeated_picks_fall_back_to_the_per_segment_path(monkeypatch):
+    def picks(roped, scores, k_s, cfg, per_item=False):
+        out = torch.arange(k_s).expand(scores.shape[0], -1).clone()
+        out[0, 1] = 0  # a degenerate tie: frame 0 keeps token 0 twice
+        return out
+
+    monkeypatch.setattr(engine, "_select_salient", picks)
+    torch.manual_seed(0)
+    tokens = tango.VisualTokens(features=torch.randn(3, 16, 12), saliency=torch.rand(3, 16), grid_hw=(4, 4))
+    cfg = tango.TangoConfig(retention_ratio=0.25, context_ratio=0.5)
+    assert engine._tango_prune(tokens, cfg, engine._Deferred()) is None  # the deferred check caught it
+    plan = engine.tango_prune(tokens, cfg)
+    assert torch.equal(plan.kept_indices, engine._tango_prune(tokens, cfg, None).kept_indices)
+    assert plan.kept_indices.tolist().count(0) == 2
