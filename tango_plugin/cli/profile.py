@@ -19,9 +19,9 @@ Where each number comes from:
 * vision tower: forward pre/post hooks on the vision modules (Qwen: `model.model.visual`, which holds the merger;
   LLaVA: `vision_tower` and `multi_modal_projector`), summed; in the pruned run the saliency hooks run inside the
   tower, so their time is taken out of this row and shown as "saliency".
-* saliency: the library's own timer of its transient saliency hooks (`TransientHooks.seconds`, the third value
-  `encode_videos` returns), read by wrapping the handle's adapter instance for the run.
-* strategy: the adapter's plan stage (every `run_strategy` call plus building the replacement), timed around it.
+* saliency: the library's own timer of its transient saliency hooks, `SampleReport.saliency_seconds`.
+* strategy: the adapter's plan stage (every `run_strategy` call plus building the replacement),
+  `SampleReport.strategy_seconds` ("-" for an adapter that does not split its time).
 * splice: the rest of the pruning stage: `SampleReport.prune_seconds` minus saliency minus strategy (placeholder
   matching, layout, rewrite of ids / masks / positions, report).
 * LLM prefill: forward pre/post hooks on `model.model.language_model`, its first call of the run.
@@ -326,57 +326,6 @@ class Probe:
             self._handles = []
 
 
-class StageClock:
-    """Reads the pruning stage's own timers on one handle: wraps the handle's adapter instance for one run
-    (`encode_videos` / `encode_images` return the saliency-hook seconds; `_stage_plan` is timed)."""
-
-    def __init__(self, handle, timer: Timer) -> None:
-        self.adapter = handle.adapter
-        self.timer = timer
-        self.saliency_s = 0.0
-        self.strategy_s: Optional[float] = None
-        self._wrapped: List[str] = []
-
-    def _wrap_encode(self, name: str) -> None:
-        original = getattr(self.adapter, name)
-
-        def encode(*args, **kwargs):
-            out = original(*args, **kwargs)
-            self.saliency_s += float(out[2])  # the TransientHooks timer of the saliency hooks
-            return out
-
-        self.adapter.__dict__[name] = encode
-        self._wrapped.append(name)
-
-    def _wrap_plan(self) -> None:
-        original = self.adapter._stage_plan
-        self.strategy_s = 0.0
-
-        def plan(call):
-            t0 = self.timer.now()
-            try:
-                return original(call)
-            finally:
-                self.strategy_s += self.timer.now() - t0
-
-        self.adapter.__dict__["_stage_plan"] = plan
-        self._wrapped.append("_stage_plan")
-
-    @contextlib.contextmanager
-    def attached(self) -> Iterator["StageClock"]:
-        try:
-            for name in ("encode_videos", "encode_images"):
-                if callable(getattr(self.adapter, name, None)):
-                    self._wrap_encode(name)
-            if callable(getattr(self.adapter, "_stage_plan", None)):
-                self._wrap_plan()
-            yield self
-        finally:
-            for name in self._wrapped:
-                self.adapter.__dict__.pop(name, None)
-            self._wrapped = []
-
-
 # ------------------------------------------------------------------------------------------------- one run
 def _count_video_tokens(model, inputs: dict) -> int:
     cfg = model.config
@@ -389,13 +338,10 @@ def measure_run(model, inputs: dict, new_tokens: int, timer: Timer, device: str,
                 extra: Optional[dict] = None) -> dict:
     """One greedy `generate` of exactly `new_tokens` tokens, with the probes attached; its per-stage numbers."""
     probe = Probe(model, timer)
-    clock = StageClock(handle, timer) if handle is not None else None
     if handle is not None:
         handle.reset()
     with contextlib.ExitStack() as stack:
         stack.enter_context(probe.attached())
-        if clock is not None:
-            stack.enter_context(clock.attached())
         mem = stack.enter_context(PeakMemory(device))
         with torch.inference_mode():
             t0 = timer.now()
@@ -423,18 +369,21 @@ def measure_run(model, inputs: dict, new_tokens: int, timer: Timer, device: str,
         report = handle.report()
         samples = report["samples"]
         prune_s = sum(s["prune_seconds"] for s in samples)
-        strategy_s = clock.strategy_s
+        saliency_s = sum(s.get("saliency_seconds", 0.0) for s in samples)
+        strategy_s = sum(s.get("strategy_seconds", 0.0) for s in samples)
+        if strategy_s == 0.0 and prune_s > 0.0:
+            strategy_s = None  # an adapter that does not split its time (e.g. llava's)
         out.update(
-            saliency_ms=clock.saliency_s * 1e3,
+            saliency_ms=saliency_s * 1e3,
             strategy_ms=None if strategy_s is None else strategy_s * 1e3,
-            splice_ms=max(0.0, prune_s - clock.saliency_s - (strategy_s or 0.0)) * 1e3,
+            splice_ms=max(0.0, prune_s - saliency_s - (strategy_s or 0.0)) * 1e3,
             prune_seconds=prune_s,
             visual_tokens=sum(s["visual_tokens_after"] for s in samples),
             visual_tokens_before=sum(s["visual_tokens_before"] for s in samples),
             pruned=any(s["pruned"] for s in samples),
             note="; ".join(s["note"] for s in samples if s["note"]),
             report=report)
-        vision_s -= clock.saliency_s  # the saliency hooks run inside the tower
+        vision_s -= saliency_s  # the saliency hooks run inside the tower
     out["vision_ms"] = vision_s * 1e3
     listed = sum(out[k] or 0.0 for k in ("vision_ms", "saliency_ms", "strategy_ms", "splice_ms", "prefill_ms"))
     out["other_ms"] = out["ttft_ms"] - listed

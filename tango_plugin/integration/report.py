@@ -22,6 +22,10 @@ class SampleReport:
         ratio_kept: visual_tokens_after / visual_tokens_before (1.0 when nothing was pruned).
         saliency_source: the signal the strategy ranked tokens by ("none" when no saliency was needed).
         prune_seconds: time of saliency hooks, strategy and splice attributed to this row (vision tower excluded).
+        saliency_seconds: the part of `prune_seconds` spent in the saliency hooks (they run inside the vision
+            tower's forward), shared between the call's items as the rest of the shared time is.
+        strategy_seconds: the part of `prune_seconds` spent in this row's strategy calls and replacements; the
+            rest, `prune_seconds - saliency_seconds - strategy_seconds`, is the splice.
         pruned: False when this row was passed through unchanged.
         note: why a row was not pruned, or other facts worth knowing (e.g. sink positions not applied).
         images: number of still images in the row pruned as single-frame videos (`prune_images=True`; 0 otherwise).
@@ -43,6 +47,8 @@ class SampleReport:
     ratio_kept: float = 1.0
     saliency_source: str = "none"
     prune_seconds: float = 0.0
+    saliency_seconds: float = 0.0
+    strategy_seconds: float = 0.0
     pruned: bool = False
     note: str = ""
     images: int = 0
