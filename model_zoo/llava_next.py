@@ -28,8 +28,17 @@ The layout is llava's own choice, read from the model config at every call exact
 `mm_newline_position` "one_token" / "grid" / "no_token" with `mm_patch_merge_type` ("spatial_unpad" appends the
 one-token newline, "flat" none). The sink preset follows the pooling: `llava-video` for "average", else
 `llava-onevision`. Refused at `enable` (`ValueError`): `mm_newline_position="frame"`, `add_faster_video=True`, pool
-modes other than those two, a tower other than llava's SigLIP, and `intra_llm_layer` (not implemented for llava).
-A config changed to such a mode after `enable` is not pruned: a warning and the report say why.
+modes other than those two, and a tower other than llava's SigLIP. A config changed to such a mode after `enable` is
+not pruned: a warning and the report say why.
+
+The intra-LLM stage (`intra_llm_layer=K`, `intra_llm_ratio`; docs/algorithm.md §6) runs in `generate`, on the Qwen2
+decoder layers of llava's LLM (`model.get_model().layers`), with the same hooks as the transformers adapters
+(`integration.intra_llm.IntraLLMStage`; SDPA or eager attention). llava builds the LLM's `inputs_embeds` itself, so
+each video's span in them is laid out here from llava's own rules: each row's text tokens (its `attention_mask`) with
+every placeholder replaced by the tokens inserted for it (the kept tokens and newlines), re-padded on
+`config.tokenizer_padding_side`, truncated at `config.tokenizer_model_max_length`. A call that also has still images
+(whose token counts llava decides elsewhere), a plain `forward`, and a cache other than a dynamic one run without the
+stage, with a one-time warning.
 
 Options (`tango_plugin.enable(model, cfg, **options)`): `fps` (frames per second of the sampled frames) and
 `video_timestamps` (seconds of each frame: one tensor for all videos, or a list with one per video); per call,
@@ -41,6 +50,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -50,6 +60,7 @@ import torch
 from tango_plugin.engine.types import VisualTokens
 from tango_plugin.integration.adapter import ModelAdapter
 from tango_plugin.integration.hooks import TransientHooks, first_arg
+from tango_plugin.integration.intra_llm import SUPPORTED_IMPLEMENTATIONS, IntraLLMStage
 from tango_plugin.integration.report import PlanRecord, SampleReport
 from tango_plugin.strategies import run_strategy
 
@@ -131,6 +142,20 @@ class _Call:
     pending: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
+class LlavaIntraLLMStage(IntraLLMStage):
+    """The intra-LLM stage on llava's Qwen2 decoder (transformers 4.x, whose attention registry has no
+    `get_interface`): the scoring layer calls the model's own SDPA / eager function by name."""
+
+    def real_attention(self, module) -> Callable:
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        eager = sys.modules[type(module).__module__].eager_attention_forward
+        if self._implementation == "eager":
+            return eager
+        get = getattr(ALL_ATTENTION_FUNCTIONS, "get_interface", None)
+        return get(self._implementation, eager) if get is not None else ALL_ATTENTION_FUNCTIONS[self._implementation]
+
+
 _PREPARE_ARGS = ("input_ids", "position_ids", "attention_mask", "past_key_values", "labels", "images", "modalities",
                  "image_sizes")
 
@@ -164,6 +189,9 @@ class LlavaNextAdapter(ModelAdapter):
         self._call: Optional[_Call] = None
         self._depth = 0
         self._given_times = None
+        self._intra: Optional[LlavaIntraLLMStage] = None
+        self._generating = False  # the top-level call is a generate (the only one that arms the intra-LLM stage)
+        self._intra_ok = False  # that generate's cache allows the stage
 
     # ------------------------------------------------------------------------------------------- settings
     def _tower(self):
@@ -190,17 +218,14 @@ class LlavaNextAdapter(ModelAdapter):
 
     def validate(self) -> None:
         super().validate()
-        if self.config.intra_llm_layer is not None:
-            raise ValueError(f"intra_llm_layer={self.config.intra_llm_layer} is not supported on llava (LLaVA-NeXT) "
-                             "models: Tango prunes before the LLM only here; set intra_llm_layer=None (the "
-                             "'llava-video' preset sets 18: TangoConfig.from_preset('llava-video', "
-                             "intra_llm_layer=None))")
         for name in ("prepare_inputs_labels_for_multimodal", "encode_images", "get_2dPool", "add_token_per_grid"):
             if not callable(getattr(self.model, name, None)):
                 raise ValueError(f"{type(self.model).__name__} has no {name}(); this adapter needs a LLaVA-NeXT "
                                  "`llava` model (LlavaMetaForCausalLM)")
         pool, _ = video_layout(self.model.config)
         layers = self._tower_layers()
+        if self.config.intra_llm_layer is not None:
+            self._validate_intra_llm()
         if self.config.sink_positions is not None:
             self.sink_positions(self.grid_tokens(pool), PRESETS[pool])  # explicit ones off the grid -> ValueError
         if self.saliency_source_name() == "siglip_head":
@@ -217,22 +242,67 @@ class LlavaNextAdapter(ModelAdapter):
                                  f"the model's vision tower width {width}")
             self._head = (post_ln, head)
 
+    def _decoder_layers(self):
+        return self.model.get_model().layers
+
+    def _validate_intra_llm(self) -> None:
+        k, depth = self.config.intra_llm_layer, len(self._decoder_layers())
+        if not 1 <= k < depth:
+            raise ValueError(f"intra_llm_layer={k} does not fit this model: its language model has {depth} decoder "
+                             f"layers, so allowed values are 1..{depth - 1} (layer K-1 scores, layers K.. see the "
+                             "reduced sequence)")
+        impl = getattr(self.model.config, "_attn_implementation", None)
+        if impl not in SUPPORTED_IMPLEMENTATIONS:
+            raise ValueError(f"intra_llm_layer needs the language model on one of {list(SUPPORTED_IMPLEMENTATIONS)} "
+                             f"attention; this model uses {impl!r} (load it with attn_implementation='sdpa')")
+
     def install(self) -> None:
         for name, route in (("prepare_inputs_labels_for_multimodal", self._prepare),
                             ("encode_images", self._encode_images), ("get_2dPool", self._get_2d_pool),
                             ("add_token_per_grid", self._add_token_per_grid)):
             self.hooks.wrap_method(f"llava:{name}", self.model, name, route)
+        if self.config.intra_llm_layer is not None:
+            self._intra = LlavaIntraLLMStage(self._decoder_layers(), self.config.intra_llm_layer,
+                                             self.config.intra_llm_ratio, on_reduced=self._record_intra_llm)
+            self._intra.install(self.hooks)
 
     def close(self) -> None:
         self._head = None
         self._call = None
+        if self._intra is not None:
+            self._intra.disarm()
+            self._intra = None
+
+    def _record_intra_llm(self, visual_after: List[int]) -> None:
+        for report, count in zip(self.state.last, visual_after):
+            report.intra_llm_tokens_after = count
 
     # ------------------------------------------------------------------------------------------- forward / generate
     def forward(self, original: Callable, args: tuple, kwargs: dict) -> Any:
         return self._route(original, args, kwargs, "input_ids")
 
     def generate(self, original: Callable, args: tuple, kwargs: dict) -> Any:
-        return self._route(original, args, kwargs, "inputs")
+        if self._depth or self._intra is None:
+            return self._route(original, args, kwargs, "inputs")
+        self._generating, self._intra_ok = True, self._intra_cache_ok(kwargs)
+        try:
+            return self._route(original, args, kwargs, "inputs")
+        finally:
+            self._generating = self._intra_ok = False
+            if self._intra is not None:
+                self._intra.disarm()
+
+    def _intra_cache_ok(self, kwargs: dict) -> bool:
+        """The stage caches a shorter sequence in layers K..: only a dynamic cache allows per-layer lengths."""
+        impl = kwargs.get("cache_implementation") or getattr(self.model.generation_config, "cache_implementation",
+                                                             None)
+        cache = kwargs.get("past_key_values")
+        if impl not in (None, "dynamic") or (cache is not None and type(cache).__name__ != "DynamicCache"):
+            what = impl if impl not in (None, "dynamic") else type(cache).__name__
+            self.state.warn_once("intra-cache", f"intra_llm_layer needs a dynamic cache (layers K.. cache fewer "
+                                                f"tokens); this generate call uses {what!r} and runs without it")
+            return False
+        return True
 
     def _route(self, original: Callable, args: tuple, kwargs: dict, ids_name: str) -> Any:
         """Take `tango_video_timestamps` out of the call (llava would refuse it) and keep it for the prepare call
@@ -318,7 +388,71 @@ class LlavaNextAdapter(ModelAdapter):
         finally:
             self._call = None
         self._report(call)
+        if self._intra is not None:
+            if not self._generating:
+                self.state.warn_once("intra-forward", "intra_llm_layer is applied in generate only (forward returns "
+                                                      "one logit row per input token); this forward call runs "
+                                                      "without it")
+            elif self._intra_ok:
+                self._arm_intra(call, bound, len(images), out)
         return out
+
+    def _arm_intra(self, call: _Call, bound: dict, count: int, out: Any) -> None:
+        """Arm the intra-LLM stage for the prefill that follows, with each video's span in llava's `inputs_embeds`."""
+        embeds = out[4] if isinstance(out, tuple) and len(out) > 4 else None
+        spans = self._video_spans(call, bound, count, embeds)
+        if spans is None:
+            return
+        if not self._intra.arm(spans):
+            self.state.warn_once("intra-impl", "intra_llm_layer needs SDPA or eager attention in the language model; "
+                                               "it was switched to another implementation after enable(), so this "
+                                               "call runs without the intra-LLM stage")
+
+    def _video_spans(self, call: _Call, bound: dict, count: int, embeds: Any) -> Optional[List[List[torch.Tensor]]]:
+        """Per row, one tensor per video of its positions in `embeds` (llava's padded `inputs_embeds`), laid out by
+        llava's rules (module docstring); None (with a one-time warning) when the layout cannot be known."""
+        if len(call.videos) < count:
+            self.state.warn_once("intra-images", "intra_llm_layer: a call with still images next to its videos runs "
+                                                 "without the intra-LLM stage (llava decides the images' token "
+                                                 "counts elsewhere)")
+            return None
+        ids, mask = bound["input_ids"], bound.get("attention_mask")
+        if not isinstance(embeds, torch.Tensor) or embeds.dim() != 3 or any(v.before == 0 for v in call.videos):
+            self.state.warn_once("intra-layout", "intra_llm_layer: llava's inputs_embeds of this call are not laid "
+                                                 "out as expected, so it runs without the intra-LLM stage")
+            return None
+        limit = getattr(self.model.config, "tokenizer_model_max_length", None)
+        left = getattr(self.model.config, "tokenizer_padding_side", "right") == "left"
+        width = int(embeds.shape[1])
+        per_row: List[List[Tuple[int, int]]] = []
+        lengths: List[int] = []
+        queue = list(call.videos)
+        for b in range(ids.shape[0]):
+            row = ids[b] if mask is None else ids[b][mask[b].bool()]
+            holes = (row == IMAGE_TOKEN_INDEX).nonzero(as_tuple=True)[0].tolist()
+            pos, spans = 0, []
+            if not holes:  # llava takes an image for this row and inserts none of its tokens
+                queue = queue[1:]
+            for j, hole in enumerate(holes):
+                text = hole - (holes[j - 1] + 1 if j else 0)
+                pos += text
+                video = queue.pop(0) if queue else None
+                size = video.after if video is not None else 0
+                spans.append((pos, size))
+                pos += size
+            pos += int(row.numel()) - (holes[-1] + 1 if holes else 0)
+            lengths.append(pos if limit is None else min(pos, int(limit)))
+            per_row.append(spans)
+        if max(lengths, default=0) != width:
+            self.state.warn_once("intra-layout", "intra_llm_layer: llava's inputs_embeds of this call are not laid "
+                                                 "out as expected, so it runs without the intra-LLM stage")
+            return None
+        result = []
+        for spans, length in zip(per_row, lengths):
+            offset = width - length if left else 0
+            result.append([torch.arange(offset + start, offset + min(start + size, length), device=embeds.device)
+                           for start, size in spans if min(start + size, length) > start])
+        return result
 
     def _encode_images(self, original: Callable, args: tuple, kwargs: dict) -> Any:
         call = self._call
@@ -448,4 +582,4 @@ class LlavaNextAdapter(ModelAdapter):
         self.state.record(rows)
 
 
-__all__ = ["LlavaNextAdapter", "video_layout", "load_siglip_head", "IMAGE_TOKEN_INDEX"]
+__all__ = ["LlavaNextAdapter", "LlavaIntraLLMStage", "video_layout", "load_siglip_head", "IMAGE_TOKEN_INDEX"]

@@ -7,7 +7,7 @@ project's own venv has transformers 5). It runs where llava is importable next t
 The models are tiny and random, built from configs with no download: a 2-layer Qwen2 LLM and a 3-layer SigLIP tower
 (384 px, patch 14, so the 27 x 27 grid llava asserts) saved to a temporary folder and loaded through llava's own
 `SigLipVisionTower.load_model`, which deletes its last layer and head; the full saved checkpoint is the SigLIP head
-for `saliency_source="siglip_head"`, as in the paper.
+for `saliency_source="siglip_head"`, as in the paper. The intra-LLM stage runs on the 2-layer LLM with K = 1.
 """
 
 from __future__ import annotations
@@ -57,12 +57,13 @@ def siglip_dir(tmp_path_factory):
 def build(siglip_dir):
     def make(mode: str = "ov", seed: int = 0, **overrides):
         torch.manual_seed(seed)
+        attn = overrides.pop("attn_implementation", "eager")
         cfg = LlavaQwenConfig(
             vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=8192, mm_vision_tower="siglip-tiny-test", delay_load=True,
             mm_hidden_size=32, mm_projector_type="mlp2x_gelu", mm_patch_merge_type="spatial_unpad",
             mm_spatial_pool_stride=2, image_aspect_ratio="anyres_max_9", tokenizer_padding_side="left",
-            attn_implementation="eager", **{**MODES[mode], **overrides})
+            attn_implementation=attn, **{**MODES[mode], **overrides})
         model = LlavaQwenForCausalLM(cfg)
         tower = model.get_vision_tower()
         tower.vision_tower_name = siglip_dir  # llava's own loader: drops the last layer and the head
@@ -349,9 +350,106 @@ def test_unsupported_modes_are_refused_at_enable(build, change, match):
     assert "_tango_handle" not in model.__dict__ and not any(m._forward_pre_hooks for m in model.modules())
 
 
-def test_intra_llm_stage_is_refused(build):
-    with pytest.raises(ValueError, match="intra_llm_layer=1 is not supported on llava"):
-        tango.enable(build("video"), cfg(0.2, intra_llm_layer=1))
+# ----------------------------------------------------------------------------------------------- intra-LLM stage
+@contextlib.contextmanager
+def layer_inputs(model):
+    """Sequence length each decoder layer gets in the prefill (hooks registered after the stage's, so they see what
+    the layer really runs on)."""
+    seen = {}
+
+    def hook(i):
+        def run(mod, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            if hidden.shape[1] > 1:
+                seen.setdefault(i, hidden.shape[1])
+        return run
+
+    handles = [layer.register_forward_pre_hook(hook(i), with_kwargs=True)
+               for i, layer in enumerate(model.get_model().layers)]
+    try:
+        yield seen
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@pytest.mark.parametrize("mode,attn", [("video", "eager"), ("ov", "sdpa")])
+def test_intra_llm_stage_drops_the_expected_tokens_at_the_layer(build, mode, attn):
+    model = build(mode, attn_implementation=attn)
+    ids, video = prompt(), frames(4, seed=20)
+    config = cfg(0.25, intra_llm_layer=1, intra_llm_ratio=0.5)
+    with tango.enabled(model, config, fps=1.0) as handle, layer_inputs(model) as seen:
+        out = model.generate(ids, images=[video], modalities=["video"], max_new_tokens=4, do_sample=False)
+        row = handle.report()["samples"][0]
+    after = row["visual_tokens_after"]  # video tokens (newlines included) the LLM gets from the pre-LLM stage
+    assert row["pruned"] and row["intra_llm_tokens_after"] == round(after * 0.5)
+    assert seen[0] == 7 + after  # layer 0 sees the whole (Tango-pruned) prompt
+    assert seen[1] == 7 + round(after * 0.5)  # layer 1 (= intra_llm_layer) runs on the reduced one
+    assert out.shape == (1, 4)
+
+
+def test_intra_llm_ratio_one_equals_no_stage(build):
+    model = build("video")
+    ids, video = prompt(), frames(4, seed=21)
+    kw = dict(images=[video], modalities=["video"], max_new_tokens=5, do_sample=False, return_dict_in_generate=True,
+              output_logits=True)
+    with tango.enabled(model, cfg(0.25), fps=1.0):
+        ref = model.generate(ids, **kw)
+    with tango.enabled(model, cfg(0.25, intra_llm_layer=1, intra_llm_ratio=1.0), fps=1.0) as handle:
+        out = model.generate(ids, **kw)
+        row = handle.report()["samples"][0]
+    assert row["intra_llm_tokens_after"] == row["visual_tokens_after"]
+    assert torch.equal(out.sequences, ref.sequences)
+    for a, b in zip(out.logits, ref.logits):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_intra_llm_stage_changes_the_answer_path_and_batches(build):
+    model = build("video")
+    p1, p2 = prompt(3, 4, seed=1), prompt(5, 2, seed=2)
+    v1, v2 = frames(4, seed=22), frames(3, seed=23)
+    ids, mask = _pad_left([p1, p2])
+    config = cfg(0.25, intra_llm_layer=1, intra_llm_ratio=0.5)
+    kw = dict(max_new_tokens=4, do_sample=False, return_dict_in_generate=True, output_logits=True)
+    with tango.enabled(model, cfg(0.25), fps=1.0):
+        plain = model.generate(p1, images=[v1], modalities=["video"], **kw)
+    with tango.enabled(model, config, fps=1.0) as handle:
+        single = model.generate(p1, images=[v1], modalities=["video"], **kw)
+        out = model.generate(ids, attention_mask=mask, images=[v1, v2], modalities=["video", "video"],
+                             max_new_tokens=4, do_sample=False)
+        rows = handle.report()["samples"]
+    assert not torch.allclose(single.logits[0], plain.logits[0])  # the stage really acted on the prefill
+    assert out.shape == (2, 4)
+    for row in rows:
+        assert row["pruned"] and row["intra_llm_tokens_after"] == round(row["visual_tokens_after"] * 0.5)
+
+
+def test_intra_llm_stage_is_generate_only_and_checked_at_enable(build):
+    model = build("video")
+    ids, video = prompt(), frames(3, seed=24)
+    with tango.enabled(model, cfg(0.25), fps=1.0):
+        ref = logits(model, ids, video)
+    with tango.enabled(model, cfg(0.25, intra_llm_layer=1), fps=1.0):
+        with pytest.warns(UserWarning, match="applied in generate only"):
+            out = logits(model, ids, video)
+    assert torch.equal(out, ref)  # forward runs without the stage
+    with pytest.raises(ValueError, match="intra_llm_layer=2 does not fit this model"):
+        tango.enable(model, cfg(0.2, intra_llm_layer=2))
+    model.config._attn_implementation_internal = "flash_attention_2"  # no validation: flash-attn is not needed
+    with pytest.raises(ValueError, match="needs the language model on one of"):
+        tango.enable(model, cfg(0.2, intra_llm_layer=1))
+    assert "_tango_handle" not in model.__dict__
+
+
+def test_intra_llm_stage_skips_calls_with_still_images(build):
+    model = build("ov")
+    image, video = frames(1, seed=25)[0], frames(3, seed=26)
+    ids, mask = _pad_left([prompt(seed=3), prompt(seed=4)])
+    with tango.enabled(model, cfg(0.2, intra_llm_layer=1), fps=1.0) as handle:
+        with pytest.warns(UserWarning, match="still images next to its videos"):
+            model.generate(ids, attention_mask=mask, images=[video, image], modalities=["video", "image"],
+                           max_new_tokens=2, do_sample=False)
+        assert handle.report()["samples"][0]["intra_llm_tokens_after"] is None
 
 
 def test_mode_changed_after_enable_passes_through_with_a_reason(build):

@@ -7,7 +7,10 @@ file and the Tango report, never by the exit code alone.
 
 Expected frame times are computed here from the published sampling rules, not from the plugin:
 qwen-vl-utils (2 fps, `round(linspace(0, n - 1, k))`), lmms-eval's re-sampling (`unique(linspace(0, k - 1, max,
-dtype=int))`), `llava_hf.load_video` (`linspace(0, n - 1, max, dtype=int)`), each frame at index / file fps.
+dtype=int))`), `llava_hf.load_video` and `llava_onevision.load_video` (`linspace(0, n - 1, max, dtype=int)`),
+`llava_vid.load_video` (every `round(fps / video_fps)`-th frame, or that linspace when there are more than max), each
+frame at index / file fps. The `llava` wrappers' runs skip where the lmms-eval python has no LLaVA-NeXT `llava`
+(CI's has none), also under TANGO_REQUIRE_LMMS=1.
 """
 
 from __future__ import annotations
@@ -359,6 +362,107 @@ def test_cli_tango_llava_hf(lmms):
         assert row["visual_tokens_before"] == 6 * 16 + 1
 
 
+# ------------------------------------------------------------------------- the `llava` wrappers (LLaVA-NeXT's package)
+# A tiny `llava_qwen` checkpoint, built by the lmms-eval python itself (it needs `llava` and transformers 4.x): a
+# 2-layer Qwen2 and a 3-layer SigLIP tower at 384 px / patch 14. llava's tower builder takes an existing folder for a
+# CLIP tower, so the tower is a hub name ("siglip" in it) found in the offline HF cache that the runs use.
+LLAVA_BUILDER = r"""
+import os, sys
+root, hf, mode = sys.argv[1:4]
+os.environ.update(HF_HOME=hf, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+import torch
+from transformers import SiglipVisionConfig, SiglipVisionModel
+from llava.model.language_model.llava_qwen import LlavaQwenConfig, LlavaQwenForCausalLM
+from tango_plugin import testing
+
+rev = "0" * 40
+repo = os.path.join(hf, "hub", "models--tango-test--tiny-siglip")
+torch.manual_seed(0)
+tower = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                           image_size=384, patch_size=14)
+SiglipVisionModel(tower).save_pretrained(os.path.join(repo, "snapshots", rev))
+os.makedirs(os.path.join(repo, "refs"), exist_ok=True)
+open(os.path.join(repo, "refs", "main"), "w").write(rev)
+tok = testing.build_tokenizer("qwen")
+layout = ({"mm_spatial_pool_mode": "bilinear", "mm_newline_position": "one_token"} if mode == "ov" else
+          {"mm_spatial_pool_mode": "average", "mm_newline_position": "grid"})
+cfg = LlavaQwenConfig(
+    vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+    num_key_value_heads=2, max_position_embeddings=8192, mm_vision_tower="tango-test/tiny-siglip", mm_hidden_size=32,
+    mm_projector_type="mlp2x_gelu", mm_patch_merge_type="spatial_unpad", mm_spatial_pool_stride=2,
+    mm_vision_select_layer=-1, image_aspect_ratio="anyres_max_9", mm_use_im_patch_token=False,
+    mm_use_im_start_end=False, tokenizer_padding_side="left", eos_token_id=tok.eos_token_id,
+    pad_token_id=tok.pad_token_id, **layout)
+model = LlavaQwenForCausalLM(cfg)
+torch.nn.init.normal_(model.get_model().image_newline, std=0.5)
+model.save_pretrained(root)
+tok.save_pretrained(root)
+print("saved", root)
+"""
+
+
+def _llava_checkpoint(lmms, mode: str) -> str:
+    key = f"llava_qwen_{mode}"
+    if key not in lmms["checkpoints"]:
+        probe = subprocess.run([lmms["python"], "-c", "from tango_plugin.patches.lmms_eval import llava_missing; "
+                                                      "print('MISSING=' + llava_missing())"],
+                               capture_output=True, text=True)  # llava prints notes of its own on import
+        lines = [line for line in probe.stdout.splitlines() if line.startswith("MISSING=")]
+        missing = lines[-1][len("MISSING="):].strip() if probe.returncode == 0 and lines else probe.stderr[-300:]
+        if missing:  # CI's lmms-eval environment has no `llava` (not on PyPI): skip, even with TANGO_REQUIRE_LMMS
+            pytest.skip(f"{lmms['python']}: {missing}")
+        # llava picks the model class by the folder name: it must contain "llava" and "qwen"
+        folder = lmms["root"] / f"llava-qwen-tiny-{mode}"
+        proc = subprocess.run([lmms["python"], "-c", LLAVA_BUILDER, str(folder), str(lmms["root"] / "hf"), mode],
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        lmms["checkpoints"][key] = str(folder)
+    return lmms["checkpoints"][key]
+
+
+def _llava_vid_indices(frames: int, fps: float, max_frames: int) -> list:
+    # llava_vid.load_video at video_fps=1: every round(fps / 1)-th frame; more than max_frames (or force_sample):
+    # linspace(0, n - 1, max_frames, dtype=int)
+    step = round(fps / 1)
+    picked = list(range(0, frames, step))
+    return np.linspace(0, frames - 1, max_frames, dtype=int).tolist() if len(picked) > max_frames else picked
+
+
+@pytest.mark.parametrize("model", ["tango_llava_onevision", "tango_llava_vid"])
+def test_cli_tango_llava_wrappers(lmms, model):
+    mode = "ov" if model == "tango_llava_onevision" else "video"
+    ckpt = _llava_checkpoint(lmms, mode)
+    common = f"pretrained={ckpt},device=cpu,device_map=auto,conv_template=qwen_1_5,tango_ratio=0.25"
+    if model == "tango_llava_onevision":
+        args = f"{common},max_frames_num=4,attn_implementation=sdpa"
+        expected = {n: np.linspace(0, CLIPS[n][0] - 1, 4, dtype=int).tolist() for n in CLIPS}
+        side, newlines = 14, 1  # bilinear: ceil(27 / 2) = 14 per side, one newline per video
+    else:
+        args = f"{common},max_frames_num=3,video_fps=1,mm_spatial_pool_mode=average,mm_newline_position=grid"
+        expected = {n: _llava_vid_indices(*CLIPS[n], 3) for n in CLIPS}
+        side, newlines = 13, None  # average: floor(27 / 2) = 13 per side, one newline per kept (frame, row)
+    data, samples, report, _ = _run_cli(lmms, model, args)
+    seen = _check_run(data, samples, report, model, expected, tokens_per_patch=0, ratio=0.25)
+    assert report["wrapper"].endswith("llava_onevision.Llava_OneVision" if mode == "ov" else "llava_vid.LlavaVid")
+    for row in report["samples"]:
+        frames = len(row["videos"][0]["frame_indices"])
+        grid = frames * side * side
+        assert row["visual_tokens_before"] == grid + (newlines if newlines is not None else frames * side)
+        assert row["saliency_source"] == "global_query"
+    assert seen == {n: [i / CLIPS[n][1] for i in expected[n]] for n in CLIPS}
+
+
+def test_cli_tango_llava_vid_intra_llm(lmms):
+    ckpt = _llava_checkpoint(lmms, "video")
+    args = (f"pretrained={ckpt},device=cpu,device_map=auto,conv_template=qwen_1_5,max_frames_num=3,video_fps=1,"
+            "attn_implementation=sdpa,tango_ratio=0.25,tango_intra_llm_layer=1,tango_intra_llm_ratio=0.5")
+    data, samples, report, _ = _run_cli(lmms, "tango_llava_vid", args)
+    expected = {n: _llava_vid_indices(*CLIPS[n], 3) for n in CLIPS}
+    _check_run(data, samples, report, "tango_llava_vid", expected, tokens_per_patch=0, ratio=0.25)
+    for row in report["samples"]:
+        assert row["intra_llm_tokens_after"] == round(row["visual_tokens_after"] * 0.5)
+
+
 def test_cli_bad_knob_fails_before_loading(lmms):
     ckpt = _checkpoint(lmms, "qwen2_vl")
     env = {**os.environ, "TANGO_TINY_VIDEO_DIR": lmms["videos"], "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
@@ -377,18 +481,27 @@ def test_entry_point_and_legacy_plugin_registration(lmms):
     # one interpreter for both routes (lmms-eval's import is the slow part): the deprecated LMMS_EVAL_PLUGINS
     # writes simple class paths into AVAILABLE_SIMPLE_MODELS; only the entry point registers the chat classes
     code = ("import lmms_eval.models as m\n"
+            "from tango_plugin.patches.lmms_eval import unavailable_models\n"
             "names = sorted(n for n in m.list_available_models() if n.startswith('tango_'))\n"
-            "print(names)\n"
-            "print([m.get_model(n, force_simple=True).__mro__[2].__name__ for n in names])\n"
-            "print(m.get_model_manifest('tango_qwen2_5_vl').chat_class_path)\n"
-            "print(m.AVAILABLE_SIMPLE_MODELS.get('tango_qwen2_vl'))\n")
+            "print('TANGO', names)\n"
+            "print('TANGO', [next(c for c in m.get_model(n, force_simple=True).__mro__\n"
+            "            if c.__module__.startswith('lmms_eval.')).__name__ for n in names])\n"
+            "print('TANGO', m.get_model_manifest('tango_qwen2_5_vl').chat_class_path)\n"
+            "print('TANGO', m.AVAILABLE_SIMPLE_MODELS.get('tango_qwen2_vl'))\n"
+            "print('TANGO', sorted(unavailable_models()))\n")
     env = {**os.environ, "LMMS_EVAL_PLUGINS": "tango_plugin.patches.lmms_eval"}
     proc = subprocess.run([lmms["python"], "-W", "ignore", "-c", code], env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    names, bases, chat, legacy = proc.stdout.strip().splitlines()[-4:]
-    assert names == str(["tango_llava_hf", "tango_qwen2_5_vl", "tango_qwen2_vl", "tango_qwen3_vl"])
-    assert bases == str(["LlavaHf", "Qwen2_5_VL", "Qwen2_VL", "Qwen3_VL"])  # subclasses of lmms-eval's own
+    # each answer on a line of its own (llava, when installed, prints notes on import)
+    lines = [line[len("TANGO "):] for line in proc.stdout.splitlines() if line.startswith("TANGO ")]
+    names, bases, chat, legacy, unavailable = lines
+    assert names == str(["tango_llava_hf", "tango_llava_onevision", "tango_llava_vid", "tango_qwen2_5_vl",
+                         "tango_qwen2_vl", "tango_qwen3_vl"])
+    # subclasses of lmms-eval's own; without `llava`, tango_llava_vid is a stand-in (llava_vid imports llava)
+    vid_base = "lmms" if "tango_llava_vid" in unavailable else "LlavaVid"
+    assert bases == str(["LlavaHf", "Llava_OneVision", vid_base, "Qwen2_5_VL", "Qwen2_VL", "Qwen3_VL"])
+    assert unavailable in (str([]), str(["tango_llava_onevision", "tango_llava_vid"]))
     assert chat.endswith("tango_qwen2_5_vl.TangoQwen2_5_VLChat")
     assert legacy.endswith("models.tango_qwen2_vl.TangoQwen2VL")
 

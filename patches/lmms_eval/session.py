@@ -458,15 +458,102 @@ def _wrapper_path(cls: type) -> str:
     return f"{base.__module__}.{base.__qualname__}"
 
 
+# ----------------------------------------------------------------------------------------------- llava wrappers
+class LlavaTangoSession(TangoSession):
+    """The session of the `llava` wrappers (`llava_onevision`, `llava_vid`): they decode with decord in their
+    `load_video`, hand the frames to llava's image processor (`preprocess`, not a processor call with `videos=`) and
+    call `model.generate(..., images=[video], modalities=...)`; the batch size is 1.
+
+    `load_video` (overridden by the Tango subclass) notes the decoded frames (`note_video`); the patched
+    `generate` / `forward` takes the videos noted since the last call and, when they match the call's video tensors
+    one to one (same count, same number of frames each), passes their times (`frame index / file fps`).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._noted: List[Optional[VideoFrames]] = []
+
+    def note_video(self, frames: Any, decodes: Sequence[VideoFrames]) -> None:
+        """`load_video` returned `frames` after the decord `get_batch` calls `decodes`: exactly one decode of
+        exactly that many frames is traced, anything else is noted as untraced."""
+        n = len(frames) if frames is not None else -1
+        traced = decodes[0] if len(decodes) == 1 and len(decodes[0].frame_indices) == n else None
+        self._noted.append(_traced(traced, "load_video") if traced is not None else None)
+
+    def _route_generate(self, original, args, kwargs):
+        return self._call(original, True, *args, **self._with_carrier(original, args, kwargs))
+
+    def _route_forward(self, original, args, kwargs):
+        return self._call(original, False, *args, **self._with_carrier(original, args, kwargs))
+
+    def _with_carrier(self, original, args: tuple, kwargs: dict) -> dict:
+        noted, self._noted = self._noted, []
+        if not self.enabled or CARRIER_KEY in kwargs:
+            return kwargs
+        try:
+            import inspect
+
+            bound = inspect.signature(original).bind_partial(*args, **kwargs).arguments
+        except (TypeError, ValueError):
+            bound = dict(kwargs)
+        images = bound.get("images")
+        if images is None:
+            return kwargs
+        images = list(images) if isinstance(images, (list, tuple)) else list(images.unbind(0))
+        modalities = bound.get("modalities", ["image"])
+        modalities = [modalities] if isinstance(modalities, str) else list(modalities or [])
+        videos = [img for i, img in enumerate(images) if i < len(modalities) and modalities[i] == "video"]
+        if not videos:
+            return kwargs
+        frames: List[Optional[VideoFrames]] = [None] * len(videos)
+        if len(noted) == len(videos):
+            frames = [f if f is not None and (v.shape[0] if v.ndim == 4 else 1) == len(f.frame_indices) else None
+                      for f, v in zip(noted, videos)]
+        ids = bound.get("inputs", bound.get("input_ids"))
+        return {**kwargs, CARRIER_KEY: FrameTimes(frames, self._texts(ids))}
+
+    def _texts(self, ids: Any) -> List[str]:
+        tok = getattr(self.owner, "tokenizer", None)
+        if tok is None or not isinstance(ids, torch.Tensor) or ids.dim() != 2:
+            return []
+        try:
+            return [tok.decode(row[row >= 0].tolist()) for row in ids]
+        except Exception:  # only used to find the request of a report row
+            return []
+
+
+class LlavaFrames:
+    """Put before the Tango mixin in the bases of the `llava` wrappers' Tango subclasses: `load_video` notes the
+    frames its decord `get_batch` decoded (decord's `VideoReader` in the wrapper's module records while the wrapper
+    evaluates)."""
+
+    tango_processor_attr = None  # llava's image processor gets plain frames; the times are noted in load_video
+    tango_session_class = LlavaTangoSession
+
+    def load_video(self, *args: Any, **kwargs: Any):
+        book = self._tango.book
+        book.start_decodes()
+        out = super().load_video(*args, **kwargs)
+        decodes = book.take_decodes()
+        if self._tango.enabled:
+            # llava_onevision returns the frames; llava_vid returns (frames, frame_time, video_time)
+            frames = out[0] if isinstance(out, tuple) else out
+            self._tango.note_video(frames, decodes)
+        return out
+
+
 # ----------------------------------------------------------------------------------------------- the mixin
 class TangoLmmsMixin:
     """Put first in the bases of a subclass of an lmms-eval wrapper: `class TangoX(TangoLmmsMixin, X)`.
 
-    Subclasses set `tango_model_name` and `tango_processor_attr` (the attribute holding the processor).
+    Subclasses set `tango_model_name` and `tango_processor_attr` (the attribute holding the processor; None: the
+    processor is not wrapped) and may set `tango_session_class` (a `TangoSession` subclass: the llava wrappers trace
+    their frames in `load_video` instead of at a processor call).
     """
 
     tango_model_name: str = "tango"
-    tango_processor_attr: str = "processor"
+    tango_processor_attr: Optional[str] = "processor"
+    tango_session_class: type = TangoSession
 
     def __init__(self, **kwargs: Any) -> None:
         knobs, rest = split_knobs(kwargs)
@@ -475,9 +562,9 @@ class TangoLmmsMixin:
         except ValueError as err:  # before the checkpoint loads: a typo costs nothing
             raise ValueError(f"{self.tango_model_name}: bad --model_args: {err}") from None
         super().__init__(**rest)  # the wrapper asserts that it got only its own arguments
-        self._tango = TangoSession(self, self.tango_model_name, config, options, extras)
+        self._tango = self.tango_session_class(self, self.tango_model_name, config, options, extras)
         self._tango.install(self.model)
-        if self._tango.enabled:
+        if self._tango.enabled and self.tango_processor_attr:
             processor = getattr(self, self.tango_processor_attr)
             setattr(self, self.tango_processor_attr, ProcessorProxy(processor, self._tango))
 
@@ -495,5 +582,6 @@ class TangoLmmsMixin:
             return super().generate_until_multi_round(requests)
 
 
-__all__ = ["TangoLmmsMixin", "TangoSession", "ProcessorProxy", "FrameBook", "VideoFrames", "FrameTimes",
+__all__ = ["TangoLmmsMixin", "TangoSession", "LlavaTangoSession", "LlavaFrames",
+           "ProcessorProxy", "FrameBook", "VideoFrames", "FrameTimes",
            "MarkedFrames", "CARRIER_KEY"]

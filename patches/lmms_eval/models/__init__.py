@@ -9,4 +9,6 @@ AVAILABLE_MODELS = {
     "tango_qwen2_5_vl": "TangoQwen2_5_VL",
     "tango_qwen3_vl": "TangoQwen3VL",
     "tango_llava_hf": "TangoLlavaHf",
+    "tango_llava_onevision": "TangoLlavaOneVision",
+    "tango_llava_vid": "TangoLlavaVid",
 }
