@@ -3,13 +3,15 @@
     python benchmarks/engine.py                       # the issue's five sizes
     python benchmarks/engine.py --quick               # two small sizes
     TANGO_REFERENCE_PATH=/path/to/Tango python benchmarks/engine.py   # adds the paper's code side by side
+    python benchmarks/engine.py --device cuda --dtype bfloat16          # on a GPU (milliseconds per video)
 
 Inputs are generated (`tango_plugin.testing.synthetic_video`) in three regimes (`--data`):
   one-scene  one long scene, half of the grid dynamic: the whole video is one segment, the worst case for the
              context clustering (its pool grows with the number of frames);
   scenes     a scene cut every 8 frames, 30% of the grid dynamic (typical video);
   dynamic    every token changes every frame: every frame is its own segment.
-Times are warm medians; memory is the peak resident-set growth during the call (Linux VmHWM, reset per call).
+Times are warm medians; memory is the peak resident-set growth during the call (Linux VmHWM, reset per call), or on
+CUDA the peak of `torch.cuda.max_memory_allocated` above what was allocated before the call (synchronised timers).
 """
 
 from __future__ import annotations
@@ -50,11 +52,23 @@ def _release_freed_memory() -> None:
         pass
 
 
-def measure(fn, repeats: int):
+def measure(fn, repeats: int, device: torch.device = torch.device("cpu")):
     """(median seconds, peak extra bytes, last result) of `fn` after one warm-up call."""
     fn()
     times, peak = [], 0
     result = None
+    if device.type == "cuda":
+        for _ in range(repeats):
+            result = None
+            torch.cuda.synchronize(device)
+            base = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            t0 = time.perf_counter()
+            result = fn()
+            torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - t0)
+            peak = max(peak, torch.cuda.max_memory_allocated(device) - base)
+        return statistics.median(times), peak, result
     for _ in range(repeats):
         result = None
         gc.collect()
@@ -80,12 +94,20 @@ def main() -> None:
     parser.add_argument("--data", default="one-scene,scenes,dynamic", help="comma-separated regimes")
     parser.add_argument("--reference-max-frames", type=int, default=96,
                         help="skip the paper's code above this many frames (its M x M buffers)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the paper's code runs on the same device)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="feature dtype (the same-kept column compares with the paper's code on these values)")
     args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available here")
+    dtype = getattr(torch, args.dtype)
 
     from reference import reference_path, run_reference
 
     ref_path = reference_path(args.reference)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; reference: {ref_path or 'not given'}")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {where}, {args.dtype}; reference: {ref_path or 'not given'}")
     header = ("data", "frames x tokens x dim", "ratio", "kept", "ours s", "ours MiB", "ref s", "ref MiB", "speedup",
               "same kept", "topk s")
     rows = []
@@ -97,19 +119,22 @@ def main() -> None:
         if data not in regimes:
             raise SystemExit(f"--data {data!r}: allowed {sorted(regimes)}")
         video = synthetic_video(T, (side, side), D, seed=T + D, **regimes[data](T))
+        video.features = video.features.to(device, dtype)
+        video.saliency = video.saliency.to(device)
+        video.timestamps = video.timestamps.to(device)
         cfg = tp.TangoConfig(retention_ratio=r, reference_merge_order=True)
         ours_t, ours_m, ours = measure(
             lambda: tp.prune_video_tokens(video.features, video.saliency, video.grid_hw, video.timestamps, cfg),
-            args.repeats)
+            args.repeats, device)
         topk_t, _, _ = measure(lambda: tp.prune_video_tokens(
             video.features, video.saliency, video.grid_hw, video.timestamps, cfg.replace(strategy="topk")),
-            args.repeats)
+            args.repeats, device)
         ref_cells = ["-", "-", "-", "-"]
         if ref_path and T <= args.reference_max_frames:
             ref_t, ref_m, (kept, feats) = measure(
                 lambda: run_reference(video.features, video.saliency, video.grid_hw, video.timestamps, cfg,
-                                      path=ref_path), args.repeats)
-            same = torch.equal(kept, ours.kept_indices) and torch.equal(feats, ours.features)
+                                      path=ref_path), args.repeats, device)
+            same = torch.equal(kept.to(device), ours.kept_indices) and torch.equal(feats.to(device), ours.features)
             ref_cells = [f"{ref_t:.3f}", f"{ref_m / 2**20:.0f}", f"{ref_t / ours_t:.1f}x", "yes" if same else "NO"]
         rows.append((data, f"{T}x{side * side}x{D}", f"{r:g}", str(ours.kept_indices.numel()), f"{ours_t:.3f}",
                      f"{ours_m / 2**20:.0f}", *ref_cells, f"{topk_t:.3f}"))
