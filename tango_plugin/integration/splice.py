@@ -285,6 +285,14 @@ class VideoSpliceAdapter(ModelAdapter):
         """(3, B, L) positions of the unpruned sequence (M-RoPE models only)."""
         raise NotImplementedError
 
+    def placeholder_mask(self, kw: dict, kind: str) -> torch.Tensor:
+        """(B, L) bool: where the placeholders of `kind` ("video" or "image") are in `kw["input_ids"]`.
+
+        Default: the positions holding `video_token_id` (`image_token_id`). Override when the ids alone do not tell
+        the kinds apart (GLM-4V writes video frames with the image token id; `mm_token_type_ids` says which is which).
+        """
+        return kw["input_ids"] == (self.video_token_id if kind == "video" else self.image_token_id)
+
     def after_splice(self, positions: Optional[torch.Tensor], attention_mask: torch.Tensor) -> None:
         """Hook for model state that depends on the shortened sequence (Qwen: `rope_deltas`)."""
 
@@ -574,16 +582,15 @@ class VideoSpliceAdapter(ModelAdapter):
         if self._has(kw, self.video_kwargs):
             videos, call.raw["video"], seconds = self.encode_videos(kw, call.need_saliency)
             call.hook_seconds += seconds
-            groups.append(("video", self.video_token_id, videos))
+            groups.append(("video", videos))
         if call.prune_images:
             images, call.raw["image"], seconds = self.encode_images(kw, call.need_saliency)
             call.hook_seconds += seconds
-            groups.append(("image", self.image_token_id, images))
+            groups.append(("image", images))
         call.started = time.perf_counter()
-        ids = kw["input_ids"]
         real = self._mask(kw).bool()
-        for kind, token_id, group in groups:
-            rows, cols = ((ids == token_id) & real).nonzero(as_tuple=True)
+        for kind, group in groups:
+            rows, cols = (self.placeholder_mask(kw, kind) & real).nonzero(as_tuple=True)
             need = [m.num_placeholders for m in group]
             if sum(need) != rows.numel():
                 raise ValueError(f"{kind.capitalize()} features and {kind} tokens do not match: the {kind}s need "
@@ -623,11 +630,10 @@ class VideoSpliceAdapter(ModelAdapter):
         ids = call.kw["input_ids"]
         real = self._mask(call.kw).bool()
         # only the kinds that were encoded: a stray placeholder id of another kind stays, as the model keeps it
-        media_ids = [token for kind, token in (("video", self.video_token_id), ("image", self.image_token_id))
-                     if kind in call.raw]
         replaced = torch.zeros_like(real)
-        for token_id in media_ids:
-            replaced |= (ids == token_id) & real
+        for kind in ("video", "image"):
+            if kind in call.raw:
+                replaced |= self.placeholder_mask(call.kw, kind) & real
         for b in range(ids.shape[0]):
             text = (real[b] & ~replaced[b]).nonzero(as_tuple=True)[0]
             parts, owners = [text], [torch.full_like(text, -1)]
@@ -727,6 +733,8 @@ class VideoSpliceAdapter(ModelAdapter):
                 kept_by_strategy=sum(it.replacement.kept for it in videos),
                 ratio_kept=(after / before) if before else 1.0, saliency_source=source if mine else "none",
                 prune_seconds=sum(it.strategy_seconds for it in mine) + shared * len(mine) / max(1, len(call.items)),
+                saliency_seconds=call.hook_seconds * len(mine) / max(1, len(call.items)),
+                strategy_seconds=sum(it.strategy_seconds for it in mine),
                 pruned=bool(mine) and call.need_saliency,
                 note="; ".join(notes) if mine else "no video in this row",
                 images=len(images), image_tokens_before=sum(it.media.num_placeholders for it in images),

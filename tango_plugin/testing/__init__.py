@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 
+from . import tiny_glm4v  # noqa: F401  (registers the tiny GLM-4.1V recipe; torch only at import)
 from .synthetic import SyntheticVideo, synthetic_video
 
 _MODEL_HALF = ("build_tokenizer", "build_model", "video_inputs", "VideoSpec", "ImageSpec", "video_token_count",

@@ -40,21 +40,29 @@ MORE_MODEL_TYPES = ("qwen3_vl_moe", "llava_next_video")
 INPUT_LAYOUT = {"qwen3_vl_moe": "qwen3_vl", "llava_next_video": "llava_onevision"}
 #: tiny recipes registered from outside (`register_tiny_model`): model_type -> builder
 _RECIPES: dict = {}
+#: input builders registered from outside (`register_tiny_model(..., inputs=)`): model_type -> builder
+_INPUTS: dict = {}
 
 
-def register_tiny_model(model_type: str, build, layout: str) -> None:
+def register_tiny_model(model_type: str, build, layout: str, inputs=None) -> None:
     """Let another package's model family use `build_model` / `video_inputs` (and so the project's adapter matrix).
 
     Args:
         model_type: the family's `config.model_type`.
         build: `build(tok, seed=..., dtype=..., text_overrides=..., **overrides)` returning the tiny model (eval mode,
             `generation_config.eos_token_id = None`), like `build_model`.
-        layout: a type of `MODEL_TYPES` whose processor layout the family's inputs follow (e.g. "qwen2_vl").
+        layout: a type of `MODEL_TYPES` whose processor layout the family's inputs follow (e.g. "qwen2_vl"); with
+            `inputs`, the closest one (it still picks the tokenizer style and the native frame size).
+        inputs: optional `inputs(model, tok, media, prompts, padding_side=, labels=, dtype=, answers=)` returning the
+            batch dict, for a family whose processor lays its inputs out unlike any of `MODEL_TYPES` (e.g. GLM-4V:
+            video frames behind the image token id); `video_inputs` then calls it.
     """
     if layout not in MODEL_TYPES:
         raise ValueError(f"layout={layout!r}; expected one of {list(MODEL_TYPES)}")
     _RECIPES[model_type] = build
     INPUT_LAYOUT[model_type] = layout
+    if inputs is not None:
+        _INPUTS[model_type] = inputs
 
 
 @functools.lru_cache(maxsize=None)
@@ -271,6 +279,9 @@ def video_inputs(model, tok, media: Sequence[Sequence], prompts: Sequence[str], 
         (and `second_per_grid_ts` for Qwen2.5-VL).
     """
     cfg = model.config
+    if cfg.model_type in _INPUTS:
+        return _INPUTS[cfg.model_type](model, tok, media, prompts, padding_side=padding_side, labels=labels,
+                                       dtype=dtype, answers=answers)
     mt = INPUT_LAYOUT.get(cfg.model_type, cfg.model_type)
     dtype = dtype or model.dtype
     media = [[m] if isinstance(m, (VideoSpec, ImageSpec)) else list(m) for m in media]
