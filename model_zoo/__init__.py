@@ -24,3 +24,4 @@ register_adapter("llava_qwen", "tango_plugin.model_zoo.llava_next:LlavaNextAdapt
 register_adapter("qwen3_vl_moe", "tango_plugin.model_zoo.qwen3_vl_moe:Qwen3VLMoeAdapter")
 register_adapter("llava_next_video", "tango_plugin.model_zoo.llava_next_video:LlavaNextVideoAdapter")
 register_adapter("glm4v", "tango_plugin.model_zoo.glm4v:Glm4vAdapter")
+register_adapter("internvl", "tango_plugin.model_zoo.internvl:InternVLAdapter")

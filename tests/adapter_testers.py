@@ -65,6 +65,7 @@ TESTERS: Dict[str, Tester] = {
     # videos stack into one (videos, frames, C, H, W) tensor, so both videos of the batch test have 8 frames
     "llava_next_video": Tester("llava_next_video", batch_frames=(8, 8)),
     "glm4v": Tester("glm4v"),
+    "internvl": Tester("internvl"),
 }
 try:  # the example third-party package (examples/third_party_adapter), when pip-installed: its entry point registers
     # tango_example_vl and its testing module registers the tiny recipe, so the matrix covers it too
