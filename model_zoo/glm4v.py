@@ -1,7 +1,8 @@
 """Adapter for Hugging Face GLM-4.1V-Thinking (`Glm4vForConditionalGeneration`, `model_type == "glm4v"`).
 
 Written against the public adapter API (docs/adapters.md): `VideoSpliceAdapter` and its hooks, `TokenGrid`,
-`EncodedMedia`, `Replacement`, `engine.saliency.score`, `hooks.first_arg`. What GLM-4V does differently from Qwen-VL:
+`EncodedMedia`, `Replacement`, and the Qwen-VL tower's saliency hook (`qwen_vl.frame_qk_saliency_hook`: the same
+vision-tower layout). What GLM-4V does differently from Qwen-VL:
 
 - **Placeholders.** `Glm4vProcessor` writes every video frame as `<|begin_of_image|>` + image-token placeholders +
   `<|end_of_image|>` + its time as text, so video placeholders carry the *image* token id and only
@@ -31,14 +32,11 @@ Written against the public adapter API (docs/adapters.md): `VideoSpliceAdapter` 
 
 from __future__ import annotations
 
-import sys
 from typing import Any, List, Optional, Tuple
 
 import torch
+from tango_plugin.model_zoo.qwen_vl import frame_qk_saliency_hook
 
-from tango_plugin.engine.saliency import score
-from tango_plugin.engine.types import PrunePlan
-from tango_plugin.integration.hooks import first_arg
 from tango_plugin.integration.splice import EncodedMedia, Replacement, SpliceCall, TokenGrid, VideoSpliceAdapter
 
 #: mm_token_type_ids values (Glm4vProcessor.create_mm_token_type_ids)
@@ -114,25 +112,10 @@ class Glm4vAdapter(VideoSpliceAdapter):
         ms = visual.spatial_merge_size
         source = self.saliency_source_name()
         attn = visual.blocks[-1].attn
-        rotary = sys.modules[type(attn).__module__].apply_rotary_pos_emb_vision
         grids = [tuple(int(x) for x in g) for g in grid.tolist()]
         store: dict = {}
 
-        def qk_hook(mod, args, kwargs):
-            hs = first_arg(args, kwargs, "hidden_states")
-            cos, sin = kwargs["position_embeddings"]
-            n = hs.shape[0]
-            q, k, _ = mod.qkv(hs).reshape(n, 3, mod.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
-            q, k = rotary(q, k, cos, sin)
-            heads, d = q.shape[1], q.shape[2]
-            parts, off = [], 0
-            for t, h, w in grids:  # the tower attends within one frame (temporal patch): score per frame
-                size = t * h * w
-                qs = q[off:off + size].reshape(t, h * w, heads, d).transpose(1, 2)
-                ks = k[off:off + size].reshape(t, h * w, heads, d).transpose(1, 2)
-                parts.append(score(source, qs, ks, merge=ms * ms).flatten())
-                off += size
-            store["merged"] = torch.cat(parts)
+        qk_hook = frame_qk_saliency_hook(attn, grids, source, ms * ms, store)  # the same tower layout as Qwen's
 
         with self.hooks.transient("saliency") as cap:
             if need_saliency:
@@ -182,10 +165,6 @@ class Glm4vAdapter(VideoSpliceAdapter):
         return None
 
     # ------------------------------------------------------------------------------------------- replacements
-    def build_replacement(self, media: EncodedMedia, plans: List[PrunePlan]) -> Replacement:
-        replacement = super().build_replacement(media, plans)
-        replacement.features = replacement.features.to(media.features.dtype)
-        return replacement
 
     def encoder_outputs(self, raw: Any, videos: List[EncodedMedia], replacements: List[Replacement]) -> Any:
         return type(raw)(pooler_output=tuple(r.features for r in replacements))

@@ -272,10 +272,6 @@ class InternVLAdapter(VideoSpliceAdapter):
             media.append(EncodedMedia(grids=[grid], num_placeholders=len(tiles) * L))
         return media, out, cap.seconds
 
-    def build_replacement(self, media, plans) -> Replacement:
-        replacement = super().build_replacement(media, plans)
-        replacement.features = replacement.features.to(media.features.dtype)
-        return replacement
 
     def encoder_outputs(self, raw: Any, videos: List[EncodedMedia], replacements: List[Replacement]) -> Any:
         return replacements  # merged with the image tokens in `splice`

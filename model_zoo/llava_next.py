@@ -60,7 +60,7 @@ import torch
 from tango_plugin.engine.types import VisualTokens
 from tango_plugin.integration.adapter import ModelAdapter
 from tango_plugin.integration.hooks import TransientHooks, first_arg
-from tango_plugin.integration.intra_llm import SUPPORTED_IMPLEMENTATIONS, IntraLLMStage
+from tango_plugin.integration.intra_llm import SUPPORTED_IMPLEMENTATIONS, IntraLLMStage, dynamic_cache_or_warn
 from tango_plugin.integration.report import PlanRecord, SampleReport
 from tango_plugin.strategies import run_strategy
 
@@ -284,25 +284,13 @@ class LlavaNextAdapter(ModelAdapter):
     def generate(self, original: Callable, args: tuple, kwargs: dict) -> Any:
         if self._depth or self._intra is None:
             return self._route(original, args, kwargs, "inputs")
-        self._generating, self._intra_ok = True, self._intra_cache_ok(kwargs)
+        self._generating, self._intra_ok = True, dynamic_cache_or_warn(self.model, self.state, kwargs)
         try:
             return self._route(original, args, kwargs, "inputs")
         finally:
             self._generating = self._intra_ok = False
             if self._intra is not None:
                 self._intra.disarm()
-
-    def _intra_cache_ok(self, kwargs: dict) -> bool:
-        """The stage caches a shorter sequence in layers K..: only a dynamic cache allows per-layer lengths."""
-        impl = kwargs.get("cache_implementation") or getattr(self.model.generation_config, "cache_implementation",
-                                                             None)
-        cache = kwargs.get("past_key_values")
-        if impl not in (None, "dynamic") or (cache is not None and type(cache).__name__ != "DynamicCache"):
-            what = impl if impl not in (None, "dynamic") else type(cache).__name__
-            self.state.warn_once("intra-cache", f"intra_llm_layer needs a dynamic cache (layers K.. cache fewer "
-                                                f"tokens); this generate call uses {what!r} and runs without it")
-            return False
-        return True
 
     def _route(self, original: Callable, args: tuple, kwargs: dict, ids_name: str) -> Any:
         """Take `tango_video_timestamps` out of the call (llava would refuse it) and keep it for the prepare call

@@ -91,10 +91,6 @@ class LlavaNextVideoAdapter(HFLlavaTower, VideoSpliceAdapter):
             videos.append(EncodedMedia(grids=[grid], num_placeholders=frames * L))
         return videos, out, cap.seconds
 
-    def build_replacement(self, media, plans) -> Replacement:
-        replacement = super().build_replacement(media, plans)
-        replacement.features = replacement.features.to(media.features.dtype)
-        return replacement
 
     def encoder_outputs(self, raw: Any, videos: List[EncodedMedia], replacements: List[Replacement]) -> Any:
         from transformers.modeling_outputs import BaseModelOutputWithPooling

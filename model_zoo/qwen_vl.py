@@ -62,6 +62,35 @@ DEFAULT_FPS_NOTE = ("second_per_grid_ts is temporal_patch_size / 24: what the Qw
                     "(seconds, or the metadata: tango_plugin.timestamps_from_metadata) to generate")
 
 
+def frame_qk_saliency_hook(attn, grids, source: str, merge: int, store: dict):
+    """Forward pre-hook for the last block's attention of a Qwen-VL-style vision tower (fused `qkv`, 2-D rotary
+    `position_embeddings`): scores each temporal slice's tokens with `source` from that layer's q / k, pooled over
+    the `merge` patches of a merged token, into `store["merged"]` (one flat tensor, the tower's token order).
+
+    Temporal slices are contiguous in the tower's order (window order permutes merge units inside a slice only) and
+    attend within themselves, so each is scored on its own. GLM-4V's tower has the same layout.
+    """
+    rotary = sys.modules[type(attn).__module__].apply_rotary_pos_emb_vision
+
+    def qk_hook(mod, args, kwargs):
+        hs = first_arg(args, kwargs, "hidden_states")
+        cos, sin = kwargs["position_embeddings"]
+        n = hs.shape[0]
+        q, k, _ = mod.qkv(hs).reshape(n, 3, mod.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+        q, k = rotary(q, k, cos, sin)
+        heads, d = q.shape[1], q.shape[2]
+        parts, off = [], 0
+        for t, h, w in grids:
+            size = t * h * w
+            qs = q[off:off + size].reshape(t, h * w, heads, d).transpose(1, 2)
+            ks = k[off:off + size].reshape(t, h * w, heads, d).transpose(1, 2)
+            parts.append(score(source, qs, ks, merge=merge).flatten())
+            off += size
+        store["merged"] = torch.cat(parts)
+
+    return qk_hook
+
+
 class QwenVLAdapter(VideoSpliceAdapter):
     """Shared code of the Qwen-VL family.
 
@@ -122,26 +151,10 @@ class QwenVLAdapter(VideoSpliceAdapter):
         ms = visual.spatial_merge_size
         source = self.saliency_source_name()
         attn = visual.blocks[-1].attn
-        rotary = sys.modules[type(attn).__module__].apply_rotary_pos_emb_vision
         grids = [tuple(int(x) for x in g) for g in grid.tolist()]
         store: dict = {}
 
-        def qk_hook(mod, args, kwargs):
-            hs = first_arg(args, kwargs, "hidden_states")
-            cos, sin = kwargs["position_embeddings"]
-            n = hs.shape[0]
-            q, k, _ = mod.qkv(hs).reshape(n, 3, mod.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
-            q, k = rotary(q, k, cos, sin)
-            heads, d = q.shape[1], q.shape[2]
-            parts, off = [], 0
-            for t, h, w in grids:
-                # temporal slices are contiguous (window order permutes merge units inside a slice only)
-                size = t * h * w
-                qs = q[off:off + size].reshape(t, h * w, heads, d).transpose(1, 2)
-                ks = k[off:off + size].reshape(t, h * w, heads, d).transpose(1, 2)
-                parts.append(score(source, qs, ks, merge=ms * ms).flatten())
-                off += size
-            store["merged"] = torch.cat(parts)
+        qk_hook = frame_qk_saliency_hook(attn, grids, source, ms * ms, store)
 
         with self.hooks.transient("saliency") as cap:
             if need_saliency:
@@ -230,7 +243,6 @@ class QwenVLAdapter(VideoSpliceAdapter):
 
     def build_replacement(self, media: EncodedMedia, plans: List[PrunePlan]) -> Replacement:
         replacement = super().build_replacement(media, plans)
-        replacement.features = replacement.features.to(media.features.dtype)
         if self.deepstack:
             idx = plans[0].kept_indices.to(media.features.device)
             replacement.extra["deepstack"] = [d[idx] for d in media.extra["deepstack"]]

@@ -70,6 +70,19 @@ def last_row_attention(query: torch.Tensor, key: torch.Tensor, mask: Optional[to
     return logits.softmax(-1).mean(1)[:, 0]
 
 
+def dynamic_cache_or_warn(model: Any, state: Any, kw: dict) -> bool:
+    """Whether a generate call's cache lets the stage run: it caches a shorter sequence in layers K.., which only a
+    dynamic cache allows (per-layer lengths). Otherwise warn once (on `state`) that the call runs without it."""
+    impl = kw.get("cache_implementation") or getattr(model.generation_config, "cache_implementation", None)
+    cache = kw.get("past_key_values", kw.get("cache"))
+    if impl not in (None, "dynamic") or (cache is not None and type(cache).__name__ != "DynamicCache"):
+        what = impl if impl not in (None, "dynamic") else type(cache).__name__
+        state.warn_once("intra-cache", f"intra_llm_layer needs a dynamic cache (layers K.. cache fewer tokens); "
+                                       f"this generate call uses {what!r} and runs without it")
+        return False
+    return True
+
+
 @dataclass
 class Reduction:
     """The reduced layout of one prefill.

@@ -31,6 +31,7 @@ import torch
 from ..engine.types import PrunePlan, VisualTokens
 from ..strategies import run_strategy
 from .adapter import ModelAdapter, required
+from .intra_llm import dynamic_cache_or_warn
 from .report import PlanRecord, SampleReport
 
 
@@ -271,9 +272,11 @@ class VideoSpliceAdapter(ModelAdapter):
         raise NotImplementedError
 
     def build_replacement(self, media: EncodedMedia, plans: List[PrunePlan]) -> Replacement:
-        """Default: the kept tokens of the first grid only (Qwen). LLaVA adds newline tokens."""
+        """Default: the kept tokens of the first grid only (Qwen), in the media's dtype (strategies may merge in
+        float32). LLaVA adds newline tokens."""
         plan = plans[0]
-        return Replacement(src=plan.kept_indices, features=plan.features, kept=int(plan.kept_indices.numel()))
+        return Replacement(src=plan.kept_indices, features=plan.features.to(media.features.dtype),
+                           kept=int(plan.kept_indices.numel()))
 
     @required
     def encoder_outputs(self, raw: Any, videos: List[EncodedMedia], replacements: List[Replacement]) -> Any:
@@ -353,17 +356,6 @@ class VideoSpliceAdapter(ModelAdapter):
             self._intra.disarm()
             self._intra = None
 
-    def _intra_applies(self, kw: dict) -> bool:
-        """The stage caches a shorter sequence in layers K..: only a dynamic cache allows per-layer lengths."""
-        impl = kw.get("cache_implementation") or getattr(self.model.generation_config, "cache_implementation", None)
-        cache = kw.get("past_key_values", kw.get("cache"))
-        if impl not in (None, "dynamic") or (cache is not None and type(cache).__name__ != "DynamicCache"):
-            what = impl if impl not in (None, "dynamic") else type(cache).__name__
-            self.state.warn_once("intra-cache", f"intra_llm_layer needs a dynamic cache (layers K.. cache fewer "
-                                                f"tokens); this generate call uses {what!r} and runs without it")
-            return False
-        return True
-
     def _record_intra_llm(self, visual_after: List[int]) -> None:
         for report, count in zip(self.state.last, visual_after):
             report.intra_llm_tokens_after = count
@@ -422,7 +414,7 @@ class VideoSpliceAdapter(ModelAdapter):
         # (assisted decoding deep-copies them) and the vision tower's activations are freed at once
         with torch.no_grad():
             call = self.splice(kw, generating=True)
-        intra = self._intra is not None and self._intra_applies(kw)
+        intra = self._intra is not None and dynamic_cache_or_warn(self.model, self.state, kw)
         if intra and not self._intra.arm(call.video_spans):
             intra = False
             self.state.warn_once("intra-impl", "intra_llm_layer needs SDPA or eager attention in the language model; "

@@ -33,7 +33,7 @@ from typing import Optional, Sequence
 import torch
 
 from . import tiny_models
-from .tiny_models import ImageSpec, VideoSpec, qwen_patches, synthetic_frames
+from .tiny_models import ImageSpec, VideoSpec, qwen_patches, synthetic_frames, training_labels
 
 MODEL_TYPE = "glm4v"
 #: GLM's video processor samples 2 frames per second by default; the tiny videos are taken as sampled at that rate
@@ -144,17 +144,7 @@ def inputs(model, tok, media: Sequence[Sequence], prompts: Sequence[str], paddin
         out["pixel_values"] = torch.cat(images).to(dtype)
         out["image_grid_thw"] = torch.tensor(grids_i)
     if labels:
-        lab = ids.clone()
-        lab[placeholder] = -100
-        lab[out["attention_mask"] == 0] = -100
-        if answers is not None:  # only the answer and its end-of-turn token: the last n real tokens of each row
-            for b, answer in enumerate(answers):
-                n = len(tok(answer + "<|im_end|>", add_special_tokens=False)["input_ids"])
-                real = torch.nonzero(out["attention_mask"][b]).flatten()
-                keep = torch.zeros_like(lab[b], dtype=torch.bool)
-                keep[real[-n:]] = True
-                lab[b][~keep] = -100
-        out["labels"] = lab
+        out["labels"] = training_labels(tok, ids, out["attention_mask"], placeholder, answers)
     return out
 
 

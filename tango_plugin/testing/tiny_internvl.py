@@ -26,7 +26,7 @@ from typing import Optional, Sequence
 import torch
 
 from . import tiny_models
-from .tiny_models import ImageSpec, VideoSpec, synthetic_frames
+from .tiny_models import ImageSpec, VideoSpec, synthetic_frames, training_labels
 
 MODEL_TYPE = "internvl"
 IMAGE_START, IMAGE_END, IMAGE_TOKEN = "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"
@@ -112,17 +112,7 @@ def inputs(model, tok, media: Sequence[Sequence], prompts: Sequence[str], paddin
     if tiles:
         out["pixel_values"] = torch.cat(tiles).to(dtype)
     if labels:
-        lab = ids.clone()
-        lab[ids == cfg.image_token_id] = -100
-        lab[out["attention_mask"] == 0] = -100
-        if answers is not None:  # only the answer and its end-of-turn token: the last n real tokens of each row
-            for b, answer in enumerate(answers):
-                n = len(tok(answer + "<|im_end|>", add_special_tokens=False)["input_ids"])
-                real = torch.nonzero(out["attention_mask"][b]).flatten()
-                keep = torch.zeros_like(lab[b], dtype=torch.bool)
-                keep[real[-n:]] = True
-                lab[b][~keep] = -100
-        out["labels"] = lab
+        out["labels"] = training_labels(tok, ids, out["attention_mask"], ids == cfg.image_token_id, answers)
     return out
 
 

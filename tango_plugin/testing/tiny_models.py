@@ -358,22 +358,29 @@ def video_inputs(model, tok, media: Sequence[Sequence], prompts: Sequence[str], 
         ids = out["input_ids"]
         out["mm_token_type_ids"] = ((ids == cfg.image_token_id).int() + 2 * (ids == cfg.video_token_id).int())
     if labels:
-        lab = out["input_ids"].clone()
-        visual = [getattr(cfg, k, None) for k in ("image_token_id", "video_token_id", "image_token_index",
-                                                   "video_token_index")]
-        for v in visual:
-            if v is not None:
-                lab[lab == v] = -100
-        lab[out["attention_mask"] == 0] = -100
-        if answers is not None:  # only the answer and its end-of-turn token: the last n real tokens of each row
-            for b, answer in enumerate(answers):
-                n = len(tok(answer + "<|im_end|>", add_special_tokens=False)["input_ids"])
-                real = torch.nonzero(out["attention_mask"][b]).flatten()
-                keep = torch.zeros_like(lab[b], dtype=torch.bool)
-                keep[real[-n:]] = True
-                lab[b][~keep] = -100
-        out["labels"] = lab
+        visual_ids = [v for k in ("image_token_id", "video_token_id", "image_token_index", "video_token_index")
+                      if (v := getattr(cfg, k, None)) is not None]
+        ids = out["input_ids"]
+        out["labels"] = training_labels(tok, ids, out["attention_mask"], torch.isin(ids, torch.tensor(visual_ids)),
+                                        answers)
     return out
+
+
+def training_labels(tok, input_ids: torch.Tensor, attention_mask: torch.Tensor, visual: torch.Tensor,
+                    answers: Optional[Sequence[str]] = None) -> torch.Tensor:
+    """`labels` for `input_ids`: -100 at the visual placeholders (`visual`, a (B, L) mask) and padding; with
+    `answers`, -100 everywhere but each row's answer and its end-of-turn token (the last real tokens of the row)."""
+    lab = input_ids.clone()
+    lab[visual] = -100
+    lab[attention_mask == 0] = -100
+    if answers is not None:
+        for b, answer in enumerate(answers):
+            n = len(tok(answer + "<|im_end|>", add_special_tokens=False)["input_ids"])
+            real = torch.nonzero(attention_mask[b]).flatten()
+            keep = torch.zeros_like(lab[b], dtype=torch.bool)
+            keep[real[-n:]] = True
+            lab[b][~keep] = -100
+    return lab
 
 
 def _llava_image_tokens(model, side: int) -> int:
