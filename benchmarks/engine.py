@@ -10,6 +10,8 @@ Inputs are generated (`tango_plugin.testing.synthetic_video`) in three regimes (
              context clustering (its pool grows with the number of frames);
   scenes     a scene cut every 8 frames, 30% of the grid dynamic (typical video);
   dynamic    every token changes every frame: every frame is its own segment.
+  random     independent Gaussian features (torch.randn) and saliency: no structure at all, every frame its own
+             segment (the input of a plain random benchmark).
 Times are warm medians; memory is the peak resident-set growth during the call (Linux VmHWM, reset per call), or on
 CUDA the peak of `torch.cuda.max_memory_allocated` above what was allocated before the call (synchronised timers).
 """
@@ -91,7 +93,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="two small sizes only")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--reference", default=None, help="local checkout of xjtupanda/Tango")
-    parser.add_argument("--data", default="one-scene,scenes,dynamic", help="comma-separated regimes")
+    parser.add_argument("--data", default="one-scene,scenes,dynamic,random", help="comma-separated regimes")
+    parser.add_argument("--frames", default=None,
+                        help="comma-separated frame counts: only the sizes with these many frames (e.g. 64,96)")
     parser.add_argument("--reference-max-frames", type=int, default=96,
                         help="skip the paper's code above this many frames (its M x M buffers)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (the paper's code runs on the same device)")
@@ -113,12 +117,23 @@ def main() -> None:
     rows = []
     regimes = {"one-scene": lambda T: dict(num_scenes=1, dynamic_fraction=0.5),
                "scenes": lambda T: dict(num_scenes=max(1, T // 8), dynamic_fraction=0.3),
-               "dynamic": lambda T: dict(num_scenes=T, dynamic_fraction=1.0)}
-    cases = [(data, *size) for data in args.data.split(",") for size in (QUICK if args.quick else SIZES)]
+               "dynamic": lambda T: dict(num_scenes=T, dynamic_fraction=1.0),
+               "random": lambda T: dict(num_scenes=T, dynamic_fraction=1.0)}
+    sizes = QUICK if args.quick else SIZES
+    if args.frames:
+        wanted = {int(f) for f in args.frames.split(",")}
+        sizes = [size for size in sizes if size[0] in wanted]
+        if not sizes:
+            raise SystemExit(f"--frames {args.frames!r}: allowed {sorted({s[0] for s in SIZES})}")
+    cases = [(data, *size) for data in args.data.split(",") for size in sizes]
     for data, T, side, D, r in cases:
         if data not in regimes:
             raise SystemExit(f"--data {data!r}: allowed {sorted(regimes)}")
         video = synthetic_video(T, (side, side), D, seed=T + D, **regimes[data](T))
+        if data == "random":
+            g = torch.Generator().manual_seed(T + D)
+            video.features = torch.randn(T, side * side, D, generator=g)
+            video.saliency = torch.rand(T, side * side, generator=g)
         video.features = video.features.to(device, dtype)
         video.saliency = video.saliency.to(device)
         video.timestamps = video.timestamps.to(device)

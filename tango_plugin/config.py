@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+DISTANCE_SCREENS = ("auto", "bfloat16", "float32", "off")
 SEGMENTATIONS = ("holitom", "fastvid")
 SALIENCY_SOURCES = ("auto", "global_query", "siglip_head", "attention_received")
 
@@ -296,6 +297,11 @@ class TangoConfig:
             vectors land on other anchors' positions. Off by default (each anchor keeps its own merge); on to
             reproduce the paper's numbers. The kept positions are the same either way.
         max_block_elements: memory bound of the blocked distance computations (elements of one block).
+        distance_screen: how point sets larger than one distance tile (a long segment's context pool) are
+            clustered: "auto" (default), "bfloat16" or "float32" decide on canonical distances, refined exactly
+            where a screening product in that dtype cannot decide ("auto": bfloat16 where it is fast here); all
+            three give the same plan. "off": float32 tile products decide directly (the path before the screen;
+            it can differ in last-bit ties). docs/algorithm.md §11.
         intra_llm_layer: K of the intra-LLM stage of the LLaVA-Video runs (docs/algorithm.md §6), or None (off, the
             default). Layers 0..K-1 see the whole prompt; before layer K each video keeps the
             `round(n * intra_llm_ratio)` tokens the last prompt token attends to most in layer K-1 and the rest are
@@ -357,6 +363,9 @@ class TangoConfig:
         "not on their own anchor); the kept set is the same either way", _flag, default=False)
     max_block_elements: int = _help("elements per block of the blocked distance matrix, >= 1024", _integer(1024),
                                     default=1 << 24)
+    distance_screen: str = _help("large point sets: canonical distances screened in 'auto', 'bfloat16' or "
+                                 "'float32' (the same plan), or 'off' (float32 tiles)", _choice(DISTANCE_SCREENS),
+                                 default="auto")
     intra_llm_layer: Optional[int] = _help(
         "intra-LLM stage: first decoder layer that sees the reduced sequence (layer K-1 scores); None = off",
         _optional(_integer(1)), default=None)

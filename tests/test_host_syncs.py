@@ -28,7 +28,7 @@ class HostReads(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = str(func)
-        if name.startswith(HOST_OPS):
+        if name.startswith(HOST_OPS) and not name.startswith("aten.nonzero_static"):  # fixed size: no read
             self.counts[name] += 1
         return func(*args, **(kwargs or {}))
 
@@ -65,11 +65,29 @@ def test_host_reads_do_not_grow_with_segments_or_frames(monkeypatch, segmentatio
     totals = {}
     for frames, scenes in ((16, 1), (32, 1), (16, 4), (32, 8), (32, 32)):
         v = _video(frames, scenes, dynamic=0.9 if scenes == frames else 0.3)
-        counts = host_reads(lambda: _prune(v, segmentation=segmentation), monkeypatch)
+        counts = host_reads(lambda: _prune(v, segmentation=segmentation, distance_screen="off"), monkeypatch)
         totals[(frames, scenes)] = sum(counts.values())
     # input and plan checks, the segment sizes, the static counts, the deferred check: about a dozen, however
     # many segments (1 to 32 here) and frames
     assert max(totals.values()) <= 14 and max(totals.values()) - min(totals.values()) <= 2, totals
+
+
+def test_screened_pools_read_a_fixed_number_whatever_their_size(monkeypatch):
+    """A context pool larger than one distance tile takes the screened path (docs/algorithm.md §11): a fixed
+    number of reads for the pool (its candidate counts, the peaks, the densest-point check, the overflow check),
+    whatever its size. One-scene videos of 16, 32 and 48 frames have one such pool of about 1,200 to 3,700 points
+    (2 to 10 tiles)."""
+    from tango_plugin.engine import screening
+
+    screening.screen_dtype("auto", torch.device("cpu"))  # the start-up self-tests run once, before counting
+    totals = {}
+    for frames in (16, 32, 48):
+        v = _video(frames, 1)
+        counts = host_reads(lambda: _prune(v), monkeypatch)
+        totals[frames] = sum(counts.values())
+    off = sum(host_reads(lambda: _prune(_video(48, 1), distance_screen="off"), monkeypatch).values())
+    assert max(totals.values()) - min(totals.values()) <= 2, totals
+    assert max(totals.values()) <= off + 20, (totals, off)
 
 
 def test_the_per_segment_path_would_be_counted(monkeypatch):
@@ -79,8 +97,8 @@ def test_the_per_segment_path_would_be_counted(monkeypatch):
         v = _video(32, scenes)
         tokens = tango.VisualTokens(features=v.features, saliency=v.saliency, grid_hw=v.grid_hw,
                                     timestamps=v.timestamps)
-        counts.append(sum(host_reads(lambda: engine._tango_prune(tokens, tango.TangoConfig(retention_ratio=0.1),
-                                                                 None), monkeypatch).values()))
+        cfg = tango.TangoConfig(retention_ratio=0.1, distance_screen="off")
+        counts.append(sum(host_reads(lambda: engine._tango_prune(tokens, cfg, None), monkeypatch).values()))
     assert counts[1] > counts[0] + 6
 
 

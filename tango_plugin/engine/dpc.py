@@ -16,8 +16,12 @@ denser than i when rho_j > rho_i, or rho_j == rho_i and j < i: a strict total or
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
+
+from . import screening
+from .screening import PointSet
 
 # Side of the distance tiles: large enough for efficient matrix products, small enough that the
 # upper-triangle saving matters from a few thousand points on.
@@ -34,6 +38,12 @@ def stable_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 def _denser(rho_j: torch.Tensor, idx_j: torch.Tensor, rho_i: torch.Tensor, idx_i: torch.Tensor) -> torch.Tensor:
     return (rho_j > rho_i) | ((rho_j == rho_i) & (idx_j < idx_i))
+
+
+def _order_key(rho: torch.Tensor) -> torch.Tensor:
+    """A key whose argmax is the densest point under `_denser` (ties -> lower index): rho itself, since argmax
+    returns the first maximum."""
+    return rho
 
 
 def _density(knn_dists: torch.Tensor) -> torch.Tensor:
@@ -136,8 +146,222 @@ def _dpc_tiled(x: torch.Tensor, cluster_num: int, k: int, tile: int, max_block_e
     return stable_topk(rho * delta, cluster_num)
 
 
+# Columns per group of the screened k-nearest pass: each row keeps the k + 1 smallest group minima (upper bounds
+# of its k + 1 nearest), a much cheaper reduction than a top-k over every entry.
+GROUP = 8
+
+
+def _tiles(M: int, tile: int):
+    for a in range(0, M, tile):
+        for b in range(a, M, tile):
+            yield slice(a, min(a + tile, M)), slice(b, min(b + tile, M))
+
+
+def _group_minima(A: torch.Tensor) -> torch.Tensor:
+    """(r, n) -> (r, ceil(n / GROUP)) minima of consecutive column groups."""
+    r, n = A.shape
+    main = n // GROUP * GROUP
+    out = A[:, :main].view(r, -1, GROUP).amin(dim=-1)
+    return torch.cat([out, A[:, main:].amin(dim=1, keepdim=True)], dim=1) if main < n else out
+
+
+def _keep_smallest(lists: torch.Tensor, rows, new: torch.Tensor, kk: int) -> None:
+    lists[rows] = torch.topk(torch.cat([lists[rows], new], dim=1), kk, dim=1, largest=False).values
+
+
+def _pair_lists(rows: torch.Tensor, cols: torch.Tensor, M: int, values: Optional[torch.Tensor] = None):
+    """Flat (row, col) pairs -> (M, w) column lists padded with -1 (valid entries first, in pair order within a
+    row), their valid mask, and `values` laid out the same way (+inf padding)."""
+    order = torch.sort(rows, stable=True).indices
+    rows, cols = rows[order], cols[order]
+    counts = torch.bincount(rows, minlength=M)
+    start = torch.cumsum(counts, 0) - counts
+    width = max(1, int(counts.max())) if rows.numel() else 1
+    pos = torch.arange(rows.numel(), device=rows.device) - start[rows]
+    lists = torch.full((M, width), -1, dtype=torch.long, device=rows.device)
+    lists[rows, pos] = cols
+    laid = None
+    if values is not None:
+        laid = torch.full((M, width), float("inf"), dtype=values.dtype, device=values.device)
+        laid[rows, pos] = values[order]
+    return lists, lists >= 0, laid
+
+
+def _pair_distances(ps: PointSet, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Canonical distances of flat pairs, each unordered pair computed once (the kernel is symmetric, checked at
+    start-up). Every row's product also holds the row itself: its canonical squared norm dot(i, i), so that a
+    point's distance to itself is exactly 0."""
+    M = ps.x.shape[0]
+    idx = torch.arange(M, device=rows.device)
+    lo, hi = torch.minimum(rows, cols), torch.maximum(rows, cols)
+    keys, inverse = torch.unique(torch.cat([lo * M + hi, idx * M + idx]), return_inverse=True)  # by lo, then hi
+    inverse = inverse[:rows.numel()]
+    ulo, uhi = keys // M, keys % M  # every (i, i) is there, first among row i's pairs
+    lists, valid, _ = _pair_lists(ulo, uhi, M)
+    dots = screening.list_dots(ps, idx, ps, lists, valid)
+    ps.sq64 = dots[:, 0].clone()
+    d = screening.combine(ps.sq64, ps.sq64[lists.clamp_min(0)], dots)
+    return d[valid][inverse]  # row-major = (lo, hi) order = the order of `keys`
+
+
+# Candidate entries kept per row of a tile without a host read (`torch.nonzero_static`); a tile with more is
+# redone with exact-size reads (checked once, after the pass).
+CANDIDATES_PER_ROW = 32
+
+
+def _tile_candidates(mask: torch.Tensor, A: torch.Tensor, cap: Optional[int], counts: list):
+    """(rows, cols, values) of the True entries of `mask`: all of them (`cap` None, one host read), or the first
+    `cap` without a host read (padding: value +inf; `counts` gets the true count for the overflow check)."""
+    if cap is None:
+        r, c = torch.nonzero(mask, as_tuple=True)
+        return r, c, A[r, c]
+    idx = torch.nonzero_static(mask, size=cap, fill_value=-1)
+    counts.append((mask.sum(), cap))
+    r, c = idx[:, 0], idx[:, 1]
+    padding = r < 0
+    r, c = r.clamp_min(0), c.clamp_min(0)
+    return r, c, A[r, c].masked_fill_(padding, float("inf"))
+
+
+def _screened_knn(ps: PointSet, kk: int, tile: int, exact_sizes: bool = False):
+    """k + 1 nearest (canonical distances ascending, ties -> lower index) and a floor of the largest canonical
+    distance, from one screening pass over the upper tiles (docs/algorithm.md §11.3).
+
+    Each tile updates every row's k + 1 smallest group minima (so, `bound`-widened, an upper bound of its k + 1-th
+    nearest canonical distance that only decreases) and keeps the entries under the current threshold; the
+    entries still under the final threshold are the candidates, and only they are computed canonically.
+    """
+    M = ps.x.shape[0]
+    dev = ps.x.device
+    bound = ps.row_bound()
+    bound_all = bound.max()
+    uppers = torch.full((M, kk), float("inf"), device=dev)
+    buf = torch.empty(min(tile, M) ** 2, device=dev)
+    rows, cols, vals, counts = [], [], [], []
+    top = torch.tensor(float("-inf"), device=dev)
+    for ra, rb in _tiles(M, tile):
+        na, nb = ra.stop - ra.start, rb.stop - rb.start
+        A = screening.approx_sq(ps, ra, ps, rb, out=buf[:na * nb].view(na, nb))
+        _keep_smallest(uppers, ra, _group_minima(A), kk)
+        if rb.start != ra.start:  # column groups: minima over consecutive rows
+            _keep_smallest(uppers, rb, _group_minima(A.T.contiguous()) if na % GROUP else
+                           A.view(na // GROUP, GROUP, nb).amin(dim=1).T, kk)
+        limit = screening.margin(uppers[:, kk - 1] + bound) + bound  # this row's candidates so far: a <= limit
+        r, c, v = _tile_candidates(A <= limit[ra, None], A, None if exact_sizes else CANDIDATES_PER_ROW * na,
+                                   counts)
+        rows.append(r + ra.start), cols.append(c + rb.start), vals.append(v)
+        if rb.start != ra.start:
+            r, c, v = _tile_candidates(A <= limit[None, rb], A, None if exact_sizes else CANDIDATES_PER_ROW * nb,
+                                       counts)
+            rows.append(c + rb.start), cols.append(r + ra.start), vals.append(v)
+        top = torch.maximum(top, A.max())
+    if counts and bool(torch.stack([n > cap for n, cap in counts]).any()):
+        return _screened_knn(ps, kk, tile, exact_sizes=True)  # a tile had more candidates than it kept
+    limit = screening.margin(uppers[:, kk - 1] + bound) + bound
+    rows, cols = torch.cat(rows), torch.cat(cols)
+    keep = torch.nonzero(torch.cat(vals) <= limit[rows]).flatten()
+    rows, cols = rows[keep], cols[keep]
+    lists, _, d = _pair_lists(rows, cols, M, _pair_distances(ps, rows, cols))
+    knn_d, knn_i = screening.sorted_by_distance(d, lists)
+    # the largest canonical distance is at least this (the largest screened value minus the bound)
+    max_floor = (top.double() - bound_all.double()).clamp_min(0).sqrt()
+    return knn_d[:, :kk].contiguous(), knn_i[:, :kk].contiguous(), max_floor
+
+
+def _exact_max(ps: PointSet, tile: int, max_floor: torch.Tensor) -> torch.Tensor:
+    """The largest canonical distance: every entry whose interval reaches `max_floor` (a second screening pass;
+    needed only when the densest point's score could tie with another, see `_dpc_screened`)."""
+    M = ps.x.shape[0]
+    bound_all = ps.row_bound().max()
+    threshold = screening.margin_down(max_floor.float() ** 2 - bound_all)
+    best = max_floor
+    for ra, rb in _tiles(M, tile):
+        A = screening.approx_sq(ps, ra, ps, rb)
+        r, c = torch.nonzero(A >= threshold, as_tuple=True)
+        for a in range(0, r.numel(), 1 << 16):
+            d = screening.canonical_distances(ps, r[a:a + (1 << 16)] + ra.start, ps, c[a:a + (1 << 16), None] + rb.start)
+            best = torch.maximum(best, d.max())
+    return best
+
+
+def _screened_peak_deltas(ps: PointSet, rho: torch.Tensor, peaks: torch.Tensor, max_dist: torch.Tensor,
+                          max_block_elements: int) -> torch.Tensor:
+    """Each peak's canonical distance to its nearest denser point (max_dist for the densest)."""
+    M = ps.x.shape[0]
+    idx = torch.arange(M, device=ps.x.device)
+    out = torch.empty(peaks.numel(), dtype=torch.float64, device=ps.x.device)
+    bound_all = ps.row_bound()
+    step = max(1, min(TILE, max_block_elements // M))
+    for a in range(0, peaks.numel(), step):
+        p = peaks[a:a + step]
+        A = screening.approx_sq(ps, p, ps, slice(None))
+        A.masked_fill_(~_denser(rho[None, :], idx[None, :], rho[p][:, None], p[:, None]), float("inf"))
+        vals, cols, valid = screening.min_candidates(A, bound_all[p], 8)
+        d = screening.canonical_distances(ps, p, ps, cols, valid).min(dim=1).values
+        out[a:a + step] = torch.where(torch.isfinite(vals[:, 0]), d, max_dist)
+    return out
+
+
+def _dpc_screened(ps: PointSet, cluster_num: int, k: int, tile: int, max_block_elements: int) -> torch.Tensor:
+    """`_dpc_tiled` on canonical distances, screened (docs/algorithm.md §11): the same centres for any screen."""
+    M = ps.x.shape[0]
+    kk = min(k + 1, M)
+    knn_d, knn_i, max_floor = _screened_knn(ps, kk, tile)
+    rho = _density(knn_d)
+    delta, peak_mask = _neighbour_delta(rho[None], knn_d[None], knn_i[None], max_floor.reshape(1))
+    delta = delta[0]
+    peaks = torch.nonzero(peak_mask[0]).flatten()
+    if peaks.numel():
+        delta[peaks] = _screened_peak_deltas(ps, rho, peaks, max_floor, max_block_elements)
+    # The densest point's delta is the largest distance, which only ranks it: every other score is
+    # rho_j * delta_j <= rho_max * max_dist. If it already ranks first with the floor of that distance, it
+    # ranks first with the exact value too, and the centres are the same; else the exact value is computed.
+    scores = rho * delta
+    densest = torch.argmax(_order_key(rho))
+    others = scores.clone()
+    others[densest] = float("-inf")
+    if not bool(scores[densest] > others.max()):
+        scores[densest] = rho[densest] * _exact_max(ps, tile, max_floor)
+    return stable_topk(scores, cluster_num)
+
+
+def _nearest_anchor_screened(pts: PointSet, anchors: PointSet, max_block_elements: int) -> torch.Tensor:
+    """Nearest anchor on canonical distances (ties -> first anchor): rows with one candidate need no refinement."""
+    n, m = pts.x.shape[0], anchors.x.shape[0]
+    bound = pts.row_bound(anchors)
+    out = torch.empty(n, dtype=torch.long, device=pts.x.device)
+    step = max(1, max_block_elements // max(1, m))
+    for a in range(0, n, step):
+        rs = slice(a, min(a + step, n))
+        A = screening.approx_sq(pts, rs, anchors, slice(None))
+        vals, cols, valid = screening.min_candidates(A, bound[rs], 4)
+        several = valid.sum(dim=1) > 1
+        d = screening.canonical_distances(pts, torch.arange(rs.start, rs.stop, device=out.device), anchors, cols,
+                                          valid & several[:, None])
+        best = screening.sorted_by_distance(d, cols)[1][:, 0]
+        out[rs] = torch.where(several, best, cols[:, 0])
+    return out
+
+
+def tile_size(max_block_elements: int) -> int:
+    """Side of the distance tiles under a memory bound; sets larger than one tile are tiled (and screened)."""
+    return max(32, min(TILE, math.isqrt(max_block_elements)))
+
+
+def screened_points(x: torch.Tensor, screen: str, tile: int) -> Optional[PointSet]:
+    """The shared operands of a point set (M, D) that takes the screened path, or None (small set, screen
+    "off", no canonical kernel on this device, or values the bound does not cover)."""
+    if x.shape[0] <= tile:
+        return None
+    dtype = screening.screen_dtype(screen, x.device)
+    if dtype is None:
+        return None
+    ps = PointSet(x.detach(), dtype)
+    return ps if ps.screenable() else None
+
+
 def dpc_knn(x: torch.Tensor, cluster_num: int, k: int, max_block_elements: int = 1 << 24,
-            per_item: bool = False) -> torch.Tensor:
+            per_item: bool = False, screen: str = "auto", points: Optional[PointSet] = None) -> torch.Tensor:
     """Cluster centres by density peaks with a k-NN density.
 
     Args:
@@ -148,28 +372,48 @@ def dpc_knn(x: torch.Tensor, cluster_num: int, k: int, max_block_elements: int =
         per_item: compute each set's distances on its own (2-D products) rather than as one batched product.
             Both give the same centres up to last-bit rounding; per-item is what the reference does for
             single frames (and is faster on CPU for large sets), batched what it does for a segment's frames.
+        screen: sets larger than one tile decide on canonical distances screened in "bfloat16" or "float32"
+            ("auto": bfloat16 where it is fast and rounds as the bound assumes); "off": float32 tiles
+            (docs/algorithm.md §11).
+        points: the set's operands, already built by `screened_points` (shared with `nearest_anchor`).
 
     Returns:
         (B, cluster_num) indices into M, by decreasing rho * delta (ties -> lower index).
     """
     B, M, _ = x.shape
     x = x.float()
-    tile = max(32, min(TILE, math.isqrt(max_block_elements)))
+    tile = tile_size(max_block_elements)
     if M <= tile and B * M * M <= max_block_elements:
         if per_item and B > 1 and M > CDIST_DIRECT_MAX:
             return torch.cat([_dpc_full(x[b:b + 1], cluster_num, k) for b in range(B)])
         return _dpc_full(x, cluster_num, k)
-    return torch.stack([_dpc_tiled(x[b], cluster_num, k, tile, max_block_elements) for b in range(B)])
+    out = []
+    for b in range(B):
+        ps = points if points is not None and B == 1 else screened_points(x[b], screen, tile)
+        if ps is None:
+            out.append(_dpc_tiled(x[b], cluster_num, k, tile, max_block_elements))
+        else:
+            out.append(_dpc_screened(ps, cluster_num, k, tile, max_block_elements))
+    return torch.stack(out)
 
 
 def nearest_anchor(points: torch.Tensor, anchors: torch.Tensor, max_block_elements: int = 1 << 24,
-                   per_item: bool = False) -> torch.Tensor:
+                   per_item: bool = False, screen: str = "auto", point_set: Optional[PointSet] = None,
+                   anchor_index: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Index of the nearest anchor (Euclidean; ties -> first anchor) for each point: (B, n, D), (B, m, D) -> (B, n).
 
-    `per_item` as in `dpc_knn`.
+    `per_item` and `screen` as in `dpc_knn`: more points than one tile take canonical distances. `point_set` with
+    `anchor_index` (B == 1): the anchors are those rows of the points' shared operands.
     """
     B, n, _ = points.shape
     m = anchors.shape[1]
+    tile = tile_size(max_block_elements)
+    if B == 1 and n > tile:
+        ps = point_set if point_set is not None else screened_points(points[0], screen, tile)
+        if ps is not None:
+            anc = ps.subset(anchor_index[0]) if anchor_index is not None else PointSet(anchors[0].detach(), ps.dtype)
+            if anc.screenable():
+                return _nearest_anchor_screened(ps, anc, max_block_elements)[None]
     if per_item and B > 1 and max(n, m) > CDIST_DIRECT_MAX:
         return torch.cat([nearest_anchor(points[b:b + 1], anchors[b:b + 1], max_block_elements) for b in range(B)])
     rows = max(1, max_block_elements // max(1, B * m))
