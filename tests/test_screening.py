@@ -169,7 +169,9 @@ def test_the_canonical_kernel_self_test_passes_here_and_a_failing_one_falls_back
     x = _clustered(300, 32, 0)
     tiled = dpc._dpc_tiled(x, 30, 5, 64, TILE_ELEMENTS)
     monkeypatch.setattr(screening, "canonical_kernel_ok", lambda *a: False)
-    assert dpc.screened_points(x, "auto", 64) is None
+    monkeypatch.setattr(screening, "_WARNED", set())
+    with pytest.warns(UserWarning, match="failed its self-test on cpu; point sets larger than one tile use float32"):
+        assert dpc.screened_points(x, "auto", 64) is None
     assert torch.equal(dpc.dpc_knn(x[None], 30, 5, max_block_elements=TILE_ELEMENTS)[0], tiled)
 
 

@@ -279,7 +279,8 @@ def _exact_max(ps: PointSet, tile: int, max_floor: torch.Tensor) -> torch.Tensor
         A = screening.approx_sq(ps, ra, ps, rb)
         r, c = torch.nonzero(A >= threshold, as_tuple=True)
         for a in range(0, r.numel(), 1 << 16):
-            d = screening.canonical_distances(ps, r[a:a + (1 << 16)] + ra.start, ps, c[a:a + (1 << 16), None] + rb.start)
+            rows, cols = r[a:a + (1 << 16)] + ra.start, c[a:a + (1 << 16), None] + rb.start
+            d = screening.canonical_distances(ps, rows, ps, cols)
             best = torch.maximum(best, d.max())
     return best
 

@@ -13,17 +13,19 @@ a canonical distance is a function of the two points only: symmetric, exactly 0 
 same for any subset of pairs. Only a few pairs per point are computed this way.
 
 Which pairs: a screening product in bfloat16 (or float32) gives every distance to within a proven bound
-(`PointSet.bound`, proof in docs/algorithm.md §11.2); a pair is refined when its interval could change a
+(`PointSet.row_bound`, proof in docs/algorithm.md §11.2); a pair is refined when its interval could change a
 decision. Two screens therefore give the same bits by construction, and the tests check it.
 """
 
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Optional
 
 import torch
 
+_WARNED: set = set()
 U32 = 2.0 ** -24  # unit roundoff of float32
 UNIT_ROUNDOFF = {torch.float32: U32, torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}
 # Norms outside this range (or non-finite values) are not screened: the bound's absolute terms assume no
@@ -142,7 +144,14 @@ def bfloat16_screen_ok(device_type: str) -> bool:
 def screen_dtype(mode: str, device: torch.device) -> Optional[torch.dtype]:
     """The screening dtype for `mode` ("auto", "bfloat16", "float32") on `device`, or None: no canonical kernel
     here (the float32 tile path decides, docs/algorithm.md §11.4)."""
-    if mode == "off" or not canonical_kernel_ok(device.type, torch.get_num_threads()):
+    if mode == "off":
+        return None
+    if not canonical_kernel_ok(device.type, torch.get_num_threads()):
+        if device.type not in _WARNED:
+            _WARNED.add(device.type)
+            warnings.warn(f"tango_plugin: the canonical distance kernel failed its self-test on {device.type}; "
+                          f"point sets larger than one tile use float32 tiles (as distance_screen='off')",
+                          stacklevel=2)
         return None
     if mode == "float32":
         return torch.float32
@@ -182,7 +191,9 @@ class PointSet:
                 e = torch.sub(self.screen[a:a + 1024], self.x[a:a + 1024])
                 self.resid[a:a + 1024] = torch.linalg.vector_norm(e, dim=1) * (1 + self.sq_err)
         self._beta_screen = 0.0 if dtype == torch.float32 else UNIT_ROUNDOFF[dtype] / (1 - UNIT_ROUNDOFF[dtype])
-        self._abs = 8 * self.D * 2.0 ** -126
+        # flushed subnormals (bfloat16 dot instructions flush them): each input component or product loses at
+        # most 2**-126 times its partner, so per pair at most 2**-126 (sqrt(D) (n_i + n_j) + D); doubled for a
+        self._abs = 2.0 ** -124 * self.D
 
     def subset(self, idx: torch.Tensor) -> "PointSet":
         self.ensure_sq64()
@@ -201,7 +212,7 @@ class PointSet:
         this set), from the partners' largest norm, residual and squared norm (docs/algorithm.md §11.2):
 
             E = (n_i + r_i) r_j + r_i n_j + g32 (n_i + r_i)(n_j + r_j) + g64 n_i n_j + b |S|,  |S| <= S_max
-            bound = (2 E (1 + u32) + (4 u32 + e_sq) (sq_i + sq_j) + 4 u32 S_max + abs) * 1.001
+            bound = (2 E (1 + u32) + (4 u32 + e_sq) (sq_i + sq_j) + 4 u32 S_max + flushed) * 1.001
         """
         other = self if other is None else other
         n, r = self.norm, self.resid
@@ -211,7 +222,8 @@ class PointSet:
         s_max = wide * (1 + 2 * self._beta_screen + 2 * g32)
         E = (n + r) * r_o + r * n_o + g32 * wide + g64 * n * n_o + self._beta_screen * s_max
         Q = self.sq + sq_o
-        return (2 * E * (1 + U32) + (4 * U32 + self.sq_err) * Q + 4 * U32 * s_max + self._abs) * 1.001
+        flushed = self._abs * (1 + n + n_o)
+        return (2 * E * (1 + U32) + (4 * U32 + self.sq_err) * Q + 4 * U32 * s_max + flushed) * 1.001
 
     def screenable(self) -> bool:
         """Finite values and norms in `NORM_RANGE` (or zero rows): what the bound covers."""

@@ -248,7 +248,7 @@ def _token_similarity(feats: torch.Tensor, frames_per_chunk: int = 16) -> torch.
     """(T-1, L) cosine similarity of each token with itself in the next frame, in float32 chunks."""
     T, L, D = feats.shape
     out = torch.empty(max(T - 1, 0), L, dtype=torch.float32, device=feats.device)
-    # one buffer for every chunk: fresh large temporaries cost page faults (docs/algorithm.md §10)
+    # one buffer for every chunk: every fresh large temporary costs page faults on first touch
     buf = torch.empty(min(T, frames_per_chunk + 1) * L * D, dtype=torch.float32, device=feats.device)
     for a in range(0, T - 1, frames_per_chunk):
         chunk = feats[a:a + frames_per_chunk + 1]
