@@ -207,6 +207,16 @@ def _pair_distances(ps: PointSet, rows: torch.Tensor, cols: torch.Tensor) -> tor
 # Candidate entries kept per row of a tile without a host read (`torch.nonzero_static`); a tile with more is
 # redone with exact-size reads (checked once, after the pass).
 CANDIDATES_PER_ROW = 32
+# Tiles between two compactions of the kept entries (one host read each): the padded lists of at most this many
+# tiles are held at once.
+COMPACT_EVERY = 16
+
+
+def _compact(rows: list, cols: list, vals: list, limit: torch.Tensor):
+    """The kept entries still under their row's limit, as one-element lists (limits only decrease)."""
+    rows, cols, vals = torch.cat(rows), torch.cat(cols), torch.cat(vals)
+    keep = torch.nonzero(vals <= limit[rows]).flatten()
+    return [rows[keep]], [cols[keep]], [vals[keep]]
 
 
 def _tile_candidates(mask: torch.Tensor, A: torch.Tensor, cap: Optional[int], counts: list):
@@ -255,12 +265,13 @@ def _screened_knn(ps: PointSet, kk: int, tile: int, exact_sizes: bool = False):
                                        counts)
             rows.append(c + rb.start), cols.append(r + ra.start), vals.append(v)
         top = torch.maximum(top, A.max())
+        if len(vals) >= 2 * COMPACT_EVERY:  # drop what the current limits already exclude (bounded memory)
+            rows, cols, vals = _compact(rows, cols, vals, limit)
     if counts and bool(torch.stack([n > cap for n, cap in counts]).any()):
         return _screened_knn(ps, kk, tile, exact_sizes=True)  # a tile had more candidates than it kept
     limit = screening.margin(uppers[:, kk - 1] + bound) + bound
-    rows, cols = torch.cat(rows), torch.cat(cols)
-    keep = torch.nonzero(torch.cat(vals) <= limit[rows]).flatten()
-    rows, cols = rows[keep], cols[keep]
+    rows, cols, _ = _compact(rows, cols, vals, limit)
+    rows, cols = rows[0], cols[0]
     lists, _, d = _pair_lists(rows, cols, M, _pair_distances(ps, rows, cols))
     knn_d, knn_i = screening.sorted_by_distance(d, lists)
     # the largest canonical distance is at least this (the largest screened value minus the bound)

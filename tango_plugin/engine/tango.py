@@ -232,35 +232,29 @@ class _Video:
         cells = torch.arange(L, device=self.feats.device)
         self.rows, self.cols = cells // tokens.grid_hw[1], cells % tokens.grid_hw[1]
         self.cfg = cfg
-        self.normalized: "torch.Tensor | None" = None  # set by `similarity`
 
-    def roped(self, frames, cells=slice(None), consume: bool = False) -> torch.Tensor:
+    def roped(self, frames, cells=slice(None)) -> torch.Tensor:
         """(frames, cells, D) float32 clustering features; `frames` / `cells` are index tensors or slices
-        (slices avoid a gather copy). Rows come from the normalised copy the similarity pass left
-        (`normalized`): normalising is per row, so these are the bits normalising them here would give.
-        `consume`: rotate that copy itself when both are slices (its last use)."""
-        x = self.normalized[frames]
+        (slices avoid a gather copy)."""
+        x = self.signal[frames]
         if not isinstance(cells, slice):
             x = torch.index_select(x, 1, cells)  # faster than advanced indexing, the same rows
-        elif isinstance(frames, slice) and not consume:
-            x = x[:, cells].clone()
-        else:
-            x = x[:, cells]
+        x = F.normalize(x.float(), p=2, dim=-1)
         return rope_tokens_(x, self.t_pos[frames], self.rows[cells], self.cols[cells], self.cfg.base_time,
                             self.cfg.base_space)
 
-    def similarity(self, frames_per_chunk: int = 16) -> torch.Tensor:
-        """(T-1, L) cosine similarity of each token with itself in the next frame (float32), keeping the
-        normalised video for `roped`: one normalisation of every token per call, not two."""
-        T, L, D = self.signal.shape
-        self.normalized = torch.empty(T, L, D, dtype=torch.float32, device=self.signal.device)
-        out = torch.empty(max(T - 1, 0), L, dtype=torch.float32, device=self.signal.device)
-        for a in range(0, T, frames_per_chunk):
-            F.normalize(self.signal[a:a + frames_per_chunk].float(), p=2, dim=-1,
-                        out=self.normalized[a:a + frames_per_chunk])
-        for a in range(0, T - 1, frames_per_chunk):
-            out[a:a + frames_per_chunk] = consecutive_similarity(self.normalized[a:a + frames_per_chunk + 1])
-        return out
+
+def _token_similarity(feats: torch.Tensor, frames_per_chunk: int = 16) -> torch.Tensor:
+    """(T-1, L) cosine similarity of each token with itself in the next frame, in float32 chunks."""
+    T, L, D = feats.shape
+    out = torch.empty(max(T - 1, 0), L, dtype=torch.float32, device=feats.device)
+    # one buffer for every chunk: every fresh large temporary costs page faults on first touch
+    buf = torch.empty(min(T, frames_per_chunk + 1) * L * D, dtype=torch.float32, device=feats.device)
+    for a in range(0, T - 1, frames_per_chunk):
+        chunk = feats[a:a + frames_per_chunk + 1]
+        normed = F.normalize(chunk.float(), p=2, dim=-1, out=buf[:chunk[:, :1].numel() * L].view(chunk.shape))
+        out[a:a + frames_per_chunk] = consecutive_similarity(normed)
+    return out
 
 
 def _segment(kept: _Kept, video: _Video, start: int, n: int, static: torch.Tensor, num_static: int,
@@ -358,7 +352,7 @@ def _tango_prune(tokens: VisualTokens, cfg: TangoConfig, deferred: "_Deferred | 
     T, L, D = feats.shape
     strope_sections(D)  # clear error for an odd or too small D
     video = _Video(tokens, cfg)
-    token_sim = video.similarity()  # segmentation and the static test
+    token_sim = _token_similarity(video.signal)  # segmentation and the static test
     sizes = _segment_sizes(token_sim, tokens, cfg)
 
     kept = _Kept()
@@ -370,8 +364,7 @@ def _tango_prune(tokens: VisualTokens, cfg: TangoConfig, deferred: "_Deferred | 
             frames_or_all = slice(None)
         else:
             frames_or_all = frames
-        idx, out = _compress_frames(feats[frames_or_all], video.roped(frames_or_all, consume=True),
-                                    video.scores[frames_or_all],
+        idx, out = _compress_frames(feats[frames_or_all], video.roped(frames_or_all), video.scores[frames_or_all],
                                     cfg.retention_ratio, cfg, deferred)
         if isinstance(idx, list):
             for f, i, o in zip(singles, idx, out):
