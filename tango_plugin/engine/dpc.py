@@ -40,12 +40,6 @@ def _denser(rho_j: torch.Tensor, idx_j: torch.Tensor, rho_i: torch.Tensor, idx_i
     return (rho_j > rho_i) | ((rho_j == rho_i) & (idx_j < idx_i))
 
 
-def _order_key(rho: torch.Tensor) -> torch.Tensor:
-    """A key whose argmax is the densest point under `_denser` (ties -> lower index): rho itself, since argmax
-    returns the first maximum."""
-    return rho
-
-
 def _density(knn_dists: torch.Tensor) -> torch.Tensor:
     # the first (smallest) entry is taken to be the point itself, as in the reference
     return (-(knn_dists[..., 1:] ** 2).mean(dim=-1)).exp()
@@ -233,6 +227,12 @@ def _tile_candidates(mask: torch.Tensor, A: torch.Tensor, cap: Optional[int], co
     return r, c, A[r, c].masked_fill_(padding, float("inf"))
 
 
+def _knn_limit(uppers: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
+    """Per row, the largest screened value a candidate for the k + 1 nearest can have: its interval must reach
+    below the (k + 1)-th upper end."""
+    return screening.margin(uppers[:, -1] + bound) + bound
+
+
 def _screened_knn(ps: PointSet, kk: int, tile: int, exact_sizes: bool = False):
     """k + 1 nearest (canonical distances ascending, ties -> lower index) and a floor of the largest canonical
     distance, from one screening pass over the upper tiles (docs/algorithm.md §11.3).
@@ -256,7 +256,7 @@ def _screened_knn(ps: PointSet, kk: int, tile: int, exact_sizes: bool = False):
         if rb.start != ra.start:  # column groups: minima over consecutive rows
             _keep_smallest(uppers, rb, _group_minima(A.T.contiguous()) if na % GROUP else
                            A.view(na // GROUP, GROUP, nb).amin(dim=1).T, kk)
-        limit = screening.margin(uppers[:, kk - 1] + bound) + bound  # this row's candidates so far: a <= limit
+        limit = _knn_limit(uppers, bound)  # this row's candidates so far: a <= limit
         r, c, v = _tile_candidates(A <= limit[ra, None], A, None if exact_sizes else CANDIDATES_PER_ROW * na,
                                    counts)
         rows.append(r + ra.start), cols.append(c + rb.start), vals.append(v)
@@ -269,8 +269,7 @@ def _screened_knn(ps: PointSet, kk: int, tile: int, exact_sizes: bool = False):
             rows, cols, vals = _compact(rows, cols, vals, limit)
     if counts and bool(torch.stack([n > cap for n, cap in counts]).any()):
         return _screened_knn(ps, kk, tile, exact_sizes=True)  # a tile had more candidates than it kept
-    limit = screening.margin(uppers[:, kk - 1] + bound) + bound
-    rows, cols, _ = _compact(rows, cols, vals, limit)
+    rows, cols, _ = _compact(rows, cols, vals, _knn_limit(uppers, bound))
     rows, cols = rows[0], cols[0]
     lists, _, d = _pair_lists(rows, cols, M, _pair_distances(ps, rows, cols))
     knn_d, knn_i = screening.sorted_by_distance(d, lists)
@@ -302,13 +301,13 @@ def _screened_peak_deltas(ps: PointSet, rho: torch.Tensor, peaks: torch.Tensor, 
     M = ps.x.shape[0]
     idx = torch.arange(M, device=ps.x.device)
     out = torch.empty(peaks.numel(), dtype=torch.float64, device=ps.x.device)
-    bound_all = ps.row_bound()
+    bound = ps.row_bound()
     step = max(1, min(TILE, max_block_elements // M))
     for a in range(0, peaks.numel(), step):
         p = peaks[a:a + step]
         A = screening.approx_sq(ps, p, ps, slice(None))
         A.masked_fill_(~_denser(rho[None, :], idx[None, :], rho[p][:, None], p[:, None]), float("inf"))
-        vals, cols, valid = screening.min_candidates(A, bound_all[p], 8)
+        vals, cols, valid = screening.min_candidates(A, bound[p], 8)
         d = screening.canonical_distances(ps, p, ps, cols, valid).min(dim=1).values
         out[a:a + step] = torch.where(torch.isfinite(vals[:, 0]), d, max_dist)
     return out
@@ -329,7 +328,7 @@ def _dpc_screened(ps: PointSet, cluster_num: int, k: int, tile: int, max_block_e
     # rho_j * delta_j <= rho_max * max_dist. If it already ranks first with the floor of that distance, it
     # ranks first with the exact value too, and the centres are the same; else the exact value is computed.
     scores = rho * delta
-    densest = torch.argmax(_order_key(rho))
+    densest = torch.argmax(rho)  # the densest under `_denser`: argmax returns the first maximum
     others = scores.clone()
     others[densest] = float("-inf")
     if not bool(scores[densest] > others.max()):

@@ -27,7 +27,7 @@ import torch
 
 _WARNED: set = set()
 U32 = 2.0 ** -24  # unit roundoff of float32
-UNIT_ROUNDOFF = {torch.float32: U32, torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}
+UNIT_ROUNDOFF = {torch.float32: U32, torch.bfloat16: 2.0 ** -8}
 # Norms outside this range (or non-finite values) are not screened: the bound's absolute terms assume no
 # overflow and no flushed subnormal products beyond the `ABS_FLOOR` allowance.
 NORM_RANGE = (2.0 ** -40, 2.0 ** 40)
@@ -49,7 +49,7 @@ def _gamma(n: int) -> float:
 def _bmm_dots(vectors: torch.Tensor, rows: torch.Tensor, matrix: torch.Tensor, cols: torch.Tensor,
               out: torch.Tensor) -> None:
     """out[r, q] = dot(vectors[rows[r]], matrix[cols[r, q]]) in float64, in chunks, by bmm (>= 2 products,
-    >= 2 columns). Rows are gathered in float32 and widened per chunk (small buffers, reused)."""
+    >= MIN_COLUMNS columns). Rows are gathered in float32 and widened per chunk (small buffers, reused)."""
     R, c = cols.shape
     D = vectors.shape[1]
     step = max(2, CANON_CHUNK_ELEMENTS // max(1, c * D))
@@ -194,6 +194,7 @@ class PointSet:
         # flushed subnormals (bfloat16 dot instructions flush them): each input component or product loses at
         # most 2**-126 times its partner, so per pair at most 2**-126 (sqrt(D) (n_i + n_j) + D); doubled for a
         self._abs = 2.0 ** -124 * self.D
+        self._self_bound: Optional[torch.Tensor] = None
 
     def subset(self, idx: torch.Tensor) -> "PointSet":
         self.ensure_sq64()
@@ -214,7 +215,14 @@ class PointSet:
             E = (n_i + r_i) r_j + r_i n_j + g32 (n_i + r_i)(n_j + r_j) + g64 n_i n_j + b |S|,  |S| <= S_max
             bound = (2 E (1 + u32) + (4 u32 + e_sq) (sq_i + sq_j) + 4 u32 S_max + flushed) * 1.001
         """
-        other = self if other is None else other
+        if other is None and self._self_bound is not None:
+            return self._self_bound  # used by the k-nearest pass, the peaks and the maximum
+        bound = self._bound(self if other is None else other)
+        if other is None:
+            self._self_bound = bound
+        return bound
+
+    def _bound(self, other: "PointSet") -> torch.Tensor:
         n, r = self.norm, self.resid
         n_o, r_o, sq_o = other.norm.max(), other.resid.max(), other.sq.max()
         g32, g64 = _gamma(self.D), self.D * 2.0 ** -53 * 1.01
