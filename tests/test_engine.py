@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import tango_plugin as tp
 from tango_plugin.engine.dpc import _dpc_full, dpc_knn, merge_clusters, nearest_anchor
@@ -343,7 +344,7 @@ def test_duplicate_salient_picks_keep_per_frame_pools(monkeypatch):
     """Degenerate ties can make two clusters keep the same token; frames then have pools of different sizes."""
     import tango_plugin.engine.tango as engine
 
-    def picks(roped, scores, k_s, cfg, per_item=False):
+    def picks(roped, scores, k_s, cfg, per_item=False, ops=None):
         out = torch.arange(k_s).expand(scores.shape[0], -1).clone()
         out[0, 1] = 0  # frame 0 keeps token 0 twice
         return out
@@ -372,3 +373,55 @@ def test_intra_llm_merge_hand_made():
     assert torch.allclose(new[1], 0.6 * hidden[1] + 0.4 * pooled1)
     kept, new = intra_llm_merge(hidden, scores, ratio=0.05)  # round(0.25) == 0
     assert kept.numel() == 0 and new.shape == (0, 2)
+
+
+def test_frame_operands_give_cdist_bits():
+    """The single-frame path's shared operands: any row subset's product is `torch.cdist`'s, bit for bit, for the
+    whole matrix (self entries included) and for the assignment to a few of the set's rows."""
+    from tango_plugin.engine.dpc import FrameOperands, _cdist_product
+
+    g = torch.Generator().manual_seed(3)
+    x = F.normalize(torch.randn(3, 196, 3584, generator=g), dim=-1) * torch.rand(3, 196, 1, generator=g) * 3
+    x[0, 7] = x[0, 5]  # a duplicate row: its distance is exactly 0 in both
+    ops = FrameOperands(x)
+    for M in (26, 40, 150, 196):
+        for b in range(3):
+            members = torch.randperm(196, generator=g)[:M]
+            members[:2] = torch.tensor([5, 7])
+            pts = x[b, members][None]
+            rows, cols = ops.set_operands(b, members)
+            assert torch.equal(_cdist_product(rows, cols), torch.cdist(pts, pts))
+            for A in (1, 2, 17):
+                pick = torch.randperm(M, generator=g)[:A]
+                got = _cdist_product(rows, cols[0, pick][None])
+                assert torch.equal(got, torch.cdist(pts, pts[:, pick]))
+
+
+def test_cluster_frames_equals_the_per_item_calls():
+    from tango_plugin.engine.dpc import FrameOperands, cluster_frames
+
+    g = torch.Generator().manual_seed(4)
+    x = F.normalize(torch.randn(4, 169, 256, generator=g), dim=-1)
+    members = torch.stack([torch.randperm(169, generator=g)[:120].sort().values for _ in range(4)])
+    pts = torch.stack([x[b, members[b]] for b in range(4)])
+    for ascending in (False, True):
+        centers, assign = cluster_frames(FrameOperands(x), members, 12, 7, ascending_anchors=ascending)
+        want = dpc_knn(pts, 12, 7, per_item=True)
+        anchors = want.sort(dim=1).values if ascending else want
+        assert torch.equal(centers, want)
+        anchor_pts = torch.stack([pts[b, anchors[b]] for b in range(4)])
+        assert torch.equal(assign, nearest_anchor(pts, anchor_pts, per_item=True))
+
+
+def test_single_frames_in_chunks_give_the_same_plan(monkeypatch):
+    """The single-frame path runs a few frames at a time (bounded temporaries); any chunk size, the same bits."""
+    import tango_plugin.engine.tango as engine
+
+    v = synthetic_video(12, (7, 7), 64, num_scenes=12, dynamic_fraction=1.0, seed=5)
+    cfg = tp.TangoConfig(retention_ratio=0.2)
+    plans = []
+    for chunk_bytes in (1, 5 * 49 * 66 * 4, 1 << 40):  # one frame, five frames, all at once
+        monkeypatch.setattr(engine, "FRAME_CHUNK_BYTES", chunk_bytes)
+        plans.append(tp.prune_video_tokens(v.features, v.saliency, v.grid_hw, v.timestamps, cfg))
+    for p in plans[1:]:
+        assert torch.equal(p.kept_indices, plans[0].kept_indices) and torch.equal(p.features, plans[0].features)

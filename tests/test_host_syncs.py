@@ -117,7 +117,7 @@ def test_sync_free_path_gives_the_per_segment_plan(seed, scenes, dynamic):
 
 
 def test_repeated_picks_fall_back_to_the_per_segment_path(monkeypatch):
-    def picks(roped, scores, k_s, cfg, per_item=False):
+    def picks(roped, scores, k_s, cfg, per_item=False, ops=None):
         out = torch.arange(k_s).expand(scores.shape[0], -1).clone()
         out[0, 1] = 0  # a degenerate tie: frame 0 keeps token 0 twice
         return out

@@ -16,7 +16,7 @@ denser than i when rho_j > rho_i, or rho_j == rho_i and j < i: a strict total or
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -65,8 +65,12 @@ def _neighbour_delta(rho: torch.Tensor, knn_d: torch.Tensor, knn_i: torch.Tensor
 
 
 def _dpc_full(x: torch.Tensor, cluster_num: int, k: int) -> torch.Tensor:
-    B, M, _ = x.shape
-    dist = torch.cdist(x, x)
+    return _dpc_of_distances(torch.cdist(x, x), cluster_num, k)
+
+
+def _dpc_of_distances(dist: torch.Tensor, cluster_num: int, k: int) -> torch.Tensor:
+    """Centres from the whole (B, M, M) distance matrices (by decreasing rho * delta)."""
+    B, M, _ = dist.shape
     knn_d, knn_i = torch.topk(dist, min(k + 1, M), dim=-1, largest=False)
     rho = _density(knn_d)
     max_dist = dist.flatten(1).max(dim=1).values
@@ -74,7 +78,7 @@ def _dpc_full(x: torch.Tensor, cluster_num: int, k: int) -> torch.Tensor:
     # Peaks take the nearest denser point over their whole row. The matrix is already there, so every row is
     # scanned and the peaks' values picked with `where`: the same values as gathering the peak rows, without the
     # host sync of finding them (one per call; the single-frame path calls this once per frame).
-    idx = torch.arange(M, device=x.device)
+    idx = torch.arange(M, device=dist.device)
     denser = _denser(rho[:, None, :], idx[None, None, :], rho[:, :, None], idx[None, :, None])  # (B, M, M)
     scanned = torch.where(denser, dist, max_dist[:, None, None]).min(dim=-1).values
     delta = torch.where(peaks, scanned, delta)
@@ -90,6 +94,61 @@ def _augment(x: torch.Tensor):
 
 def _distances(rows_aug: torch.Tensor, cols_aug: torch.Tensor) -> torch.Tensor:
     return (rows_aug @ cols_aug.T).clamp_min_(0).sqrt_()
+
+
+class FrameOperands:
+    """`torch.cdist`'s matrix-product operands of every row of B frames, built once and shared by every distance
+    matrix the single-frame path takes among those rows (docs/algorithm.md §4.5, "One set of operands per frame").
+
+    `torch.cdist(x[i], x[j])` on more than 25 rows squares each row, appends `(|x|^2, 1)` and `(1, |x|^2)` and takes
+    one batch-1 matrix product. A row's squared norm does not depend on the other rows, so the operands of any row
+    subset are those rows of the whole frame's operands: gathered into fresh (aligned, contiguous) tensors, they give
+    `cdist`'s product bit for bit, without squaring, concatenating and scaling the same rows once per call
+    (`tests/test_engine.py` checks the bits against `torch.cdist`).
+    """
+
+    def __init__(self, x: torch.Tensor) -> None:
+        """x: (B, n, D) float32 points (the rotated clustering features of B frames)."""
+        self.rows, self.cols = _augment(x)
+
+    def set_operands(self, b: int, members: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The (1, M, D + 2) row and column operands of frame b's rows `members` (M,)."""
+        return (torch.index_select(self.rows[b], 0, members)[None],
+                torch.index_select(self.cols[b], 0, members)[None])
+
+
+def _cdist_product(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """`torch.cdist` from its operands (1, n, D + 2), (1, m, D + 2): the same batch-1 product, clamp and root."""
+    return rows.matmul(cols.mT).clamp_min_(0).sqrt_()
+
+
+def cluster_frames(ops: FrameOperands, members: torch.Tensor, cluster_num: int, k: int,
+                   ascending_anchors: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """DPC-KNN centres and nearest-centre assignment of B point sets, one set at a time, as `dpc_knn(per_item=True)`
+    followed by `nearest_anchor(per_item=True)` give them, from one set of operands per frame.
+
+    Args:
+        ops: the frames' operands; members: (B, M) rows of each frame forming its set (CDIST_DIRECT_MAX < M,
+            M * M within one distance block: `cluster_frames_applies`).
+        ascending_anchors: assign to the centres sorted by index (else in density order).
+
+    Returns:
+        (centres (B, cluster_num) in density order, assignment (B, M) into the anchors as ordered).
+    """
+    centers, assign = [], []
+    for b in range(members.shape[0]):
+        rows, cols = ops.set_operands(b, members[b])
+        c = _dpc_of_distances(_cdist_product(rows, cols), cluster_num, k)
+        anchors = c.sort(dim=1).values if ascending_anchors else c
+        assign.append(_cdist_product(rows, torch.index_select(cols[0], 0, anchors[0])[None]).argmin(dim=-1))
+        centers.append(c)
+    return torch.cat(centers), torch.cat(assign)
+
+
+def cluster_frames_applies(M: int, max_block_elements: int) -> bool:
+    """Whether `cluster_frames` gives what the per-set `torch.cdist` calls give for sets of M points: they use the
+    matrix product (more than CDIST_DIRECT_MAX points) and fit one distance block (no tiles)."""
+    return CDIST_DIRECT_MAX < M <= tile_size(max_block_elements) and M * M <= max_block_elements
 
 
 def _merge_nearest(best_d, best_i, rows: slice, vals, inds, kk: int) -> None:
@@ -394,7 +453,7 @@ def dpc_knn(x: torch.Tensor, cluster_num: int, k: int, max_block_elements: int =
     B, M, _ = x.shape
     x = x.float()
     tile = tile_size(max_block_elements)
-    if M <= tile and B * M * M <= max_block_elements:
+    if M <= tile and (M * M if per_item else B * M * M) <= max_block_elements:
         if per_item and B > 1 and M > CDIST_DIRECT_MAX:
             return torch.cat([_dpc_full(x[b:b + 1], cluster_num, k) for b in range(B)])
         return _dpc_full(x, cluster_num, k)

@@ -17,7 +17,17 @@ import torch.nn.functional as F
 
 from ..config import TangoConfig
 from .budgets import adjusted_ratio, frame_budgets, segment_budgets
-from .dpc import dpc_knn, merge_clusters, nearest_anchor, screened_points, stable_topk, tile_size
+from .dpc import (
+    FrameOperands,
+    cluster_frames,
+    cluster_frames_applies,
+    dpc_knn,
+    merge_clusters,
+    nearest_anchor,
+    screened_points,
+    stable_topk,
+    tile_size,
+)
 from .segmentation import consecutive_similarity, fastvid_segments, holitom_segments
 from .strope import frame_times, rope_tokens_, strope_sections
 from .types import PrunePlan, VisualTokens
@@ -34,6 +44,11 @@ def masked_saliency(saliency: torch.Tensor, sink_positions: Sequence[int]) -> to
     if len(sink_positions):
         scores[:, list(sink_positions)] = 0
     return scores
+
+
+# Frames of the single-frame path processed together: about this many bytes of float32 distance operands. Below
+# glibc's largest mmap threshold (32 MiB), so freed temporaries are reused instead of mapped and faulted in again.
+FRAME_CHUNK_BYTES = 12 << 20
 
 
 class _Kept:
@@ -88,11 +103,12 @@ def _rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 def _select_salient(roped: torch.Tensor, scores: torch.Tensor, k_s: int, cfg: TangoConfig,
-                    per_item: bool = False) -> torch.Tensor:
+                    per_item: bool = False, ops: "_LazyOperands | None" = None) -> torch.Tensor:
     """Diversity-driven salient pick per row: (B, n, D), (B, n) -> local indices (B, k_s).
 
     Take the top int(alpha * k_s) candidates by score, cluster them into k_s groups (DPC-KNN in ST-RoPE space,
     nearest centre), and keep the best-scored member of each group (an empty group keeps its centre).
+    `ops` (single-frame path): the frames' shared distance operands.
     """
     n = scores.shape[1]
     m = min(int(cfg.alpha * k_s), n)
@@ -100,12 +116,16 @@ def _select_salient(roped: torch.Tensor, scores: torch.Tensor, k_s: int, cfg: Ta
     cand = stable_topk(scores, m)  # (B, m), best first
     if m <= target or m <= 1:
         return cand
-    cand_roped = _rows(roped, cand)
     cand_scores = torch.gather(scores, 1, cand)
-    centers = dpc_knn(cand_roped, target, cfg.num_neighbors, cfg.max_block_elements, per_item,
-                      cfg.distance_screen)  # (B, target)
-    anchors = _rows(cand_roped, centers)
-    assign = nearest_anchor(cand_roped, anchors, cfg.max_block_elements, per_item, cfg.distance_screen)  # (B, m)
+    if ops is not None and cluster_frames_applies(m, cfg.max_block_elements):
+        centers, assign = cluster_frames(ops.get(), cand, target, cfg.num_neighbors, ascending_anchors=False)
+    else:
+        cand_roped = _rows(roped, cand)
+        centers = dpc_knn(cand_roped, target, cfg.num_neighbors, cfg.max_block_elements, per_item,
+                          cfg.distance_screen)  # (B, target)
+        anchors = _rows(cand_roped, centers)
+        assign = nearest_anchor(cand_roped, anchors, cfg.max_block_elements, per_item,
+                                cfg.distance_screen)  # (B, m)
     member = assign[..., None] == torch.arange(target, device=assign.device)  # (B, m, target)
     lowest = torch.finfo(cand_scores.dtype).min if cand_scores.is_floating_point() else -(2 ** 62)
     best = cand_scores[..., None].masked_fill(~member, lowest).argmax(dim=1)  # first best in candidate order
@@ -131,14 +151,32 @@ def _merge_context(feats: torch.Tensor, roped: torch.Tensor, num_anchors: int,
                       cfg.distance_screen, points)  # density order
     ascending = centers.sort(dim=1).values
     anchor_roped = _rows(roped, ascending)
-    anchor_feats = _rows(feats, ascending)
     assign = nearest_anchor(roped, anchor_roped, cfg.max_block_elements, per_item, cfg.distance_screen, points,
                             ascending if points is not None else None)
-    merged = merge_clusters(feats, assign, anchor_feats, cfg.beta)
+    return _merged(feats, centers, ascending, assign, cfg)
+
+
+def _merged(feats: torch.Tensor, centers: torch.Tensor, ascending: torch.Tensor, assign: torch.Tensor,
+            cfg: TangoConfig) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Merge each pool into its anchors (`centers` in density order, `ascending` sorted; `assign` into the sorted
+    anchors): what `_merge_context` returns."""
+    merged = merge_clusters(feats, assign, _rows(feats, ascending), cfg.beta)
     if cfg.reference_merge_order:
         # the reference writes merged values (ascending anchor order) to the anchors in density order
         return centers, merged
     return ascending, merged
+
+
+class _LazyOperands:
+    """The single-frame path's `FrameOperands`, built on first use (sets of at most 25 points never need them)."""
+
+    def __init__(self, roped: torch.Tensor) -> None:
+        self.roped, self.ops = roped, None
+
+    def get(self) -> FrameOperands:
+        if self.ops is None:
+            self.ops = FrameOperands(self.roped)
+        return self.ops
 
 
 def _compress_frames(feats: torch.Tensor, roped: torch.Tensor, scores: torch.Tensor, ratio: float,
@@ -157,8 +195,9 @@ def _compress_frames(feats: torch.Tensor, roped: torch.Tensor, scores: torch.Ten
     k_s, k_c = frame_budgets(n, ratio, cfg.context_ratio)
     picked_idx, picked_feats = [], []
     free = torch.ones(B, n, dtype=torch.bool, device=feats.device)
+    ops = _LazyOperands(roped)  # every distance of the path is among one frame's rows
     if k_s > 0:
-        sal = _select_salient(roped, scores, k_s, cfg, per_item=True)  # the reference: one frame at a time
+        sal = _select_salient(roped, scores, k_s, cfg, per_item=True, ops=ops)  # the reference: one frame at a time
         picked_idx.append(sal)
         picked_feats.append(_rows(feats, sal))
         free.scatter_(1, sal, False)
@@ -166,13 +205,13 @@ def _compress_frames(feats: torch.Tensor, roped: torch.Tensor, scores: torch.Ten
         if picked_idx:
             deferred.repeats(picked_idx[0])
         pool_size = n - (picked_idx[0].shape[1] if picked_idx else 0)
-        idx, merged = _context_of_pools(feats, roped, free, pool_size, k_c, cfg, known_size=True)
+        idx, merged = _context_of_pools(feats, roped, free, pool_size, k_c, cfg, known_size=True, ops=ops)
         picked_idx.append(idx)
         picked_feats.append(merged)
     elif k_c > 0:
         pool_sizes = free.sum(dim=1)
         if bool((pool_sizes == pool_sizes[0]).all()):
-            idx, merged = _context_of_pools(feats, roped, free, int(pool_sizes[0]), k_c, cfg)
+            idx, merged = _context_of_pools(feats, roped, free, int(pool_sizes[0]), k_c, cfg, ops=ops)
             picked_idx.append(idx)
             picked_feats.append(merged)
         else:  # duplicate salient picks (degenerate ties) leave pools of different sizes: one frame at a time
@@ -195,8 +234,10 @@ def _ragged_frames(feats, picked_idx, picked_feats, rows):
     return idx, out
 
 
-def _context_of_pools(feats, roped, free, pool_size: int, k_c: int, cfg: TangoConfig, known_size: bool = False):
-    """Context tokens of B pools of equal size: keep all if they fit the budget, else cluster and merge."""
+def _context_of_pools(feats, roped, free, pool_size: int, k_c: int, cfg: TangoConfig, known_size: bool = False,
+                      ops: "_LazyOperands | None" = None):
+    """Context tokens of B pools of equal size: keep all if they fit the budget, else cluster and merge.
+    `ops`: the frames' shared distance operands (each pool is clustered on its own, as `per_item`)."""
     B, _, D = feats.shape
     if known_size:
         pool = _free_positions(free, pool_size)
@@ -208,8 +249,11 @@ def _context_of_pools(feats, roped, free, pool_size: int, k_c: int, cfg: TangoCo
     if pool_size <= n_ctx:
         return pool, _rows(feats, pool)
     pool_feats = _rows(feats, pool)
-    pool_roped = _rows(roped, pool)
-    local, merged = _merge_context(pool_feats, pool_roped, n_ctx, cfg, per_item=True)
+    if ops is not None and cluster_frames_applies(pool_size, cfg.max_block_elements):
+        centers, assign = cluster_frames(ops.get(), pool, n_ctx, cfg.num_neighbors, ascending_anchors=True)
+        local, merged = _merged(pool_feats, centers, centers.sort(dim=1).values, assign, cfg)
+    else:
+        local, merged = _merge_context(pool_feats, _rows(roped, pool), n_ctx, cfg, per_item=True)
     return torch.gather(pool, 1, local), merged
 
 
@@ -358,16 +402,20 @@ def _tango_prune(tokens: VisualTokens, cfg: TangoConfig, deferred: "_Deferred | 
     kept = _Kept()
     starts = [sum(sizes[:i]) for i in range(len(sizes))]
     singles = [s for s, n in zip(starts, sizes) if n == 1]
-    if singles:  # every single-frame segment in one batch (same size, unadjusted ratio)
-        frames = torch.tensor(singles, device=feats.device)
-        if len(singles) == T:  # slices, not gathers, when every frame is its own segment
-            frames_or_all = slice(None)
+    # the single-frame segments in batches of the same size (unadjusted ratio), a few frames at a time: every
+    # temporary then stays small enough for the allocator to reuse (docs/algorithm.md §4.5)
+    chunk = max(1, FRAME_CHUNK_BYTES // max(1, L * (D + 2) * 4))
+    for a in range(0, len(singles), chunk):
+        part = singles[a:a + chunk]
+        frames = torch.tensor(part, device=feats.device)
+        if part == list(range(part[0], part[0] + len(part))):  # slices, not gathers, for runs of frames
+            frames_or_run = slice(part[0], part[0] + len(part))
         else:
-            frames_or_all = frames
-        idx, out = _compress_frames(feats[frames_or_all], video.roped(frames_or_all), video.scores[frames_or_all],
+            frames_or_run = frames
+        idx, out = _compress_frames(feats[frames_or_run], video.roped(frames_or_run), video.scores[frames_or_run],
                                     cfg.retention_ratio, cfg, deferred)
         if isinstance(idx, list):
-            for f, i, o in zip(singles, idx, out):
+            for f, i, o in zip(part, idx, out):
                 kept.add(f * L + i, o)
         else:
             kept.add(frames[:, None] * L + idx, out)
