@@ -79,7 +79,7 @@ def test_screened_pools_read_a_fixed_number_whatever_their_size(monkeypatch):
     (2 to 10 tiles)."""
     from tango_plugin.engine import screening
 
-    screening.screen_dtype("auto", torch.device("cpu"))  # the start-up self-tests run once, before counting
+    screening.screen_dtype("auto", torch.device("cpu"), 64)  # the start-up self-tests run once, before counting
     totals = {}
     for frames in (16, 32, 48):
         v = _video(frames, 1)

@@ -165,12 +165,13 @@ def test_the_bound_is_tight_enough_to_screen_unit_vectors():
 
 
 def test_the_canonical_kernel_self_test_passes_here_and_a_failing_one_falls_back(monkeypatch):
-    assert screening.canonical_kernel_ok("cpu", torch.get_num_threads())
+    for dim in (32, 515, 3584):
+        assert screening.canonical_kernel_ok("cpu", torch.get_num_threads(), dim)
     x = _clustered(300, 32, 0)
     tiled = dpc._dpc_tiled(x, 30, 5, 64, TILE_ELEMENTS)
     monkeypatch.setattr(screening, "canonical_kernel_ok", lambda *a: False)
     monkeypatch.setattr(screening, "_WARNED", set())
-    with pytest.warns(UserWarning, match="failed its self-test on cpu; point sets larger than one tile use float32"):
+    with pytest.warns(UserWarning, match="failed its self-test on cpu at dim 32; point sets larger than one tile use"):
         assert dpc.screened_points(x, "auto", 64) is None
     assert torch.equal(dpc.dpc_knn(x[None], 30, 5, max_block_elements=TILE_ELEMENTS)[0], tiled)
 
@@ -187,10 +188,10 @@ def test_values_the_bound_does_not_cover_take_the_float32_tiles():
 
 def test_screen_dtype_choices():
     cpu = torch.device("cpu")
-    assert screening.screen_dtype("float32", cpu) == torch.float32
-    assert screening.screen_dtype("bfloat16", cpu) == torch.bfloat16
-    assert screening.screen_dtype("off", cpu) is None
-    assert screening.screen_dtype("auto", cpu) in (torch.bfloat16, torch.float32)
+    assert screening.screen_dtype("float32", cpu, 64) == torch.float32
+    assert screening.screen_dtype("bfloat16", cpu, 64) == torch.bfloat16
+    assert screening.screen_dtype("off", cpu, 64) is None
+    assert screening.screen_dtype("auto", cpu, 64) in (torch.bfloat16, torch.float32)
 
 
 def test_distance_screen_is_validated():
@@ -241,3 +242,39 @@ def test_min_candidates_keeps_every_column_that_could_be_the_minimum():
     vals, cols, valid = screening.min_candidates(A, b, 2)  # starts narrow: widened until complete
     kept = [sorted(cols[r][valid[r]].tolist()) for r in range(2)]
     assert kept == [[1, 3, 4], [1, 3, 4]]
+
+
+@pytest.mark.parametrize("name", ["duplicates", "equidistant", "clustered", "coherent-rounding", "mixed-norms"])
+def test_assignment_from_the_nearest_lists_equals_the_whole_matrix_oracle(name, monkeypatch):
+    """The pool's own anchors (the `_merge_context` flow): points whose exact k + 1 nearest lists hold an anchor are
+    answered from the lists, the others screened against every anchor. Both kinds occur here, and the whole
+    assignment equals the oracle's, ties included (duplicates, all-equidistant)."""
+    x = SETS[name](5).float()
+    screened_rows = []
+    original = dpc._nearest_anchor_screened
+    monkeypatch.setattr(dpc, "_nearest_anchor_screened",
+                        lambda pts, anc, mbe: screened_rows.append(pts.x.shape[0]) or original(pts, anc, mbe))
+    for screen in ("bfloat16", "float32"):
+        points = dpc.screened_points(x, screen, 64)
+        centres = dpc.dpc_knn(x[None], 40, 5, max_block_elements=TILE_ELEMENTS, screen=screen, points=points)
+        anchors = centres.sort(dim=1).values
+        got = dpc.nearest_anchor(x[None], x[anchors[0]][None], TILE_ELEMENTS, screen=screen, point_set=points,
+                                 anchor_index=anchors)[0]
+        assert torch.equal(got, _oracle_assignment(x, x[anchors[0]])), screen
+        if name != "equidistant":  # there every list holds the lowest indices, anchors among them
+            assert 0 < screened_rows.pop() < x.shape[0]  # some points answered from the lists, some screened
+
+
+def test_peaks_are_screened_only_against_denser_points(monkeypatch):
+    """Each block of peaks (in density order) is screened against the prefix of the density ranking it can need,
+    not against whole rows."""
+    widths = []
+    original = screening.screened_block
+    monkeypatch.setattr(screening, "screened_block", lambda r, rs, c, cs: widths.append((r.shape[0], c.shape[0]))
+                        or original(r, rs, c, cs))
+    monkeypatch.setattr(dpc, "PEAK_BLOCK", 4)
+    x = SETS["clustered"](0).float()
+    got = dpc.dpc_knn(x[None], 40, 5, max_block_elements=TILE_ELEMENTS, screen="bfloat16")[0]
+    assert torch.equal(got, _oracle_centres(x, 40, 5))
+    peak_blocks = [w for r, w in widths if r <= 4]
+    assert peak_blocks and min(peak_blocks) < max(peak_blocks) <= x.shape[0], peak_blocks

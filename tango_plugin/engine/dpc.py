@@ -20,7 +20,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from . import screening
+from . import scratch, screening
 from .screening import PointSet
 
 # Side of the distance tiles: large enough for efficient matrix products, small enough that the
@@ -85,11 +85,20 @@ def _dpc_of_distances(dist: torch.Tensor, cluster_num: int, k: int) -> torch.Ten
     return stable_topk(rho * delta, cluster_num)
 
 
-def _augment(x: torch.Tensor):
-    """Operands whose product is the squared distance, exactly as `torch.cdist` builds them (bit-equal rows)."""
-    sq = x.pow(2).sum(dim=-1, keepdim=True)
-    one = torch.ones_like(sq)
-    return torch.cat([x.mul(-2), sq, one], dim=-1), torch.cat([x, one, sq], dim=-1)
+def _augment(x: torch.Tensor, name: str):
+    """Operands whose product is the squared distance, exactly as `torch.cdist` builds them (bit-equal rows:
+    ``cat([-2 x, |x|^2, 1])`` and ``cat([x, 1, |x|^2])``), written into the scratch buffers `name`.*."""
+    *lead, D = x.shape
+    rows = scratch.take(name + ".rows", (*lead, D + 2), x.dtype, x.device)
+    cols = scratch.take(name + ".cols", (*lead, D + 2), x.dtype, x.device)
+    squares = torch.pow(x, 2, out=scratch.take(name + ".squares", x.shape, x.dtype, x.device))
+    torch.sum(squares, dim=-1, keepdim=True, out=rows[..., D:D + 1])
+    torch.mul(x, -2, out=rows[..., :D])
+    rows[..., D + 1] = 1
+    cols[..., :D] = x
+    cols[..., D] = 1
+    cols[..., D + 1:] = rows[..., D:D + 1]
+    return rows, cols
 
 
 def _distances(rows_aug: torch.Tensor, cols_aug: torch.Tensor) -> torch.Tensor:
@@ -109,12 +118,16 @@ class FrameOperands:
 
     def __init__(self, x: torch.Tensor) -> None:
         """x: (B, n, D) float32 points (the rotated clustering features of B frames)."""
-        self.rows, self.cols = _augment(x)
+        self.rows, self.cols = _augment(x, "frames")
 
     def set_operands(self, b: int, members: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The (1, M, D + 2) row and column operands of frame b's rows `members` (M,)."""
-        return (torch.index_select(self.rows[b], 0, members)[None],
-                torch.index_select(self.cols[b], 0, members)[None])
+        """The (1, M, D + 2) row and column operands of frame b's rows `members` (M,), in scratch buffers (dead
+        once the next set's are taken)."""
+        shape = (members.numel(), self.rows.shape[-1])
+        rows = scratch.take("set.rows", shape, self.rows.dtype, self.rows.device)
+        cols = scratch.take("set.cols", shape, self.cols.dtype, self.cols.device)
+        return (torch.index_select(self.rows[b], 0, members, out=rows)[None],
+                torch.index_select(self.cols[b], 0, members, out=cols)[None])
 
 
 def _cdist_product(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -168,7 +181,7 @@ def _dpc_tiled(x: torch.Tensor, cluster_num: int, k: int, tile: int, max_block_e
     """
     M = x.shape[0]
     kk = min(k + 1, M)
-    rows_aug, cols_aug = _augment(x)
+    rows_aug, cols_aug = _augment(x, "tiles")
     best_d = torch.full((M, kk), float("inf"), dtype=x.dtype, device=x.device)
     best_i = torch.full((M, kk), -1, dtype=torch.long, device=x.device)
     max_dist = torch.tensor(float("-inf"), dtype=x.dtype, device=x.device)
@@ -199,6 +212,8 @@ def _dpc_tiled(x: torch.Tensor, cluster_num: int, k: int, tile: int, max_block_e
     return stable_topk(rho * delta, cluster_num)
 
 
+# Peaks screened at once against the denser points (`_screened_peak_deltas`): small blocks follow the ranks closely.
+PEAK_BLOCK = 64
 # Columns per group of the screened k-nearest pass: each row keeps the k + 1 smallest group minima (upper bounds
 # of its k + 1 nearest), a much cheaper reduction than a top-k over every entry.
 GROUP = 8
@@ -305,12 +320,11 @@ def _screened_knn(ps: PointSet, kk: int, tile: int, exact_sizes: bool = False):
     bound = ps.row_bound()
     bound_all = bound.max()
     uppers = torch.full((M, kk), float("inf"), device=dev)
-    buf = torch.empty(min(tile, M) ** 2, device=dev)
     rows, cols, vals, counts = [], [], [], []
     top = torch.tensor(float("-inf"), device=dev)
     for ra, rb in _tiles(M, tile):
         na, nb = ra.stop - ra.start, rb.stop - rb.start
-        A = screening.approx_sq(ps, ra, ps, rb, out=buf[:na * nb].view(na, nb))
+        A = screening.approx_sq(ps, ra, ps, rb)
         _keep_smallest(uppers, ra, _group_minima(A), kk)
         if rb.start != ra.start:  # column groups: minima over consecutive rows
             _keep_smallest(uppers, rb, _group_minima(A.T.contiguous()) if na % GROUP else
@@ -354,22 +368,36 @@ def _exact_max(ps: PointSet, tile: int, max_floor: torch.Tensor) -> torch.Tensor
     return best
 
 
-def _screened_peak_deltas(ps: PointSet, rho: torch.Tensor, peaks: torch.Tensor, max_dist: torch.Tensor,
-                          max_block_elements: int) -> torch.Tensor:
-    """Each peak's canonical distance to its nearest denser point (max_dist for the densest)."""
-    M = ps.x.shape[0]
-    idx = torch.arange(M, device=ps.x.device)
-    out = torch.empty(peaks.numel(), dtype=torch.float64, device=ps.x.device)
+def _screened_peak_deltas(ps: PointSet, rho: torch.Tensor, peaks: torch.Tensor,
+                          max_dist: torch.Tensor) -> torch.Tensor:
+    """Each peak's canonical distance to its nearest denser point (max_dist for the densest).
+
+    Ranked by `_denser` (rho descending, ties -> lower index), a peak's denser points are exactly the points ranked
+    before it. So the peaks, in rank order and a block at a time, are screened against a prefix of the ranked points
+    only (peaks are dense: on real pools about a fifth of a whole row), then refined as `min_candidates` says.
+    """
+    M, P = ps.x.shape[0], peaks.numel()
+    ranking = torch.sort(rho, descending=True, stable=True).indices  # position -> point, densest first
+    rank = torch.empty_like(ranking)
+    rank[ranking] = torch.arange(M, device=rank.device)
+    peak_rank, by_rank = torch.sort(rank[peaks])
+    peaks = peaks[by_rank]
+    ranked_screen = torch.index_select(ps.screen, 0, ranking, out=scratch.take("peaks.screen", ps.screen.shape,
+                                                                                ps.screen.dtype, ps.screen.device))
+    ranked_sq = ps.sq[ranking]
     bound = ps.row_bound()
-    step = max(1, min(TILE, max_block_elements // M))
-    for a in range(0, peaks.numel(), step):
-        p = peaks[a:a + step]
-        A = screening.approx_sq(ps, p, ps, slice(None))
-        A.masked_fill_(~_denser(rho[None, :], idx[None, :], rho[p][:, None], p[:, None]), float("inf"))
+    out = torch.empty(P, dtype=torch.float64, device=ps.x.device)
+    ends = peak_rank.tolist()  # one host read: each block's prefix
+    for a in range(0, P, PEAK_BLOCK):
+        p = peaks[a:a + PEAK_BLOCK]
+        width = max(1, ends[min(a + PEAK_BLOCK, P) - 1])  # the block's densest-ranked columns it may need
+        A = screening.screened_block(ps.screen[p], ps.sq[p], ranked_screen[:width], ranked_sq[:width])
+        A.masked_fill_(torch.arange(width, device=A.device)[None, :] >= peak_rank[a:a + PEAK_BLOCK, None],
+                       float("inf"))  # only the points ranked before each peak are denser
         vals, cols, valid = screening.min_candidates(A, bound[p], 8)
-        d = screening.canonical_distances(ps, p, ps, cols, valid).min(dim=1).values
-        out[a:a + step] = torch.where(torch.isfinite(vals[:, 0]), d, max_dist)
-    return out
+        d = screening.canonical_distances(ps, p, ps, ranking[cols], valid).min(dim=1).values
+        out[a:a + PEAK_BLOCK] = torch.where(torch.isfinite(vals[:, 0]), d, max_dist)
+    return out[torch.argsort(by_rank)]
 
 
 def _dpc_screened(ps: PointSet, cluster_num: int, k: int, tile: int, max_block_elements: int) -> torch.Tensor:
@@ -377,12 +405,13 @@ def _dpc_screened(ps: PointSet, cluster_num: int, k: int, tile: int, max_block_e
     M = ps.x.shape[0]
     kk = min(k + 1, M)
     knn_d, knn_i, max_floor = _screened_knn(ps, kk, tile)
+    ps.knn = knn_i  # exact k + 1 nearest lists: `nearest_anchor` answers most points from them
     rho = _density(knn_d)
     delta, peak_mask = _neighbour_delta(rho[None], knn_d[None], knn_i[None], max_floor.reshape(1))
     delta = delta[0]
     peaks = torch.nonzero(peak_mask[0]).flatten()
     if peaks.numel():
-        delta[peaks] = _screened_peak_deltas(ps, rho, peaks, max_floor, max_block_elements)
+        delta[peaks] = _screened_peak_deltas(ps, rho, peaks, max_floor)
     # The densest point's delta is the largest distance, which only ranks it: every other score is
     # rho_j * delta_j <= rho_max * max_dist. If it already ranks first with the floor of that distance, it
     # ranks first with the exact value too, and the centres are the same; else the exact value is computed.
@@ -413,20 +442,39 @@ def _nearest_anchor_screened(pts: PointSet, anchors: PointSet, max_block_element
     return out
 
 
+def _nearest_listed_anchor(ps: PointSet, anchor_index: torch.Tensor, max_block_elements: int) -> torch.Tensor:
+    """`_nearest_anchor_screened` for anchors that are rows of `ps` (`anchor_index` ascending), answered from the
+    points' exact k + 1 nearest lists where they hold an anchor: the lists are the smallest (distance, index) pairs,
+    so their first anchor is the nearest one (ties -> lower index = first anchor). The other points are screened
+    against every anchor (a quarter of them at 96 frames in one scene)."""
+    M = ps.x.shape[0]
+    position = torch.full((M,), -1, dtype=torch.long, device=anchor_index.device)
+    position[anchor_index] = torch.arange(anchor_index.numel(), device=anchor_index.device)
+    listed = position[ps.knn]  # (M, k + 1): anchor positions, -1 for other points
+    is_anchor = listed >= 0
+    out = listed.gather(1, is_anchor.to(torch.uint8).argmax(dim=1, keepdim=True))[:, 0]
+    rest = torch.nonzero(~is_anchor.any(dim=1)).flatten()
+    if rest.numel():
+        out[rest] = _nearest_anchor_screened(ps.subset(rest), ps.subset(anchor_index), max_block_elements)
+    return out
+
+
 def tile_size(max_block_elements: int) -> int:
     """Side of the distance tiles under a memory bound; sets larger than one tile are tiled (and screened)."""
     return max(32, min(TILE, math.isqrt(max_block_elements)))
 
 
-def screened_points(x: torch.Tensor, screen: str, tile: int) -> Optional[PointSet]:
+def screened_points(x: torch.Tensor, screen: str, tile: int, scratch_name: Optional[str] = None
+                    ) -> Optional[PointSet]:
     """The shared operands of a point set (M, D) that takes the screened path, or None (small set, screen
-    "off", no canonical kernel on this device, or values the bound does not cover)."""
+    "off", no canonical kernel on this device, or values the bound does not cover). `scratch_name`: as in
+    `PointSet`."""
     if x.shape[0] <= tile:
         return None
-    dtype = screening.screen_dtype(screen, x.device)
+    dtype = screening.screen_dtype(screen, x.device, x.shape[1])
     if dtype is None:
         return None
-    ps = PointSet(x.detach(), dtype)
+    ps = PointSet(x.detach(), dtype, scratch_name=scratch_name)
     return ps if ps.screenable() else None
 
 
@@ -481,6 +529,8 @@ def nearest_anchor(points: torch.Tensor, anchors: torch.Tensor, max_block_elemen
     if B == 1 and n > tile:
         ps = point_set if point_set is not None else screened_points(points[0], screen, tile)
         if ps is not None:
+            if anchor_index is not None and ps.knn is not None:
+                return _nearest_listed_anchor(ps, anchor_index[0], max_block_elements)[None]
             anc = ps.subset(anchor_index[0]) if anchor_index is not None else PointSet(anchors[0].detach(), ps.dtype)
             if anc.screenable():
                 return _nearest_anchor_screened(ps, anc, max_block_elements)[None]

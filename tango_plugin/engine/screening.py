@@ -25,6 +25,8 @@ from typing import Optional
 
 import torch
 
+from . import scratch
+
 _WARNED: set = set()
 U32 = 2.0 ** -24  # unit roundoff of float32
 UNIT_ROUNDOFF = {torch.float32: U32, torch.bfloat16: 2.0 ** -8}
@@ -33,9 +35,11 @@ UNIT_ROUNDOFF = {torch.float32: U32, torch.bfloat16: 2.0 ** -8}
 NORM_RANGE = (2.0 ** -40, 2.0 ** 40)
 # rows x columns x dim of one gathered block of the canonical kernel
 CANON_CHUNK_ELEMENTS = 1 << 20
-# the kernel's shape rule: >= 2 products per call, >= 3 columns per product (MKL's float64 batched product
-# takes another path, with other bits, for 2 columns)
-MIN_COLUMNS = 3
+# the kernel's shape rules (docs/algorithm.md §11.1): the columns of each product are padded to a multiple of
+# COLUMN_GROUP and the feature dim with zeros to a multiple of DIM_GROUP (MKL's float64 row-vector x matrix product
+# sums a column outside a full group of 4, or at some small dims a group of 8, in another order)
+COLUMN_GROUP = 8
+DIM_GROUP = 64
 
 
 def _gamma(n: int) -> float:
@@ -48,53 +52,49 @@ def _gamma(n: int) -> float:
 
 def _bmm_dots(vectors: torch.Tensor, rows: torch.Tensor, matrix: torch.Tensor, cols: torch.Tensor,
               out: torch.Tensor) -> None:
-    """out[r, q] = dot(vectors[rows[r]], matrix[cols[r, q]]) in float64, in chunks, by bmm (>= 2 products,
-    >= MIN_COLUMNS columns). Rows are gathered in float32 and widened per chunk (small buffers, reused)."""
+    """out[r, q] = dot(vectors[rows[r]], matrix[cols[r, q]]) in float64: per chunk one batched product of row vectors
+    (n, 1, D) with matrices (n, D, c) (c a multiple of COLUMN_GROUP). Rows are gathered in float32 and widened into
+    small reused buffers."""
     R, c = cols.shape
     D = vectors.shape[1]
-    step = max(2, CANON_CHUNK_ELEMENTS // max(1, c * D))
-    cap = min(R, step + 1)  # one more product than a chunk: the last call never holds a single product
-    gathered = torch.empty(cap * c * D, dtype=matrix.dtype, device=matrix.device)
-    wide = torch.empty(cap * c * D, dtype=torch.float64, device=matrix.device)
-    vgathered = torch.empty(cap * D, dtype=vectors.dtype, device=vectors.device)
-    vwide = torch.empty(cap * D, dtype=torch.float64, device=vectors.device)
-    a = 0
-    while a < R:
+    wide_dim = -(-D // DIM_GROUP) * DIM_GROUP
+    step = max(1, CANON_CHUNK_ELEMENTS // max(1, c * wide_dim))
+    cap = min(R, step)
+    gathered = scratch.take("canon.gathered", (cap * c, D), matrix.dtype, matrix.device)
+    wide = scratch.take("canon.wide", (cap, c, wide_dim), torch.float64, matrix.device)
+    vgathered = scratch.take("canon.vgathered", (cap, D), vectors.dtype, vectors.device)
+    vwide = scratch.take("canon.vwide", (cap, 1, wide_dim), torch.float64, vectors.device)
+    wide[..., D:] = 0  # the zero padding of the feature dim (exact: adds exact zeros)
+    vwide[..., D:] = 0
+    for a in range(0, R, step):
         n = min(step, R - a)
-        if R - (a + n) == 1:  # never leave a single product for the last call
-            n += 1
-        A = gathered[:n * c * D].view(n * c, D)
-        torch.index_select(matrix, 0, cols[a:a + n].reshape(-1), out=A)
-        v = vgathered[:n * D].view(n, D)
-        torch.index_select(vectors, 0, rows[a:a + n], out=v)
-        A64 = wide[:n * c * D].view(n, c, D).copy_(A.view(n, c, D))
-        v64 = vwide[:n * D].view(n, D, 1).copy_(v.view(n, D, 1))
-        torch.bmm(A64, v64, out=out[a:a + n].view(n, c, 1))
-        a += n
+        A = torch.index_select(matrix, 0, cols[a:a + n].reshape(-1), out=gathered[:n * c])
+        v = torch.index_select(vectors, 0, rows[a:a + n], out=vgathered[:n])
+        wide[:n, :, :D] = A.view(n, c, D)
+        vwide[:n, :, :D] = v.view(n, 1, D)
+        torch.bmm(vwide[:n], wide[:n].transpose(1, 2), out=out[a:a + n].view(n, 1, c))
 
 
 def canonical_dots(vectors: torch.Tensor, rows: torch.Tensor, matrix: torch.Tensor,
                    cols: torch.Tensor) -> torch.Tensor:
     """(R, c) canonical float64 dot products of vectors[rows[r]] with matrix[cols[r, q]] (float32 inputs)."""
     R, c = cols.shape
-    pad_rows, pad_cols = max(0, 2 - R), max(0, MIN_COLUMNS - c)
-    if pad_rows or pad_cols:  # the kernel's shape rule: the padding entries are computed and dropped
-        cols = torch.cat([cols, cols[:, :1].expand(R, pad_cols)], dim=1) if pad_cols else cols
-        if pad_rows:
-            rows = torch.cat([rows, rows[:1].expand(pad_rows)]) if R else rows.new_zeros(2)
-            cols = torch.cat([cols, cols[:1].expand(pad_rows, -1)]) if R else cols.new_zeros(2, cols.shape[1])
+    pad = -c % COLUMN_GROUP if c else 0
+    if pad:  # the kernel's shape rule: the padding entries are computed and dropped
+        cols = torch.cat([cols, cols[:, :1].expand(R, pad)], dim=1)
     out = torch.empty(cols.shape, dtype=torch.float64, device=matrix.device)
     if out.numel():
         _bmm_dots(vectors, rows, matrix, cols, out)
-    return out[:R, :c]
+    return out[:, :c]
 
 
 @functools.lru_cache(maxsize=None)
-def canonical_kernel_ok(device_type: str, threads: int) -> bool:
-    """Start-up self-test: does the kernel give each entry the same bits in any call? (cached per device type
-    and thread count). Checks block widths, slot positions, batch sizes, the swapped roles and identical rows."""
+def canonical_kernel_ok(device_type: str, threads: int, dim: int) -> bool:
+    """Start-up self-test: does the kernel give each entry the same bits in any call? (cached per device type,
+    thread count and feature dim). Checks block widths, slot positions, batch sizes, the swapped roles and
+    identical rows."""
     g = torch.Generator().manual_seed(0)
-    D, M = 515, 97  # odd sizes: no lucky alignment
+    D, M = dim, 97
     x = torch.randn(M, D, generator=g).to(device_type)
     x[7] = x[3]
     rows = torch.randint(0, M, (40,), generator=g).to(device_type)
@@ -103,7 +103,7 @@ def canonical_kernel_ok(device_type: str, threads: int) -> bool:
     swapped = canonical_dots(x, cols[:, 0], x, rows[:, None].expand(40, 3))
     if not torch.equal(swapped[:, 0], base[:, 0]) or not torch.equal(swapped[:, 2], base[:, 0]):
         return False
-    for width, slot in ((3, 1), (4, 0), (9, 8), (33, 17)):
+    for width, slot in ((3, 1), (4, 0), (7, 6), (8, 7), (9, 8), (16, 15), (33, 17), (33, 32)):
         other = torch.randint(0, M, (40, width), generator=g).to(device_type)
         other[:, slot] = cols[:, 1]
         if not torch.equal(canonical_dots(x, rows, x, other)[:, slot], base[:, 1]):
@@ -141,16 +141,16 @@ def bfloat16_screen_ok(device_type: str) -> bool:
     return bool(((got - exact).abs() <= allowed).all())
 
 
-def screen_dtype(mode: str, device: torch.device) -> Optional[torch.dtype]:
-    """The screening dtype for `mode` ("auto", "bfloat16", "float32") on `device`, or None: no canonical kernel
-    here (the float32 tile path decides, docs/algorithm.md §11.4)."""
+def screen_dtype(mode: str, device: torch.device, dim: int) -> Optional[torch.dtype]:
+    """The screening dtype for `mode` ("auto", "bfloat16", "float32") on `device` for points of `dim` features,
+    or None: no canonical kernel here (the float32 tile path decides, docs/algorithm.md §11.4)."""
     if mode == "off":
         return None
-    if not canonical_kernel_ok(device.type, torch.get_num_threads()):
-        if device.type not in _WARNED:
-            _WARNED.add(device.type)
-            warnings.warn(f"tango_plugin: the canonical distance kernel failed its self-test on {device.type}; "
-                          f"point sets larger than one tile use float32 tiles (as distance_screen='off')",
+    if not canonical_kernel_ok(device.type, torch.get_num_threads(), dim):
+        if (device.type, dim) not in _WARNED:
+            _WARNED.add((device.type, dim))
+            warnings.warn(f"tango_plugin: the canonical distance kernel failed its self-test on {device.type} at "
+                          f"dim {dim}; point sets larger than one tile use float32 tiles (as distance_screen='off')",
                           stacklevel=2)
         return None
     if mode == "float32":
@@ -169,7 +169,9 @@ class PointSet:
     norm bounds (built once, used by the clustering, the peak pass and the assignment)."""
 
     def __init__(self, x: torch.Tensor, dtype: torch.dtype, sq64: Optional[torch.Tensor] = None,
-                 screen: Optional[torch.Tensor] = None) -> None:
+                 screen: Optional[torch.Tensor] = None, scratch_name: Optional[str] = None) -> None:
+        """`scratch_name`: the screening copy goes into that scratch buffer (the set must then be dead before the
+        name is taken again), else into a fresh tensor."""
         self.x = x.float().contiguous()
         self.dtype = dtype
         M, self.D = self.x.shape
@@ -181,6 +183,8 @@ class PointSet:
         # canonical (float64) squared norms dot(i, i): given, computed with the first pairs (`list_dots`), or
         # on demand (`ensure_sq64`)
         self.sq64 = sq64
+        if screen is None and dtype != torch.float32 and scratch_name is not None:
+            screen = scratch.take(scratch_name, self.x.shape, dtype, self.x.device).copy_(self.x)
         self.screen = screen if screen is not None else (self.x if dtype == torch.float32 else self.x.to(dtype))
         if dtype == torch.float32:
             self.resid = torch.zeros_like(self.norm)
@@ -195,6 +199,7 @@ class PointSet:
         # most 2**-126 times its partner, so per pair at most 2**-126 (sqrt(D) (n_i + n_j) + D); doubled for a
         self._abs = 2.0 ** -124 * self.D
         self._self_bound: Optional[torch.Tensor] = None
+        self.knn: Optional[torch.Tensor] = None  # (M, k + 1) exact nearest lists, once DPC-KNN has run
 
     def subset(self, idx: torch.Tensor) -> "PointSet":
         self.ensure_sq64()
@@ -204,7 +209,7 @@ class PointSet:
         if self.sq64 is None:
             M = self.x.shape[0]
             idx = torch.arange(M, device=self.x.device)
-            self.sq64 = canonical_dots(self.x, idx, self.x, idx[:, None].expand(M, MIN_COLUMNS))[:, 0]
+            self.sq64 = canonical_dots(self.x, idx, self.x, idx[:, None])[:, 0]
         return self.sq64
 
 
@@ -240,10 +245,16 @@ class PointSet:
         return bool((torch.isfinite(self.sq) & (((n >= lo) & (n <= hi)) | (self.sq == 0))).all())
 
 
-def approx_sq(rows: PointSet, ra, cols: PointSet, rb, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Screened squared distances (sq_i + sq_j) - 2 S for rows[ra] x cols[rb] (float32)."""
-    S = rows.screen[ra] @ cols.screen[rb].T
-    A = torch.add(rows.sq[ra][:, None], cols.sq[rb][None, :], out=out)
+def approx_sq(rows: PointSet, ra, cols: PointSet, rb) -> torch.Tensor:
+    """Screened squared distances (sq_i + sq_j) - 2 S for rows[ra] x cols[rb] (float32), in the scratch buffer
+    "screen.block" (dead once the next block is taken)."""
+    return screened_block(rows.screen[ra], rows.sq[ra], cols.screen[rb], cols.sq[rb])
+
+
+def screened_block(r: torch.Tensor, r_sq: torch.Tensor, c: torch.Tensor, c_sq: torch.Tensor) -> torch.Tensor:
+    """`approx_sq` of screening rows `r` (n, D) and `c` (m, D) with their float32 squared norms."""
+    S = torch.mm(r, c.T, out=scratch.take("screen.product", (r.shape[0], c.shape[0]), r.dtype, r.device))
+    A = torch.add(r_sq[:, None], c_sq[None, :], out=scratch.take("screen.block", S.shape, torch.float32, r.device))
     return A.sub_(S, alpha=2)  # a bfloat16 S is widened on the fly (exact), no float32 copy
 
 

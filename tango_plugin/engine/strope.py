@@ -13,6 +13,8 @@ from typing import Optional, Tuple
 
 import torch
 
+from . import scratch
+
 
 def strope_sections(dim: int) -> Tuple[int, int, int]:
     """(d_t, d_h, d_w) for a feature size: d_h = d_w = 2 * floor(dim / 6), d_t = dim - 2 * d_h.
@@ -38,8 +40,10 @@ def _rotate_(x: torch.Tensor, angles: torch.Tensor) -> None:
     half = x.shape[-1] // 2
     cos, sin = angles.cos(), angles.sin()
     x1, x2 = x[..., :half], x[..., half:]
-    x1_sin = x1 * sin
-    x1.mul_(cos).sub_(x2 * sin)
+    shape = torch.broadcast_shapes(x1.shape, sin.shape)  # the products' temporaries live in scratch buffers
+    x1_sin = torch.mul(x1, sin, out=scratch.take("rope.x1_sin", shape, x.dtype, x.device))
+    x2_sin = torch.mul(x2, sin, out=scratch.take("rope.x2_sin", shape, x.dtype, x.device))
+    x1.mul_(cos).sub_(x2_sin)
     x2.mul_(cos).add_(x1_sin)
 
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import TangoConfig
+from . import scratch
 from .budgets import adjusted_ratio, frame_budgets, segment_budgets
 from .dpc import (
     FrameOperands,
@@ -94,12 +95,37 @@ def _free_positions(free: torch.Tensor, count: int) -> torch.Tensor:
     return torch.sort((~free).to(torch.uint8), dim=1, stable=True).indices[:, :count]
 
 
-def _rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+def _rows(x: torch.Tensor, idx: torch.Tensor, out: "torch.Tensor | None" = None) -> torch.Tensor:
     """x[b, idx[b]] for (B, n, D) x and (B, k) idx -> (B, k, D); a row copy (index_select: about twice as fast as
-    advanced indexing on large row sets, the same values)."""
+    advanced indexing on large row sets, the same values), into `out` if given."""
     B, n, D = x.shape
     flat = (idx + torch.arange(B, device=idx.device)[:, None] * n).flatten()
+    if out is not None:
+        return torch.index_select(x.reshape(B * n, D), 0, flat, out=out.view(-1, D)).view(B, idx.shape[1], D)
     return torch.index_select(x.reshape(B * n, D), 0, flat).view(B, idx.shape[1], D)
+
+
+def _compact_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """`_rows(x, idx)` flattened to (B * k, D), written over x's own leading rows (x contiguous; its rows are dead
+    afterwards): a few frames at a time through a small buffer, so no second copy of a large pool is made.
+    Safe because the rows written, up to (b + g) * k, end before the first row not yet read, (b + g) * n."""
+    B, n, D = x.shape
+    k = idx.shape[1]
+    flat = x.view(B * n, D)
+    g = max(1, FRAME_CHUNK_BYTES // max(1, k * D * x.element_size()))
+    for b in range(0, B, g):
+        part = _rows(x[b:b + g], idx[b:b + g],
+                     out=scratch.take("compact", (min(g, B - b), k, D), x.dtype, x.device))
+        flat[b * k:b * k + part.shape[0] * k] = part.view(-1, D)
+    return flat[:B * k]
+
+
+def _gathered(flat: torch.Tensor, idx: torch.Tensor, name: str) -> torch.Tensor:
+    """flat[idx] (rows): in the scratch buffer `name` unless autograd records the gather."""
+    if flat.requires_grad and torch.is_grad_enabled():
+        return torch.index_select(flat, 0, idx)
+    out = scratch.take(name, (idx.numel(), flat.shape[1]), flat.dtype, flat.device)
+    return torch.index_select(flat.detach(), 0, idx, out=out)
 
 
 def _select_salient(roped: torch.Tensor, scores: torch.Tensor, k_s: int, cfg: TangoConfig,
@@ -145,7 +171,7 @@ def _merge_context(feats: torch.Tensor, roped: torch.Tensor, num_anchors: int,
         features are laid out as the reference writes them (see `TangoConfig.reference_merge_order`).
     """
     # a large pool's operands (screening copy, canonical norms) are built once for the clustering and the assignment
-    points = (screened_points(roped[0], cfg.distance_screen, tile_size(cfg.max_block_elements))
+    points = (screened_points(roped[0], cfg.distance_screen, tile_size(cfg.max_block_elements), "pool.screen")
               if roped.shape[0] == 1 else None)
     centers = dpc_knn(roped, num_anchors, cfg.num_neighbors, cfg.max_block_elements, per_item,
                       cfg.distance_screen, points)  # density order
@@ -269,7 +295,7 @@ class _Video:
         self.feats = tokens.features
         # decisions (similarity, clustering, assignment) read a detached view, so that under autograd only the
         # feature path (row gathers, temporal means, cluster merges) is recorded (docs/training.md, "Gradients")
-        self.signal = tokens.features.detach()
+        self.signal = tokens.features.detach().contiguous()  # rows are gathered from its flat view
         T, L, _ = self.feats.shape
         self.scores = masked_saliency(tokens.saliency, tokens.sink_positions)
         self.t_pos = frame_times(T, tokens.timestamps).to(self.feats.device)
@@ -277,27 +303,62 @@ class _Video:
         self.rows, self.cols = cells // tokens.grid_hw[1], cells % tokens.grid_hw[1]
         self.cfg = cfg
 
-    def roped(self, frames, cells=slice(None)) -> torch.Tensor:
-        """(frames, cells, D) float32 clustering features; `frames` / `cells` are index tensors or slices
-        (slices avoid a gather copy)."""
-        x = self.signal[frames]
-        if not isinstance(cells, slice):
-            x = torch.index_select(x, 1, cells)  # faster than advanced indexing, the same rows
-        x = F.normalize(x.float(), p=2, dim=-1)
-        return rope_tokens_(x, self.t_pos[frames], self.rows[cells], self.cols[cells], self.cfg.base_time,
+    def cells_of(self, start: int, n: int, cells: torch.Tensor) -> torch.Tensor:
+        """(n, cells, D) features of frames start.. start + n - 1 (whole rows of the flat video; in a scratch buffer
+        when autograd does not record them)."""
+        T, L, D = self.feats.shape
+        rows = ((torch.arange(start, start + n, device=cells.device) * L)[:, None] + cells).flatten()
+        flat = self.feats.reshape(T * L, D)
+        if flat.requires_grad and torch.is_grad_enabled():
+            return torch.index_select(flat, 0, rows).view(n, -1, D)
+        out = scratch.take("roped", (rows.numel(), D), flat.dtype, flat.device)  # dead before `roped` is taken
+        return torch.index_select(flat.detach(), 0, rows, out=out).view(n, -1, D)
+
+    def roped(self, frames, cells=None, name: str = "roped") -> torch.Tensor:
+        """(frames, cells, D) float32 clustering features in the scratch buffer `name` (a view: dead once `name`
+        is taken again). `frames`: a slice or an index tensor; `cells`: an index tensor, None for every cell.
+
+        The rows are gathered as whole rows of the flattened video (a strided gather along the token axis is
+        several times slower), then normalised and rotated in place: the operations of
+        ``rope(F.normalize(x.float()))``, so the same bits.
+        """
+        x = self.signal
+        T, L, D = x.shape
+        dev = x.device
+        frame_ids = torch.arange(T, device=dev)[frames] if isinstance(frames, slice) else frames
+        n_cells = L if cells is None else cells.numel()
+        out = scratch.take(name, (frame_ids.numel(), n_cells, D), torch.float32, dev)
+        raw = out if x.dtype == torch.float32 else scratch.take(name + ".raw", out.shape, x.dtype, dev)
+        if cells is None and isinstance(frames, slice):
+            raw.copy_(x[frames])
+        elif cells is None:
+            torch.index_select(x, 0, frame_ids, out=raw)
+        else:
+            rows = (frame_ids[:, None] * L + cells).flatten()
+            torch.index_select(x.view(T * L, D), 0, rows, out=raw.view(-1, D))
+        if raw is not out:
+            out.copy_(raw)
+        # F.normalize(out, dim=-1) in place: the same norm, clamp and division
+        out.div_(out.norm(2, -1, keepdim=True).clamp_min_(1e-12))
+        cells = slice(None) if cells is None else cells
+        return rope_tokens_(out, self.t_pos[frames], self.rows[cells], self.cols[cells], self.cfg.base_time,
                             self.cfg.base_space)
 
 
-def _token_similarity(feats: torch.Tensor, frames_per_chunk: int = 16) -> torch.Tensor:
-    """(T-1, L) cosine similarity of each token with itself in the next frame, in float32 chunks."""
+def _token_similarity(feats: torch.Tensor, frames_per_chunk: int = 4) -> torch.Tensor:
+    """(T-1, L) cosine similarity of each token with itself in the next frame, a few frames at a time (the
+    normalised chunk and its products stay in scratch buffers small enough for the CPU's last-level cache)."""
     T, L, D = feats.shape
     out = torch.empty(max(T - 1, 0), L, dtype=torch.float32, device=feats.device)
-    # one buffer for every chunk: every fresh large temporary costs page faults on first touch
-    buf = torch.empty(min(T, frames_per_chunk + 1) * L * D, dtype=torch.float32, device=feats.device)
+    n = min(T, frames_per_chunk + 1)
+    normed_buf = scratch.take("similarity.normed", (n, L, D), torch.float32, feats.device)
+    products = scratch.take("similarity.products", (max(n - 1, 0), L, D), torch.float32, feats.device)
     for a in range(0, T - 1, frames_per_chunk):
         chunk = feats[a:a + frames_per_chunk + 1]
-        normed = F.normalize(chunk.float(), p=2, dim=-1, out=buf[:chunk[:, :1].numel() * L].view(chunk.shape))
-        out[a:a + frames_per_chunk] = consecutive_similarity(normed)
+        c = chunk.shape[0]
+        normed = F.normalize(chunk.float(), p=2, dim=-1, out=normed_buf[:c])
+        # what consecutive_similarity computes, into the buffers
+        torch.sum(torch.mul(normed[:-1], normed[1:], out=products[:c - 1]), dim=-1, out=out[a:a + c - 1])
     return out
 
 
@@ -323,8 +384,9 @@ def _segment(kept: _Kept, video: _Video, start: int, n: int, static: torch.Tenso
     if num_static:
         # one pseudo-frame: temporal mean of features and scores, clustering features of the first frame
         cells = cells_in_order[:num_static]
-        idx, out = _compress_frames(torch.index_select(feats[start:start + n], 1, cells).mean(dim=0)[None],
-                                    video.roped(slice(start, start + 1), cells), scores[:, cells].mean(dim=0)[None],
+        idx, out = _compress_frames(video.cells_of(start, n, cells).mean(dim=0)[None],
+                                    video.roped(slice(start, start + 1), cells, "roped.static"),
+                                    scores[:, cells].mean(dim=0)[None],
                                     ratio, cfg, deferred)
         if isinstance(idx, list):  # only without `deferred`
             idx, out = idx[0][None], out[0][None]
@@ -352,16 +414,16 @@ def _segment(kept: _Kept, video: _Video, start: int, n: int, static: torch.Tenso
         if deferred is not None:  # frame-major, then token order, as a boolean mask would give
             pool_local = _free_positions(free, n_dyn - picks)
             pool_flat = torch.gather(d_flat, 1, pool_local).flatten()
-            pool_roped = _rows(d_roped, pool_local).reshape(pool_flat.numel(), -1)
         else:
+            pool_local = None
             pool_flat = d_flat[free]
-            pool_roped = d_roped[free]
-        pool_feats = torch.index_select(flat_feats, 0, pool_flat)
         if pool_flat.numel() <= budget:
-            kept.add(pool_flat, pool_feats)
-        else:
-            local, merged = _merge_context(pool_feats[None], pool_roped[None], budget, cfg)
-            kept.add(pool_flat[local[0]], merged[0])
+            kept.add(pool_flat, torch.index_select(flat_feats, 0, pool_flat))
+            return
+        pool_roped = _compact_rows(d_roped, pool_local) if pool_local is not None else d_roped[free]
+        local, merged = _merge_context(_gathered(flat_feats, pool_flat, "pool.feats")[None], pool_roped[None],
+                                       budget, cfg)
+        kept.add(pool_flat[local[0]], merged[0])
 
 
 def _segment_sizes(token_sim: torch.Tensor, tokens: VisualTokens, cfg: TangoConfig) -> List[int]:
@@ -385,9 +447,10 @@ def tango_prune(tokens: VisualTokens, cfg: TangoConfig) -> PrunePlan:
         tokens: the video's tokens (see `VisualTokens`).
         cfg: the run's settings.
     """
-    plan = _tango_prune(tokens, cfg, _Deferred())
-    if plan is None:
-        plan = _tango_prune(tokens, cfg, None)
+    with scratch.session():
+        plan = _tango_prune(tokens, cfg, _Deferred())
+        if plan is None:
+            plan = _tango_prune(tokens, cfg, None)
     return plan
 
 
