@@ -120,6 +120,11 @@ class FrameOperands:
         """x: (B, n, D) float32 points (the rotated clustering features of B frames)."""
         self.rows, self.cols = _augment(x, "frames")
 
+    def set_rows(self, b: int, members: torch.Tensor) -> torch.Tensor:
+        """The (1, M, D + 2) row operands of `set_operands` alone."""
+        rows = scratch.take("set.rows", (members.numel(), self.rows.shape[-1]), self.rows.dtype, self.rows.device)
+        return torch.index_select(self.rows[b], 0, members, out=rows)[None]
+
     def set_operands(self, b: int, members: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """The (1, M, D + 2) row and column operands of frame b's rows `members` (M,), in scratch buffers (dead
         once the next set's are taken)."""
@@ -137,8 +142,11 @@ def _cdist_product(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
 
 def cluster_frames(ops: FrameOperands, members: torch.Tensor, cluster_num: int, k: int,
                    ascending_anchors: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    """DPC-KNN centres and nearest-centre assignment of B point sets, one set at a time, as `dpc_knn(per_item=True)`
-    followed by `nearest_anchor(per_item=True)` give them, from one set of operands per frame.
+    """DPC-KNN centres and nearest-centre assignment of B point sets, as `dpc_knn(per_item=True)` followed by
+    `nearest_anchor(per_item=True)` give them, from one set of operands per frame.
+
+    The distance products are taken one set at a time (the bits of per-set `torch.cdist`); everything after them
+    works row by row or set by set, so it runs once for the whole batch.
 
     Args:
         ops: the frames' operands; members: (B, M) rows of each frame forming its set (CDIST_DIRECT_MAX < M,
@@ -148,14 +156,29 @@ def cluster_frames(ops: FrameOperands, members: torch.Tensor, cluster_num: int, 
     Returns:
         (centres (B, cluster_num) in density order, assignment (B, M) into the anchors as ordered).
     """
-    centers, assign = [], []
-    for b in range(members.shape[0]):
+    B, M = members.shape
+    dist = scratch.take("frames.dist", (B, M, M), ops.rows.dtype, ops.rows.device)
+    for b in range(B):
         rows, cols = ops.set_operands(b, members[b])
-        c = _dpc_of_distances(_cdist_product(rows, cols), cluster_num, k)
-        anchors = c.sort(dim=1).values if ascending_anchors else c
-        assign.append(_cdist_product(rows, torch.index_select(cols[0], 0, anchors[0])[None]).argmin(dim=-1))
-        centers.append(c)
-    return torch.cat(centers), torch.cat(assign)
+        torch.matmul(rows, cols.mT, out=dist[b:b + 1])
+    centers = _dpc_of_distances(dist.clamp_min_(0).sqrt_(), cluster_num, k)
+    anchors = centers.sort(dim=1).values if ascending_anchors else centers
+    to_anchors = scratch.take("frames.anchor_dist", (B, M, cluster_num), ops.rows.dtype, ops.rows.device)
+    for b in range(B):
+        rows = ops.set_rows(b, members[b])
+        anchor_cols = torch.index_select(ops.cols[b], 0, members[b][anchors[b]])[None]
+        torch.matmul(rows, anchor_cols.mT, out=to_anchors[b:b + 1])
+    return centers, to_anchors.clamp_min_(0).sqrt_().argmin(dim=-1)
+
+
+def cluster_small(x: torch.Tensor, cluster_num: int, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """`dpc_knn` then `nearest_anchor` (anchors in density order) for B sets of at most CDIST_DIRECT_MAX points, from
+    one `torch.cdist`: on sets that small it computes every pair on its own (no matrix product), so the distances to
+    the anchors are columns of the set's own distance matrix, bit for bit."""
+    dist = torch.cdist(x, x)
+    centers = _dpc_of_distances(dist, cluster_num, k)
+    to_anchors = torch.gather(dist, 2, centers[:, None, :].expand(-1, x.shape[1], -1))
+    return centers, to_anchors.argmin(dim=-1)
 
 
 def cluster_frames_applies(M: int, max_block_elements: int) -> bool:

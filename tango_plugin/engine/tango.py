@@ -19,9 +19,11 @@ from ..config import TangoConfig
 from . import scratch
 from .budgets import adjusted_ratio, frame_budgets, segment_budgets
 from .dpc import (
+    CDIST_DIRECT_MAX,
     FrameOperands,
     cluster_frames,
     cluster_frames_applies,
+    cluster_small,
     dpc_knn,
     merge_clusters,
     nearest_anchor,
@@ -145,6 +147,8 @@ def _select_salient(roped: torch.Tensor, scores: torch.Tensor, k_s: int, cfg: Ta
     cand_scores = torch.gather(scores, 1, cand)
     if ops is not None and cluster_frames_applies(m, cfg.max_block_elements):
         centers, assign = cluster_frames(ops.get(), cand, target, cfg.num_neighbors, ascending_anchors=False)
+    elif m <= CDIST_DIRECT_MAX and roped.shape[0] * m * m <= cfg.max_block_elements:
+        centers, assign = cluster_small(_rows(roped, cand), target, cfg.num_neighbors)
     else:
         cand_roped = _rows(roped, cand)
         centers = dpc_knn(cand_roped, target, cfg.num_neighbors, cfg.max_block_elements, per_item,
@@ -274,7 +278,11 @@ def _context_of_pools(feats, roped, free, pool_size: int, k_c: int, cfg: TangoCo
         return pool, feats[:, :0]
     if pool_size <= n_ctx:
         return pool, _rows(feats, pool)
-    pool_feats = _rows(feats, pool)
+    if feats.requires_grad and torch.is_grad_enabled():
+        pool_feats = _rows(feats, pool)
+    else:
+        pool_feats = _rows(feats.detach(), pool, out=scratch.take("pool.feats", pool.shape + feats.shape[-1:],
+                                                                   feats.dtype, feats.device))
     if ops is not None and cluster_frames_applies(pool_size, cfg.max_block_elements):
         centers, assign = cluster_frames(ops.get(), pool, n_ctx, cfg.num_neighbors, ascending_anchors=True)
         local, merged = _merged(pool_feats, centers, centers.sort(dim=1).values, assign, cfg)
@@ -329,6 +337,12 @@ class _Video:
         n_cells = L if cells is None else cells.numel()
         out = scratch.take(name, (frame_ids.numel(), n_cells, D), torch.float32, dev)
         raw = out if x.dtype == torch.float32 else scratch.take(name + ".raw", out.shape, x.dtype, dev)
+        if cells is None and isinstance(frames, slice) and x.dtype == torch.float32:
+            # F.normalize(x[frames]) straight into the buffer: the same norm, clamp and division
+            src = x[frames]
+            torch.div(src, src.norm(2, -1, keepdim=True).clamp_min_(1e-12), out=out)
+            return rope_tokens_(out, self.t_pos[frames], self.rows, self.cols, self.cfg.base_time,
+                                self.cfg.base_space)
         if cells is None and isinstance(frames, slice):
             raw.copy_(x[frames])
         elif cells is None:
