@@ -116,9 +116,10 @@ class FrameOperands:
     (`tests/test_engine.py` checks the bits against `torch.cdist`).
     """
 
-    def __init__(self, x: torch.Tensor) -> None:
-        """x: (B, n, D) float32 points (the rotated clustering features of B frames)."""
-        self.rows, self.cols = _augment(x, "frames")
+    def __init__(self, x: torch.Tensor, name: str = "frames") -> None:
+        """x: (B, n, D) float32 points (the rotated clustering features of B frames); `name`: of the scratch
+        buffers holding the operands."""
+        self.rows, self.cols = _augment(x, name)
 
     def set_rows(self, b: int, members: torch.Tensor) -> torch.Tensor:
         """The (1, M, D + 2) row operands of `set_operands` alone."""
@@ -150,22 +151,26 @@ def cluster_frames(ops: FrameOperands, members: torch.Tensor, cluster_num: int, 
 
     Args:
         ops: the frames' operands; members: (B, M) rows of each frame forming its set (CDIST_DIRECT_MAX < M,
-            M * M within one distance block: `cluster_frames_applies`).
+            M * M within one distance block: `cluster_frames_applies`), or None: every row (B == 1).
         ascending_anchors: assign to the centres sorted by index (else in density order).
 
     Returns:
         (centres (B, cluster_num) in density order, assignment (B, M) into the anchors as ordered).
     """
+    if members is None:
+        B, M = 1, ops.rows.shape[1]
+        members = torch.arange(M, device=ops.rows.device)[None]
     B, M = members.shape
+    whole = M == ops.rows.shape[1] and B == 1  # the set is the operands' only frame: no gather needed
     dist = scratch.take("frames.dist", (B, M, M), ops.rows.dtype, ops.rows.device)
     for b in range(B):
-        rows, cols = ops.set_operands(b, members[b])
+        rows, cols = (ops.rows, ops.cols) if whole else ops.set_operands(b, members[b])
         torch.matmul(rows, cols.mT, out=dist[b:b + 1])
     centers = _dpc_of_distances(dist.clamp_min_(0).sqrt_(), cluster_num, k)
     anchors = centers.sort(dim=1).values if ascending_anchors else centers
     to_anchors = scratch.take("frames.anchor_dist", (B, M, cluster_num), ops.rows.dtype, ops.rows.device)
     for b in range(B):
-        rows = ops.set_rows(b, members[b])
+        rows = ops.rows if whole else ops.set_rows(b, members[b])
         anchor_cols = torch.index_select(ops.cols[b], 0, members[b][anchors[b]])[None]
         torch.matmul(rows, anchor_cols.mT, out=to_anchors[b:b + 1])
     return centers, to_anchors.clamp_min_(0).sqrt_().argmin(dim=-1)

@@ -174,6 +174,11 @@ def _merge_context(feats: torch.Tensor, roped: torch.Tensor, num_anchors: int,
         (anchor local indices (B, A), merged anchor features (B, A, D)). With `reference_merge_order` the merged
         features are laid out as the reference writes them (see `TangoConfig.reference_merge_order`).
     """
+    if roped.shape[0] == 1 and cluster_frames_applies(roped.shape[1], cfg.max_block_elements):
+        # one pool within a distance block: the reference's cdist products, from one set of operands
+        centers, assign = cluster_frames(FrameOperands(roped, "pool"), None, num_anchors, cfg.num_neighbors,
+                                         ascending_anchors=True)
+        return _merged(feats, centers, centers.sort(dim=1).values, assign, cfg)
     # a large pool's operands (screening copy, canonical norms) are built once for the clustering and the assignment
     points = (screened_points(roped[0], cfg.distance_screen, tile_size(cfg.max_block_elements), "pool.screen")
               if roped.shape[0] == 1 else None)
