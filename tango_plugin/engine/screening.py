@@ -53,37 +53,36 @@ def _gamma(n: int) -> float:
 def _bmm_dots(vectors: torch.Tensor, rows: torch.Tensor, matrix: torch.Tensor, cols: torch.Tensor,
               out: torch.Tensor) -> None:
     """out[r, q] = dot(vectors[rows[r]], matrix[cols[r, q]]) in float64: per chunk one batched product of row vectors
-    (n, 1, D) with matrices (n, D, c) (c a multiple of COLUMN_GROUP). Rows are gathered in float32 and widened into
-    small reused buffers."""
+    (n, 1, D') with matrices (n, D', c'), the columns padded with zero vectors to c' (a multiple of COLUMN_GROUP,
+    `out` has c' columns) and the dims with zeros to D' (a multiple of DIM_GROUP). Rows are gathered in float32
+    and widened into small reused buffers; the padding is written once."""
     R, c = cols.shape
     D = vectors.shape[1]
-    wide_dim = -(-D // DIM_GROUP) * DIM_GROUP
-    step = max(1, CANON_CHUNK_ELEMENTS // max(1, c * wide_dim))
+    wide_cols, wide_dim = out.shape[1], -(-D // DIM_GROUP) * DIM_GROUP
+    step = max(1, CANON_CHUNK_ELEMENTS // max(1, wide_cols * wide_dim))
     cap = min(R, step)
     gathered = scratch.take("canon.gathered", (cap * c, D), matrix.dtype, matrix.device)
-    wide = scratch.take("canon.wide", (cap, c, wide_dim), torch.float64, matrix.device)
+    wide = scratch.take("canon.wide", (cap, wide_cols, wide_dim), torch.float64, matrix.device)
     vgathered = scratch.take("canon.vgathered", (cap, D), vectors.dtype, vectors.device)
     vwide = scratch.take("canon.vwide", (cap, 1, wide_dim), torch.float64, vectors.device)
-    wide[..., D:] = 0  # the zero padding of the feature dim (exact: adds exact zeros)
+    wide[:, c:] = 0  # exact zeros: padding columns give 0 and padding dims add 0
+    wide[..., D:] = 0
     vwide[..., D:] = 0
     for a in range(0, R, step):
         n = min(step, R - a)
         A = torch.index_select(matrix, 0, cols[a:a + n].reshape(-1), out=gathered[:n * c])
         v = torch.index_select(vectors, 0, rows[a:a + n], out=vgathered[:n])
-        wide[:n, :, :D] = A.view(n, c, D)
+        wide[:n, :c, :D] = A.view(n, c, D)
         vwide[:n, :, :D] = v.view(n, 1, D)
-        torch.bmm(vwide[:n], wide[:n].transpose(1, 2), out=out[a:a + n].view(n, 1, c))
+        torch.bmm(vwide[:n], wide[:n].transpose(1, 2), out=out[a:a + n].view(n, 1, wide_cols))
 
 
 def canonical_dots(vectors: torch.Tensor, rows: torch.Tensor, matrix: torch.Tensor,
                    cols: torch.Tensor) -> torch.Tensor:
     """(R, c) canonical float64 dot products of vectors[rows[r]] with matrix[cols[r, q]] (float32 inputs)."""
     R, c = cols.shape
-    pad = -c % COLUMN_GROUP if c else 0
-    if pad:  # the kernel's shape rule: the padding entries are computed and dropped
-        cols = torch.cat([cols, cols[:, :1].expand(R, pad)], dim=1)
-    out = torch.empty(cols.shape, dtype=torch.float64, device=matrix.device)
-    if out.numel():
+    out = torch.empty(R, -(-c // COLUMN_GROUP) * COLUMN_GROUP, dtype=torch.float64, device=matrix.device)
+    if R and c:
         _bmm_dots(vectors, rows, matrix, cols, out)
     return out[:, :c]
 
