@@ -98,6 +98,22 @@ def test_holitom_matches_literal_dp(seed):
     assert holitom_segments(sim, 0.5) == _holitom_brute(sim, 0.5)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_static_counts_on_the_device_equal_a_literal_count(seed):
+    """The per-token part of the segmentation runs on the input's device: static[s, w] counts the tokens similar
+    over every pair of the window [s, s + w]."""
+    from tango_plugin.engine.segmentation import _static_counts
+
+    g = torch.Generator().manual_seed(seed)
+    similar = torch.rand(11, 7, generator=g) > 0.3
+    T = similar.shape[0] + 1
+    want = torch.zeros(T, T, dtype=torch.int64)
+    for s in range(T - 1):
+        for w in range(T - s):
+            want[s, w] = int(similar[s:s + w].all(dim=0).sum())
+    assert torch.equal(_static_counts(similar), want)
+
+
 def test_holitom_max_window():
     sizes = holitom_segments(torch.ones(9, 2), 0.5, max_window=3)
     assert sum(sizes) == 10 and max(sizes) <= 3

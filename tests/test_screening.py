@@ -278,3 +278,17 @@ def test_peaks_are_screened_only_against_denser_points(monkeypatch):
     assert torch.equal(got, _oracle_centres(x, 40, 5))
     peak_blocks = [w for r, w in widths if r <= 4]
     assert peak_blocks and min(peak_blocks) < max(peak_blocks) <= x.shape[0], peak_blocks
+
+
+@pytest.mark.parametrize("name", ["duplicates", "coherent-rounding", "mixed-norms"])
+def test_peaks_with_more_candidates_than_the_window_are_widened(name, monkeypatch):
+    """A peak whose candidate window is full may have more candidates (near-ties): it is screened again with the
+    window widened until complete, and the centres still equal the oracle's."""
+    widened = []
+    original = screening.min_candidates
+    monkeypatch.setattr(screening, "min_candidates",
+                        lambda A, b, w, widen=True: widened.append(widen) or original(A, b, w, widen))
+    monkeypatch.setattr(dpc, "PEAK_CANDIDATES", 1)
+    x = SETS[name](2).float()
+    got = dpc.dpc_knn(x[None], 40, 5, max_block_elements=TILE_ELEMENTS, screen="bfloat16")[0]
+    assert True in widened and torch.equal(got, _oracle_centres(x, 40, 5))

@@ -242,6 +242,8 @@ def _dpc_tiled(x: torch.Tensor, cluster_num: int, k: int, tile: int, max_block_e
 
 # Peaks screened at once against the denser points (`_screened_peak_deltas`): small blocks follow the ranks closely.
 PEAK_BLOCK = 64
+# Candidates per peak taken without a host read; a peak with more (near-ties) is screened again, widened.
+PEAK_CANDIDATES = 32
 # Columns per group of the screened k-nearest pass: each row keeps the k + 1 smallest group minima (upper bounds
 # of its k + 1 nearest), a much cheaper reduction than a top-k over every entry.
 GROUP = 8
@@ -402,7 +404,9 @@ def _screened_peak_deltas(ps: PointSet, rho: torch.Tensor, peaks: torch.Tensor,
 
     Ranked by `_denser` (rho descending, ties -> lower index), a peak's denser points are exactly the points ranked
     before it. So the peaks, in rank order and a block at a time, are screened against a prefix of the ranked points
-    only (peaks are dense: on real pools about a fifth of a whole row), then refined as `min_candidates` says.
+    only (peaks are dense: on real pools about a fifth of a whole row), then refined as `min_candidates` says, all
+    in one canonical call. A peak whose PEAK_CANDIDATES-wide window is full (near-ties) is screened again with the
+    window widened until complete.
     """
     M, P = ps.x.shape[0], peaks.numel()
     ranking = torch.sort(rho, descending=True, stable=True).indices  # position -> point, densest first
@@ -414,17 +418,30 @@ def _screened_peak_deltas(ps: PointSet, rho: torch.Tensor, peaks: torch.Tensor,
                                                                                 ps.screen.dtype, ps.screen.device))
     ranked_sq = ps.sq[ranking]
     bound = ps.row_bound()
-    out = torch.empty(P, dtype=torch.float64, device=ps.x.device)
-    ends = peak_rank.tolist()  # one host read: each block's prefix
-    for a in range(0, P, PEAK_BLOCK):
-        p = peaks[a:a + PEAK_BLOCK]
-        width = max(1, ends[min(a + PEAK_BLOCK, P) - 1])  # the block's densest-ranked columns it may need
+    ends = peak_rank.tolist()  # one host read: the prefix each peak needs
+
+    def screened(pos, width: int, widen: bool):
+        p, prank = peaks[pos], peak_rank[pos]
+        width = max(width, min(M, PEAK_CANDIDATES))  # columns past a peak's rank are masked anyway
         A = screening.screened_block(ps.screen[p], ps.sq[p], ranked_screen[:width], ranked_sq[:width])
-        A.masked_fill_(torch.arange(width, device=A.device)[None, :] >= peak_rank[a:a + PEAK_BLOCK, None],
-                       float("inf"))  # only the points ranked before each peak are denser
-        vals, cols, valid = screening.min_candidates(A, bound[p], 8)
-        d = screening.canonical_distances(ps, p, ps, ranking[cols], valid).min(dim=1).values
-        out[a:a + PEAK_BLOCK] = torch.where(torch.isfinite(vals[:, 0]), d, max_dist)
+        A.masked_fill_(torch.arange(width, device=A.device)[None, :] >= prank[:, None], float("inf"))
+        vals, cols, valid = screening.min_candidates(A, bound[p], PEAK_CANDIDATES, widen)
+        full = valid[:, -1] & (cols.shape[1] < width)  # the window may have cut candidates off
+        return p, vals, ranking[cols], valid, full
+
+    def deltas(p, vals, cols, valid):
+        d = screening.canonical_distances(ps, p, ps, cols, valid).min(dim=1).values
+        return torch.where(torch.isfinite(vals[:, 0]), d, max_dist)
+
+    parts = [screened(slice(a, a + PEAK_BLOCK), ends[min(a + PEAK_BLOCK, P) - 1], widen=False)
+             for a in range(0, P, PEAK_BLOCK)]
+    p, vals, cols, valid, full = (torch.cat(x) for x in zip(*parts))
+    out = deltas(p, vals, cols, valid)
+    redo = torch.nonzero(full).flatten().tolist()  # one host read
+    for a in range(0, len(redo), PEAK_BLOCK):
+        pos = redo[a:a + PEAK_BLOCK]
+        p, vals, cols, valid, _ = screened(torch.tensor(pos, device=peaks.device), ends[pos[-1]], widen=True)
+        out[pos] = deltas(p, vals, cols, valid)
     return out[torch.argsort(by_rank)]
 
 

@@ -319,15 +319,17 @@ def margin_down(t: torch.Tensor) -> torch.Tensor:
     return t - t.abs() * (8 * U32) - 2.0 ** -140
 
 
-def min_candidates(A: torch.Tensor, bound: torch.Tensor, width: int):
+def min_candidates(A: torch.Tensor, bound: torch.Tensor, width: int, widen: bool = True):
     """Per row of screened squared distances A (r, n) (+inf = not eligible), every column whose canonical value
-    could be the row's minimum: (values, columns, valid) of the `width` smallest, widened until complete."""
+    could be the row's minimum: (values, columns, valid) of the `width` smallest, widened until complete (one host
+    read per try). `widen=False`: one try, no host read; the list may be incomplete where the last entry is valid
+    and `width < n` (the caller checks)."""
     n = A.shape[1]
     while True:
         width = min(width, n)
         vals, cols = torch.topk(A, width, dim=1, largest=False)
         tau = margin(vals[:, 0] + bound)
         valid = torch.isfinite(vals) & (vals - bound[:, None] <= tau[:, None])
-        if width == n or not bool(valid[:, -1].any()):
+        if not widen or width == n or not bool(valid[:, -1].any()):
             return vals, cols, valid
         width *= 4

@@ -30,16 +30,7 @@ def holitom_segments(token_similarity: torch.Tensor, tau: float, max_window: int
     T = n_pairs + 1
     if T == 1:
         return [1]
-    ok = (token_similarity > tau).cpu().numpy()
-    # run[k, l]: number of consecutive similar pairs of token l starting at pair k
-    run = np.zeros((n_pairs + 1, L), dtype=np.int64)
-    for k in range(n_pairs - 1, -1, -1):
-        run[k] = (run[k + 1] + 1) * ok[k]
-    # static[s, w]: tokens similar over the w pairs of window [s, s + w] (w = 1..T-1)
-    static = np.zeros((T, T), dtype=np.int64)
-    for s in range(n_pairs):
-        hist = np.bincount(run[s], minlength=T + 1)[: T + 1]
-        static[s] = hist[::-1].cumsum()[::-1][:T]  # static[s, w] = #{l : run[s, l] >= w}
+    static = _static_counts(token_similarity > tau).cpu().numpy()  # the one host read: a (T, T) table
     dp = np.zeros(T + 1, dtype=np.int64)  # dp[i + 1] = best total over frames 0..i
     start = np.zeros(T, dtype=np.int64)
     for i in range(T):
@@ -55,6 +46,25 @@ def holitom_segments(token_similarity: torch.Tensor, tau: float, max_window: int
         sizes.append(int(end - start[end] + 1))
         end = int(start[end]) - 1
     return sizes[::-1]
+
+
+def _static_counts(similar: torch.Tensor) -> torch.Tensor:
+    """static[s, w] = number of tokens similar over all w pairs of the window [s, s + w] (w = 0..T-1), on the
+    input's device: (T, T) int64 from the (T-1, L) mask of similar consecutive pairs.
+
+    Per token, the run of similar pairs starting at pair s ends at the first dissimilar pair at or after s (a
+    reversed running minimum of the dissimilar pairs' positions); a histogram of run lengths per start, summed
+    from the top, counts the tokens whose run reaches each width.
+    """
+    n_pairs, L = similar.shape
+    T = n_pairs + 1
+    pair = torch.arange(n_pairs, device=similar.device)[:, None]
+    breaks = torch.where(similar, torch.full_like(pair, n_pairs), pair).expand(n_pairs, L)
+    first_break = torch.flip(torch.cummin(torch.flip(breaks, [0]), dim=0).values, [0])
+    run = (first_break - pair).clamp_max(T)  # similar pairs in a row from pair s
+    hist = torch.zeros(T, T + 1, dtype=torch.int64, device=similar.device)  # the last frame starts no window
+    hist[:n_pairs].scatter_add_(1, run, torch.ones_like(run))
+    return torch.flip(torch.cumsum(torch.flip(hist, [1]), dim=1), [1])[:, :T]
 
 
 def fastvid_segments(frame_similarity: torch.Tensor, tau: float, min_cuts: int = 8) -> List[int]:
