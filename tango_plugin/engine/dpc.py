@@ -256,11 +256,9 @@ def _tiles(M: int, tile: int):
 
 
 def _group_minima(A: torch.Tensor) -> torch.Tensor:
-    """(r, n) -> (r, ceil(n / GROUP)) minima of consecutive column groups."""
-    r, n = A.shape
-    main = n // GROUP * GROUP
-    out = A[:, :main].view(r, -1, GROUP).amin(dim=-1)
-    return torch.cat([out, A[:, main:].amin(dim=1, keepdim=True)], dim=1) if main < n else out
+    """(r, n) -> (r, ceil(n / GROUP)) minima of consecutive column groups (a max-pool of -A: about twice as fast
+    as an amin over groups of 8 innermost elements; exact either way)."""
+    return torch.nn.functional.max_pool1d(A.neg()[None], GROUP, ceil_mode=True)[0].neg_()
 
 
 def _keep_smallest(lists: torch.Tensor, rows, new: torch.Tensor, kk: int) -> None:
@@ -319,12 +317,13 @@ def _compact(rows: list, cols: list, vals: list, limit: torch.Tensor):
 
 def _tile_candidates(mask: torch.Tensor, A: torch.Tensor, cap: Optional[int], counts: list):
     """(rows, cols, values) of the True entries of `mask`: all of them (`cap` None, one host read), or the first
-    `cap` without a host read (padding: value +inf; `counts` gets the true count for the overflow check)."""
+    `cap` without a host read (padding: value +inf; `counts` gets whether all `cap` slots were taken, for the
+    overflow check)."""
     if cap is None:
         r, c = torch.nonzero(mask, as_tuple=True)
         return r, c, A[r, c]
     idx = torch.nonzero_static(mask, size=cap, fill_value=-1)
-    counts.append((mask.sum(), cap))
+    counts.append(idx[-1, 0] >= 0)  # the last slot taken: there may have been more (redone if so)
     r, c = idx[:, 0], idx[:, 1]
     padding = r < 0
     r, c = r.clamp_min(0), c.clamp_min(0)
@@ -370,7 +369,7 @@ def _screened_knn(ps: PointSet, kk: int, tile: int, exact_sizes: bool = False):
         top = torch.maximum(top, A.max())
         if len(vals) >= 2 * COMPACT_EVERY:  # drop what the current limits already exclude (bounded memory)
             rows, cols, vals = _compact(rows, cols, vals, limit)
-    if counts and bool(torch.stack([n > cap for n, cap in counts]).any()):
+    if counts and bool(torch.stack(counts).any()):
         return _screened_knn(ps, kk, tile, exact_sizes=True)  # a tile had more candidates than it kept
     rows, cols, _ = _compact(rows, cols, vals, _knn_limit(uppers, bound))
     rows, cols = rows[0], cols[0]
