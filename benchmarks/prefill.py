@@ -11,8 +11,9 @@ vocab 151936, tied embeddings), bf16, SDPA:
 
 For each retention ratio it reports the visual tokens the LLM receives, the LLM prefill time, the time to first
 token (TTFT, `generate(max_new_tokens=1)`, vision tower included), the pruning overhead (saliency hooks, strategy,
-splice), peak memory of the call, the speed-up over the unpruned model and the "ideal" speed-up: the unpruned
-model's vision time plus an LLM prefill of an input that is already that short (no pruning work at all).
+splice) and its share of the pruned LLM prefill, peak memory of the call, the speed-up over the unpruned model and
+the "ideal" speed-up: the unpruned model's vision time plus an LLM prefill of an input that is already that short
+(no pruning work at all).
 Each row: one warm-up run, then the median of `--reps` runs.
 
 Usage:
@@ -255,14 +256,19 @@ def bench(name: str, builder, args, device, dtype) -> List[dict]:
     return rows
 
 
-HEADER = ("| model | retention | visual tokens | seq len | LLM prefill s | TTFT s | pruning overhead s | peak mem GiB "
-          "| TTFT speed-up | prefill speed-up | ideal prefill s | ideal TTFT speed-up |")
+HEADER = ("| model | retention | visual tokens | seq len | LLM prefill s | TTFT s | pruning overhead s "
+          "| overhead / pruned prefill | peak mem GiB | TTFT speed-up | prefill speed-up | ideal prefill s "
+          "| ideal TTFT speed-up |")
+
+
+def _share(r: dict) -> str:
+    return f"{100 * r['overhead'] / r['prefill']:.1f}%" if r["r"] < 1.0 else "-"
 
 
 def _fmt_row(r: dict) -> str:
     return (f"| {r['model']} | {r['r']:.2f} | {r['visual']} | {r['seq']} | {r['prefill']:.3f} | {r['ttft']:.3f} | "
-            f"{r['overhead']:.3f} | {r['peak'] / 2**30:.2f} | {r['speedup']:.2f}x | {r['prefill_speedup']:.2f}x | "
-            f"{r['ideal_prefill']:.3f} | {r['ideal_speedup']:.2f}x |")
+            f"{r['overhead']:.3f} | {_share(r)} | {r['peak'] / 2**30:.2f} | {r['speedup']:.2f}x | "
+            f"{r['prefill_speedup']:.2f}x | {r['ideal_prefill']:.3f} | {r['ideal_speedup']:.2f}x |")
 
 
 def main(argv=None) -> None:
