@@ -97,14 +97,21 @@ def _free_positions(free: torch.Tensor, count: int) -> torch.Tensor:
     return torch.sort((~free).to(torch.uint8), dim=1, stable=True).indices[:, :count]
 
 
-def _rows(x: torch.Tensor, idx: torch.Tensor, out: "torch.Tensor | None" = None) -> torch.Tensor:
+def _rows(x: torch.Tensor, idx: torch.Tensor, name: "str | None" = None) -> torch.Tensor:
     """x[b, idx[b]] for (B, n, D) x and (B, k) idx -> (B, k, D); a row copy (index_select: about twice as fast as
-    advanced indexing on large row sets, the same values), into `out` if given."""
+    advanced indexing on large row sets, the same values), in the scratch buffer `name` as `_gathered` says."""
     B, n, D = x.shape
     flat = (idx + torch.arange(B, device=idx.device)[:, None] * n).flatten()
-    if out is not None:
-        return torch.index_select(x.reshape(B * n, D), 0, flat, out=out.view(-1, D)).view(B, idx.shape[1], D)
-    return torch.index_select(x.reshape(B * n, D), 0, flat).view(B, idx.shape[1], D)
+    return _gathered(x.reshape(B * n, D), flat, name).view(B, idx.shape[1], D)
+
+
+def _gathered(flat: torch.Tensor, idx: torch.Tensor, name: "str | None" = None) -> torch.Tensor:
+    """flat[idx] (rows of a 2-D tensor): in the scratch buffer `name` (a view, docs/algorithm.md §12), or a fresh
+    tensor when no name is given or autograd records the gather (the feature path of a training forward)."""
+    if name is None or (flat.requires_grad and torch.is_grad_enabled()):
+        return torch.index_select(flat, 0, idx)
+    out = scratch.take(name, (idx.numel(), flat.shape[1]), flat.dtype, flat.device)
+    return torch.index_select(flat.detach(), 0, idx, out=out)
 
 
 def _compact_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -116,18 +123,9 @@ def _compact_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     flat = x.view(B * n, D)
     g = max(1, FRAME_CHUNK_BYTES // max(1, k * D * x.element_size()))
     for b in range(0, B, g):
-        part = _rows(x[b:b + g], idx[b:b + g],
-                     out=scratch.take("compact", (min(g, B - b), k, D), x.dtype, x.device))
+        part = _rows(x[b:b + g], idx[b:b + g], "compact")
         flat[b * k:b * k + part.shape[0] * k] = part.view(-1, D)
     return flat[:B * k]
-
-
-def _gathered(flat: torch.Tensor, idx: torch.Tensor, name: str) -> torch.Tensor:
-    """flat[idx] (rows): in the scratch buffer `name` unless autograd records the gather."""
-    if flat.requires_grad and torch.is_grad_enabled():
-        return torch.index_select(flat, 0, idx)
-    out = scratch.take(name, (idx.numel(), flat.shape[1]), flat.dtype, flat.device)
-    return torch.index_select(flat.detach(), 0, idx, out=out)
 
 
 def _select_salient(roped: torch.Tensor, scores: torch.Tensor, k_s: int, cfg: TangoConfig,
@@ -283,11 +281,7 @@ def _context_of_pools(feats, roped, free, pool_size: int, k_c: int, cfg: TangoCo
         return pool, feats[:, :0]
     if pool_size <= n_ctx:
         return pool, _rows(feats, pool)
-    if feats.requires_grad and torch.is_grad_enabled():
-        pool_feats = _rows(feats, pool)
-    else:
-        pool_feats = _rows(feats.detach(), pool, out=scratch.take("pool.feats", pool.shape + feats.shape[-1:],
-                                                                   feats.dtype, feats.device))
+    pool_feats = _rows(feats, pool, "pool.feats")
     if ops is not None and cluster_frames_applies(pool_size, cfg.max_block_elements):
         centers, assign = cluster_frames(ops.get(), pool, n_ctx, cfg.num_neighbors, ascending_anchors=True)
         local, merged = _merged(pool_feats, centers, centers.sort(dim=1).values, assign, cfg)
@@ -317,15 +311,11 @@ class _Video:
         self.cfg = cfg
 
     def cells_of(self, start: int, n: int, cells: torch.Tensor) -> torch.Tensor:
-        """(n, cells, D) features of frames start.. start + n - 1 (whole rows of the flat video; in a scratch buffer
-        when autograd does not record them)."""
+        """(n, cells, D) features of frames start.. start + n - 1 (whole rows of the flat video)."""
         T, L, D = self.feats.shape
         rows = ((torch.arange(start, start + n, device=cells.device) * L)[:, None] + cells).flatten()
-        flat = self.feats.reshape(T * L, D)
-        if flat.requires_grad and torch.is_grad_enabled():
-            return torch.index_select(flat, 0, rows).view(n, -1, D)
-        out = scratch.take("roped", (rows.numel(), D), flat.dtype, flat.device)  # dead before `roped` is taken
-        return torch.index_select(flat.detach(), 0, rows, out=out).view(n, -1, D)
+        # the buffer of `roped`: the static cells' features are consumed before the segment's rotated ones
+        return _gathered(self.feats.reshape(T * L, D), rows, "roped").view(n, -1, D)
 
     def roped(self, frames, cells=None, name: str = "roped") -> torch.Tensor:
         """(frames, cells, D) float32 clustering features in the scratch buffer `name` (a view: dead once `name`
@@ -341,24 +331,18 @@ class _Video:
         frame_ids = torch.arange(T, device=dev)[frames] if isinstance(frames, slice) else frames
         n_cells = L if cells is None else cells.numel()
         out = scratch.take(name, (frame_ids.numel(), n_cells, D), torch.float32, dev)
-        raw = out if x.dtype == torch.float32 else scratch.take(name + ".raw", out.shape, x.dtype, dev)
         if cells is None and isinstance(frames, slice) and x.dtype == torch.float32:
-            # F.normalize(x[frames]) straight into the buffer: the same norm, clamp and division
-            src = x[frames]
-            torch.div(src, src.norm(2, -1, keepdim=True).clamp_min_(1e-12), out=out)
-            return rope_tokens_(out, self.t_pos[frames], self.rows, self.cols, self.cfg.base_time,
-                                self.cfg.base_space)
-        if cells is None and isinstance(frames, slice):
-            raw.copy_(x[frames])
-        elif cells is None:
-            torch.index_select(x, 0, frame_ids, out=raw)
+            src = x[frames]  # a run of whole frames: normalised straight into the buffer
         else:
-            rows = (frame_ids[:, None] * L + cells).flatten()
-            torch.index_select(x.view(T * L, D), 0, rows, out=raw.view(-1, D))
-        if raw is not out:
-            out.copy_(raw)
-        # F.normalize(out, dim=-1) in place: the same norm, clamp and division
-        out.div_(out.norm(2, -1, keepdim=True).clamp_min_(1e-12))
+            raw = out if x.dtype == torch.float32 else scratch.take(name + ".raw", out.shape, x.dtype, dev)
+            if cells is None:
+                torch.index_select(x, 0, frame_ids, out=raw)
+            else:
+                torch.index_select(x.view(T * L, D), 0, (frame_ids[:, None] * L + cells).flatten(),
+                                   out=raw.view(-1, D))
+            src = out.copy_(raw) if raw is not out else out
+        # F.normalize(src, dim=-1): the same norm, clamp and division
+        torch.div(src, src.norm(2, -1, keepdim=True).clamp_min_(1e-12), out=out)
         cells = slice(None) if cells is None else cells
         return rope_tokens_(out, self.t_pos[frames], self.rows[cells], self.cols[cells], self.cfg.base_time,
                             self.cfg.base_space)
