@@ -427,6 +427,13 @@ def test_cluster_frames_equals_the_per_item_calls():
         assert torch.equal(centers, want)
         anchor_pts = torch.stack([pts[b, anchors[b]] for b in range(4)])
         assert torch.equal(assign, nearest_anchor(pts, anchor_pts, per_item=True))
+    # one frame whose set is every row, out of order (candidates in score order), and the whole frame in order
+    for members, pts in ((torch.randperm(169, generator=g)[None], None), (None, x[:1])):
+        pts = x[0, members[0]][None] if pts is None else pts
+        centers, assign = cluster_frames(FrameOperands(x[:1]), members, 12, 7, ascending_anchors=False)
+        want = dpc_knn(pts, 12, 7, per_item=True)
+        assert torch.equal(centers, want)
+        assert torch.equal(assign, nearest_anchor(pts, pts[:, want[0]], per_item=True))
 
 
 def test_single_frames_in_chunks_give_the_same_plan(monkeypatch):
@@ -441,3 +448,19 @@ def test_single_frames_in_chunks_give_the_same_plan(monkeypatch):
         plans.append(tp.prune_video_tokens(v.features, v.saliency, v.grid_hw, v.timestamps, cfg))
     for p in plans[1:]:
         assert torch.equal(p.kept_indices, plans[0].kept_indices) and torch.equal(p.features, plans[0].features)
+
+
+@pytest.mark.parametrize("retention,context", [(0.8, 0.0), (0.5, 0.4), (0.1, 0.4)])
+def test_single_frame_shared_operands_give_the_per_set_plan(monkeypatch, retention, context):
+    """The single-frame path's `cluster_frames` against the per-set `dpc_knn` / `nearest_anchor` calls, also when
+    the salient candidates are every token of the frame in score order (retention 0.8, no context)."""
+    import tango_plugin.engine.tango as engine
+
+    g = torch.Generator().manual_seed(6)
+    feats, sal = torch.randn(3, 49, 64, generator=g), torch.rand(3, 49, generator=g)
+    cfg = tp.TangoConfig(retention_ratio=retention, context_ratio=context)
+    shared = tp.prune_video_tokens(feats[:1], sal[:1], (7, 7), None, cfg)
+    monkeypatch.setattr(engine, "cluster_frames_applies", lambda *a: False)
+    per_set = tp.prune_video_tokens(feats[:1], sal[:1], (7, 7), None, cfg)
+    assert torch.equal(shared.kept_indices, per_set.kept_indices)
+    assert torch.equal(shared.features, per_set.features)

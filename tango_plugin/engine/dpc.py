@@ -122,23 +122,21 @@ class FrameOperands:
         self.rows, self.cols = _augment(x, name)
 
     def set_rows(self, b: int, members: torch.Tensor) -> torch.Tensor:
-        """The (1, M, D + 2) row operands of `set_operands` alone."""
+        """The (1, M, D + 2) row operands of frame b's rows `members` (M,), in a scratch buffer (dead once the next
+        set's are taken)."""
         rows = scratch.take("set.rows", (members.numel(), self.rows.shape[-1]), self.rows.dtype, self.rows.device)
         return torch.index_select(self.rows[b], 0, members, out=rows)[None]
 
     def set_operands(self, b: int, members: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The (1, M, D + 2) row and column operands of frame b's rows `members` (M,), in scratch buffers (dead
-        once the next set's are taken)."""
-        shape = (members.numel(), self.rows.shape[-1])
-        rows = scratch.take("set.rows", shape, self.rows.dtype, self.rows.device)
-        cols = scratch.take("set.cols", shape, self.cols.dtype, self.cols.device)
-        return (torch.index_select(self.rows[b], 0, members, out=rows)[None],
-                torch.index_select(self.cols[b], 0, members, out=cols)[None])
+        """The (1, M, D + 2) row and column operands of frame b's rows `members` (M,), as `set_rows`."""
+        cols = scratch.take("set.cols", (members.numel(), self.cols.shape[-1]), self.cols.dtype, self.cols.device)
+        return self.set_rows(b, members), torch.index_select(self.cols[b], 0, members, out=cols)[None]
 
 
-def _cdist_product(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """`torch.cdist` from its operands (1, n, D + 2), (1, m, D + 2): the same batch-1 product, clamp and root."""
-    return rows.matmul(cols.mT).clamp_min_(0).sqrt_()
+def _cdist_product(rows: torch.Tensor, cols: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """`torch.cdist` from its operands (1, n, D + 2), (1, m, D + 2): the same batch-1 product, clamp and root (into
+    `out` if given)."""
+    return torch.matmul(rows, cols.mT, out=out).clamp_min_(0).sqrt_()
 
 
 def cluster_frames(ops: FrameOperands, members: torch.Tensor, cluster_num: int, k: int,
@@ -157,23 +155,22 @@ def cluster_frames(ops: FrameOperands, members: torch.Tensor, cluster_num: int, 
     Returns:
         (centres (B, cluster_num) in density order, assignment (B, M) into the anchors as ordered).
     """
-    if members is None:
-        B, M = 1, ops.rows.shape[1]
-        members = torch.arange(M, device=ops.rows.device)[None]
+    whole = members is None  # the set is the operands' only frame, every row in order: no gather needed
+    if whole:
+        members = torch.arange(ops.rows.shape[1], device=ops.rows.device)[None]
     B, M = members.shape
-    whole = M == ops.rows.shape[1] and B == 1  # the set is the operands' only frame: no gather needed
     dist = scratch.take("frames.dist", (B, M, M), ops.rows.dtype, ops.rows.device)
     for b in range(B):
         rows, cols = (ops.rows, ops.cols) if whole else ops.set_operands(b, members[b])
-        torch.matmul(rows, cols.mT, out=dist[b:b + 1])
-    centers = _dpc_of_distances(dist.clamp_min_(0).sqrt_(), cluster_num, k)
+        _cdist_product(rows, cols, out=dist[b:b + 1])
+    centers = _dpc_of_distances(dist, cluster_num, k)
     anchors = centers.sort(dim=1).values if ascending_anchors else centers
     to_anchors = scratch.take("frames.anchor_dist", (B, M, cluster_num), ops.rows.dtype, ops.rows.device)
     for b in range(B):
         rows = ops.rows if whole else ops.set_rows(b, members[b])
         anchor_cols = torch.index_select(ops.cols[b], 0, members[b][anchors[b]])[None]
-        torch.matmul(rows, anchor_cols.mT, out=to_anchors[b:b + 1])
-    return centers, to_anchors.clamp_min_(0).sqrt_().argmin(dim=-1)
+        _cdist_product(rows, anchor_cols, out=to_anchors[b:b + 1])
+    return centers, to_anchors.argmin(dim=-1)
 
 
 def cluster_small(x: torch.Tensor, cluster_num: int, k: int) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -61,7 +61,7 @@ def _static_counts(similar: torch.Tensor) -> torch.Tensor:
     pair = torch.arange(n_pairs, device=similar.device)[:, None]
     breaks = torch.where(similar, torch.full_like(pair, n_pairs), pair).expand(n_pairs, L)
     first_break = torch.flip(torch.cummin(torch.flip(breaks, [0]), dim=0).values, [0])
-    run = (first_break - pair).clamp_max(T)  # similar pairs in a row from pair s
+    run = first_break - pair  # similar pairs in a row from pair s (at most T - 1)
     hist = torch.zeros(T, T + 1, dtype=torch.int64, device=similar.device)  # the last frame starts no window
     hist[:n_pairs].scatter_add_(1, run, torch.ones_like(run))
     return torch.flip(torch.cumsum(torch.flip(hist, [1]), dim=1), [1])[:, :T]
