@@ -55,6 +55,38 @@ def patch_times(frame_times: torch.Tensor, num_patches: int) -> torch.Tensor:
     return out
 
 
+def mean_patch_times(frame_times: torch.Tensor, num_patches: int, temporal_patch_size: int) -> torch.Tensor:
+    """Qwen3-VL's per-patch times (its processor's `_calculate_timestamps`, the "<x.x seconds>" of the prompt): the
+    last frame repeated up to num_patches * temporal_patch_size frames, then the mean of each patch's first and
+    last frame time."""
+    times = frame_times.detach().to("cpu", torch.float64).flatten()
+    pad = num_patches * temporal_patch_size - times.numel()
+    per = torch.cat([times, times[-1:].expand(pad)]).reshape(num_patches, temporal_patch_size)
+    return (per[:, 0] + per[:, -1]) / 2
+
+
+def engine_frame_times(family: str, frame_times: torch.Tensor, num_patches: int,
+                       temporal_patch_size: int) -> torch.Tensor:
+    """One time per temporal patch (what the engine sees as a frame) from the sampled frames' times: given as is
+    when there is one per patch, else reduced by the family's rule (Qwen3-VL `mean_patch_times`, the others
+    `patch_times`).
+
+    Raises:
+        ValueError: the count fits neither one per patch nor one per sampled frame.
+    """
+    n = frame_times.numel()
+    if n == num_patches:
+        return frame_times.detach().to("cpu", torch.float64).flatten()
+    if -(-n // temporal_patch_size) != num_patches:
+        raise ValueError(f"{n} frame times for a video of {num_patches} temporal patches of {temporal_patch_size} "
+                         f"frames: give one time per patch ({num_patches}) or per sampled frame "
+                         f"({num_patches * temporal_patch_size - temporal_patch_size + 1} to "
+                         f"{num_patches * temporal_patch_size})")
+    if family.startswith("qwen3"):
+        return mean_patch_times(frame_times, num_patches, temporal_patch_size)
+    return patch_times(frame_times, num_patches)
+
+
 #: the one-time warning when Qwen2.5-VL's second_per_grid_ts equals its processor's default (no metadata given)
 DEFAULT_FPS_NOTE = ("second_per_grid_ts is temporal_patch_size / 24: what the Qwen2.5-VL processor returns from its "
                     "24-fps default when it gets no video_metadata; if the frames were sampled at another rate the "
@@ -315,10 +347,8 @@ class Qwen3VLAdapter(QwenVLAdapter):
                                "or tango_video_timestamps= (seconds, or the video metadata) to generate / forward")
 
     def patch_times(self, frame_times: torch.Tensor, t: int, tp: int) -> torch.Tensor:
-        """The processor's prompt-text times (`_calculate_timestamps`): the last frame repeated up to t * tp frames,
-        then the mean of each patch's first and last frame time."""
-        per = torch.cat([frame_times, frame_times[-1:].expand(t * tp - frame_times.numel())]).reshape(t, tp)
-        return (per[:, 0] + per[:, -1]) / 2
+        """The processor's prompt-text times (`mean_patch_times`)."""
+        return mean_patch_times(frame_times, t, tp)
 
 
 __all__ = ["QwenVLAdapter", "Qwen2VLAdapter", "Qwen2_5_VLAdapter", "Qwen3VLAdapter"]

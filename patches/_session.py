@@ -29,6 +29,9 @@ class HarnessSession:
         self.name = name
         self.config = config
         self.options = options
+        if extras.get("capture"):
+            raise ValueError(f"tango_capture={extras['capture']!r} is a knob of the vLLM plugin only; {name} writes "
+                             "its report with tango_report")
         self.enabled = bool(extras["enabled"])
         self.report_path = extras["report"]
         self.handle = None

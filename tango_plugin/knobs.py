@@ -53,7 +53,9 @@ ENABLE_OPTIONS: Dict[str, Optional[Tuple[str, ...]]] = {
     "image_highres": ("keep", "prune"),
 }
 #: knobs the integration itself consumes (not part of the config): name -> help
-EXTRAS = {"report": "path of the per-sample JSON report the integration writes"}
+EXTRAS = {"report": "path of the per-sample JSON report the integration writes",
+          "capture": "vLLM: folder where the worker saves each pruned video's engine inputs and plan (parity checks, "
+                     "debugging)"}
 
 _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0")
@@ -239,7 +241,8 @@ def config_from_knobs(knobs: Mapping[str, Any], *, default_preset: Optional[str]
         default_on: the value of `tango` when the knob is absent.
 
     Returns:
-        `(config, enable_options, extras)`; `extras` holds `enabled` (bool) and `report` (a path or None).
+        `(config, enable_options, extras)`; `extras` holds `enabled` (bool), `report` and `capture` (paths or
+        None).
         The config is built and validated also when `tango=false`, so a typo is an error either way.
 
     Raises:
@@ -251,7 +254,7 @@ def config_from_knobs(knobs: Mapping[str, Any], *, default_preset: Optional[str]
     values: Dict[str, Any] = {}
     given_as: Dict[str, str] = {}
     options: Dict[str, Any] = {}
-    extras: Dict[str, Any] = {"enabled": default_on, "report": None}
+    extras: Dict[str, Any] = {"enabled": default_on, "report": None, "capture": None}
     preset = default_preset
     for knob, value in knobs.items():
         if knob == SWITCH:
@@ -275,11 +278,11 @@ def config_from_knobs(knobs: Mapping[str, Any], *, default_preset: Optional[str]
             given_as[field_name] = knob
         elif name in ENABLE_OPTIONS:
             options[name] = _parse_option(knob, name, value)
-        elif name == "report":
+        elif name in EXTRAS:
             path = _parse_str(knob, value)
             if not path:
                 raise _bad(knob, value, "a file path")
-            extras["report"] = path
+            extras[name] = path
         else:
             raise ValueError(f"unknown tango knob {knob}={value!r}; allowed: {', '.join(allowed_knobs())}")
     try:

@@ -54,7 +54,7 @@ def test_knob_text_is_parsed_to_the_field_type():
     assert cfg.similarity_threshold == 0.8  # "none" -> the paper's rule for r > 0.1
     assert cfg.sink_positions == [3, 1, 4] and cfg.strategy == "topk"
     assert options == {"fps": 2.0, "pool_mode": "average"}
-    assert extras == {"enabled": True, "report": "out/r.json"}
+    assert extras == {"enabled": True, "report": "out/r.json", "capture": None}
     # values typed by lmms-eval's own parser (ints, floats, bools) and JSON lists work the same
     cfg, _, extras = config_from_knobs({"tango": False, "tango_ratio": 1, "tango_sink_positions": "[0, 7]",
                                         "tango_reference_merge_order": 1})

@@ -21,7 +21,7 @@ def _merge_keys(k: torch.Tensor, merge: int) -> torch.Tensor:
     return k.reshape(S, H, n // merge, merge, d).mean(3)
 
 
-def global_query_saliency(q: torch.Tensor, k: torch.Tensor, merge: int = 1) -> torch.Tensor:
+def global_query_saliency(q: torch.Tensor, k: torch.Tensor, merge: int = 1, per_head: bool = False) -> torch.Tensor:
     """FastVID-style "global query" attention: how much the mean query of a group attends to each (merged) key.
 
     Args:
@@ -29,6 +29,8 @@ def global_query_saliency(q: torch.Tensor, k: torch.Tensor, merge: int = 1) -> t
         k: (S, H, n, d) keys, same layout.
         merge: average every `merge` consecutive keys *before* the softmax (Qwen's 2x2 merge units,
             docs/algorithm.md §1.3).
+        per_head: return (S, H, n // merge) before the mean over heads (a tensor-parallel tower holds a slice of
+            the heads on each rank: gather the slices, then take `.mean(1)`, the same operation as here).
 
     Returns:
         (S, n // merge) float32: softmax over tokens of ``mean_n(q) . k / sqrt(d)`` per head, averaged over heads.
@@ -38,37 +40,39 @@ def global_query_saliency(q: torch.Tensor, k: torch.Tensor, merge: int = 1) -> t
         raise ValueError(f"token count {k.shape[2]} is not a multiple of the merge size {merge}")
     q_bar = q.mean(2, keepdim=True)  # mean over tokens: order-invariant, so window-ordered input is fine
     logits = (q_bar @ _merge_keys(k, merge).transpose(-1, -2)).squeeze(2) / math.sqrt(q.shape[-1])
-    return logits.softmax(-1).mean(1)
+    heads = logits.softmax(-1)
+    return heads if per_head else heads.mean(1)
 
 
 def attention_received_saliency(q: torch.Tensor, k: torch.Tensor, merge: int = 1,
-                                max_elements: int = 1 << 26) -> torch.Tensor:
+                                max_elements: int = 1 << 26, per_head: bool = False) -> torch.Tensor:
     """Mean attention each token receives from all queries of its group (softmax(q k^T), heads and queries averaged).
 
     Computed group by group (bounded memory: at most `max_elements` attention entries at once); tokens of a merge
     unit are averaged *after* the softmax.
 
     Returns:
-        (S, n // merge) float32.
+        (S, n // merge) float32 (`per_head`: (S, H, n // merge), the mean over queries only).
     """
     S, H, n, d = q.shape
-    out = torch.empty(S, n, dtype=torch.float32, device=q.device)
+    out = torch.empty(S, H, n, dtype=torch.float32, device=q.device) if per_head else \
+        torch.empty(S, n, dtype=torch.float32, device=q.device)
     step = max(1, max_elements // max(1, H * n * n))
     for s in range(0, S, step):
         qs, ks = q[s:s + step].float(), k[s:s + step].float()
         att = (qs @ ks.transpose(-1, -2) / math.sqrt(d)).softmax(-1)
-        out[s:s + step] = att.mean(dim=(1, 2))
+        out[s:s + step] = att.mean(2) if per_head else att.mean(dim=(1, 2))
     if merge > 1:
-        out = out.reshape(S, n // merge, merge).mean(-1)
+        out = out.reshape(*out.shape[:-1], n // merge, merge).mean(-1)
     return out
 
 
-def score(source: str, q: torch.Tensor, k: torch.Tensor, merge: int = 1) -> torch.Tensor:
-    """Dispatch to the q/k-based sources ("global_query", "attention_received")."""
+def score(source: str, q: torch.Tensor, k: torch.Tensor, merge: int = 1, per_head: bool = False) -> torch.Tensor:
+    """Dispatch to the q/k-based sources ("global_query", "attention_received"); `per_head` keeps the head axis."""
     if source == "global_query":
-        return global_query_saliency(q, k, merge)
+        return global_query_saliency(q, k, merge, per_head=per_head)
     if source == "attention_received":
-        return attention_received_saliency(q, k, merge)
+        return attention_received_saliency(q, k, merge, per_head=per_head)
     raise ValueError(f"saliency source {source!r} is not computed from q/k; q/k sources: global_query, "
                      "attention_received")
 

@@ -122,30 +122,14 @@ class ModelAdapter:
 
     def sink_positions(self, tokens_per_frame: int, preset: Optional[Tuple[str, Optional[int]]] = None
                        ) -> Tuple[Tuple[int, ...], str]:
-        """Sink positions for a frame of `tokens_per_frame` tokens, and a note when the preset's were not applied.
-
-        Explicit `config.sink_positions` win (outside the grid: `ValueError`); else the preset's (`preset`:
-        (name, grid tokens), default this class's `preset_name` / `preset_grid_tokens`), only on their grid.
-        """
-        explicit = self.config.sink_positions
-        if explicit is not None:
-            bad = [p for p in explicit if p >= tokens_per_frame]
-            if bad:
-                raise ValueError(f"sink_positions {bad} are outside the {tokens_per_frame}-token frame grid of this "
-                                 f"input ({type(self).__name__})")
-            return tuple(explicit), ""
+        """Sink positions for a frame of `tokens_per_frame` tokens, and a note when the preset's were not applied
+        (`preset_sink_positions` with this class's `preset_name` / `preset_grid_tokens` unless `preset` names
+        (name, grid tokens)); the note is also a one-time warning of the handle."""
         name, grid = preset if preset is not None else (self.preset_name, self.preset_grid_tokens)
-        if not name:
-            return (), ""
-        values = tuple(get_preset(name).get("sink_positions") or ())
-        if not values:
-            return (), ""
-        if grid is not None and tokens_per_frame != grid:
-            note = (f"preset sink positions of {name!r} are for a {grid}-token grid; this input has "
-                    f"{tokens_per_frame} tokens per frame, so no sink positions were applied")
+        values, note = preset_sink_positions(self.config, tokens_per_frame, name, grid)
+        if note:
             self.state.warn_once("sinks-" + str(tokens_per_frame), note)
-            return (), note
-        return values, ""
+        return values, note
 
     # ------------------------------------------------------------------------------------------ video timestamps
     def _given_video_timestamps(self, index: int, kw: dict) -> Optional[torch.Tensor]:
@@ -233,6 +217,34 @@ class ModelAdapter:
         return original(*args, **kwargs)
 
 
+def preset_sink_positions(config: Any, tokens_per_frame: int, preset_name: str, preset_grid: Optional[int]
+                          ) -> Tuple[Tuple[int, ...], str]:
+    """Attention-sink positions (docs/algorithm.md §1.4) for a frame of `tokens_per_frame` tokens, and a note when
+    the preset's were not applied.
+
+    Explicit `config.sink_positions` win (outside the grid: `ValueError`); else the positions of the preset
+    `preset_name`, only on the grid of `preset_grid` tokens they were written for (None: any grid), with a note
+    otherwise. Positions equal to the preset's own (a config made with `TangoConfig.from_preset`) count as the
+    preset's: on another grid they are skipped with the note, as with the default config, not refused.
+    """
+    explicit = config.sink_positions
+    preset_values = tuple(get_preset(preset_name).get("sink_positions") or ()) if preset_name else ()
+    if explicit is not None and not (preset_values and tuple(explicit) == preset_values):
+        bad = [p for p in explicit if p >= tokens_per_frame]
+        if bad:
+            raise ValueError(f"sink_positions {bad} are outside the {tokens_per_frame}-token frame grid of this "
+                             f"input")
+        return tuple(explicit), ""
+    # None, or the preset's own positions (what `TangoConfig.from_preset` copies in): applied on their grid only
+    values = preset_values
+    if not values:
+        return (), ""
+    if preset_grid is not None and tokens_per_frame != preset_grid:
+        return (), (f"preset sink positions of {preset_name!r} are for a {preset_grid}-token grid; this input has "
+                    f"{tokens_per_frame} tokens per frame, so no sink positions were applied")
+    return values, ""
+
+
 def required(fn: Callable) -> Callable:
     """Mark a base-class method (or property getter) that subclasses must override (see `required_methods`)."""
     fn._tango_required = True
@@ -292,5 +304,5 @@ def get_adapter(model_type: str) -> Type[ModelAdapter]:
                          f"{list_adapters()}. {ADAPTERS._hint}") from exc
 
 
-__all__ = ["ModelAdapter", "ADAPTERS", "register_adapter", "unregister_adapter", "get_adapter", "list_adapters",
-           "required", "ENTRY_POINT_GROUP"]
+__all__ = ["ModelAdapter", "ADAPTERS", "preset_sink_positions", "register_adapter", "unregister_adapter",
+           "get_adapter", "list_adapters", "required", "ENTRY_POINT_GROUP"]

@@ -157,12 +157,12 @@ def build_model(model_type: str, tok, seed: int = 0, dtype: torch.dtype = torch.
         if model_type == "qwen2_vl":
             vision = dict(depth=2, embed_dim=64, hidden_size=64, num_heads=4, mlp_ratio=2, patch_size=14,
                           spatial_merge_size=2, temporal_patch_size=2)
-            text = _text_config(tok, rope_parameters=rope, **text_overrides)
+            text = _text_config(tok, **{"rope_parameters": rope, **text_overrides})
             cfg_cls, cls = tf.Qwen2VLConfig, tf.Qwen2VLForConditionalGeneration
         elif model_type == "qwen2_5_vl":
             vision = dict(depth=2, hidden_size=64, out_hidden_size=64, intermediate_size=128, num_heads=4,
                           window_size=56, fullatt_block_indexes=[1], patch_size=14, tokens_per_second=2)
-            text = _text_config(tok, rope_parameters=rope, **text_overrides)
+            text = _text_config(tok, **{"rope_parameters": rope, **text_overrides})
             cfg_cls, cls = tf.Qwen2_5_VLConfig, tf.Qwen2_5_VLForConditionalGeneration
         elif model_type == "qwen3_vl":
             vision = dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=4, out_hidden_size=64,

@@ -1,0 +1,138 @@
+"""Tiny checkpoint folders: a random model of a built-in family with a real processor and chat template, saved the way
+a Hugging Face checkpoint is (no downloads). `tango-plugin tiny MODEL_TYPE OUTPUT_DIR` writes one; the docs' commands
+(lmms-eval, qwen-vl-utils, `run`, `profile`, vLLM) run on such folders, and so do the tests.
+
+`head_dim=32` gives the language model 32-wide attention heads (2 heads of a 64-wide model; vLLM's CPU attention
+backend takes head sizes from 32 up), with M-RoPE sections that sum to 16 for the Qwen families.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+#: families `save_tiny_checkpoint` can write (the ones with a Hugging Face processor class)
+CHECKPOINT_MODEL_TYPES = ("llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+
+#: a Qwen chat template that takes string and list contents (video, image and text parts)
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+    "{{ message['content'] }}{% else %}{% for c in message['content'] %}{% if c['type'] == 'video' %}"
+    "<|vision_start|><|video_pad|><|vision_end|>{% elif c['type'] == 'image' %}<|vision_start|><|image_pad|>"
+    "<|vision_end|>{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+#: the same for LLaVA-OneVision's `<video>` / `<image>` tokens
+LLAVA_CHAT_TEMPLATE = QWEN_CHAT_TEMPLATE.replace("<|vision_start|><|video_pad|><|vision_end|>", "<video>").replace(
+    "<|vision_start|><|image_pad|><|vision_end|>", "<image>")
+
+#: M-RoPE sections per text head size (they sum to head_dim / 2)
+_MROPE_SECTIONS = {16: [2, 3, 3], 32: [4, 6, 6]}
+
+
+def _text_overrides(model_type: str, head_dim: Optional[int], text_overrides: Optional[dict]) -> dict:
+    out: dict = {}
+    if head_dim is not None:
+        if head_dim not in _MROPE_SECTIONS:
+            raise ValueError(f"head_dim={head_dim!r} is not allowed; expected one of {sorted(_MROPE_SECTIONS)}")
+        out.update(num_attention_heads=64 // head_dim, num_key_value_heads=1, head_dim=head_dim)
+        if model_type.startswith("qwen"):
+            rope = {"rope_type": "default", "mrope_section": _MROPE_SECTIONS[head_dim], "rope_theta": 1e6}
+            if model_type.startswith("qwen3"):
+                rope["mrope_interleaved"] = True
+            out["rope_parameters"] = rope
+    out.update(text_overrides or {})
+    return out
+
+
+def _hub_vision_keys(folder: str) -> None:
+    """Write the SigLIP tower's weights under `vision_tower.vision_model.*`, the layout of the published LLaVA-OV
+    checkpoints, which transformers and vLLM both load (transformers 5.x saves them without `vision_model.`, which
+    vLLM 0.32 does not map)."""
+    from safetensors.torch import load_file, save_file
+
+    path = os.path.join(folder, "model.safetensors")
+    tensors = load_file(path)
+    renamed = {("vision_tower.vision_model." + k[len("vision_tower."):]
+                if k.startswith("vision_tower.") and not k.startswith("vision_tower.vision_model.") else k): v
+               for k, v in tensors.items()}
+    save_file(renamed, path, metadata={"format": "pt"})
+
+
+def build_processor(model_type: str, tok, side: int = 112, chat_template: bool = True):
+    """The real Hugging Face processor of the family for a tiny model: frames resized to `side` x `side` pixels
+    (Qwen: at most `side * side` pixels per frame), the tokenizer `tok`, and a chat template."""
+    import transformers as tf
+
+    if model_type in ("qwen2_vl", "qwen2_5_vl"):
+        px = dict(min_pixels=56 * 56, max_pixels=side * side)
+        cls = tf.Qwen2VLProcessor if model_type == "qwen2_vl" else tf.Qwen2_5_VLProcessor
+        return cls(image_processor=tf.Qwen2VLImageProcessor(**px), tokenizer=tok,
+                   video_processor=tf.Qwen2VLVideoProcessor(**px, cap_pixels_per_frame=False),
+                   chat_template=QWEN_CHAT_TEMPLATE if chat_template else None)
+    if model_type in ("qwen3_vl", "qwen3_vl_moe"):
+        return tf.Qwen3VLProcessor(
+            image_processor=tf.Qwen2VLImageProcessor(patch_size=16, min_pixels=32 * 32, max_pixels=side * side),
+            tokenizer=tok, chat_template=QWEN_CHAT_TEMPLATE if chat_template else None,
+            video_processor=tf.Qwen3VLVideoProcessor(
+                size={"shortest_edge": 32 * 32 * 4, "longest_edge": side * side * 16}, cap_pixels_per_frame=False))
+    if model_type == "llava_onevision":
+        size = {"height": side, "width": side}
+        return tf.LlavaOnevisionProcessor(
+            image_processor=tf.LlavaOnevisionImageProcessor(size=size, image_grid_pinpoints=[[side, side]]),
+            tokenizer=tok, video_processor=tf.LlavaOnevisionVideoProcessor(size=size),
+            num_image_tokens=(side // 14) ** 2, vision_feature_select_strategy="full",
+            chat_template=LLAVA_CHAT_TEMPLATE if chat_template else None)
+    raise ValueError(f"model_type={model_type!r} is not allowed; expected one of {list(CHECKPOINT_MODEL_TYPES)}")
+
+
+def save_tiny_checkpoint(folder: str, model_type: str, *, seed: int = 0, side: int = 112,
+                         head_dim: Optional[int] = None, chat_template: bool = True, with_processor: bool = True,
+                         text_overrides: Optional[dict] = None, tango: Optional[dict] = None) -> str:
+    """Write a tiny random checkpoint folder of `model_type` (weights, config, tokenizer, processor) and return it.
+
+    Args:
+        folder: the output folder (created; files in it are overwritten).
+        model_type: one of `CHECKPOINT_MODEL_TYPES`.
+        seed: seed of the random weights.
+        side: frame side in pixels the processor resizes to (LLaVA-OV: also the vision tower's image size).
+        head_dim: the language model's attention head size (None: the tiny default 16; 32 for vLLM's CPU backend).
+        chat_template: save a chat template with the processor.
+        with_processor: save the processor and tokenizer files (False: a bare model folder).
+        text_overrides: extra keys for the language model's config.
+        tango: a `tango` section (knobs, `tango_plugin.knobs`) to write into config.json: the config flag.
+
+    Example:
+        ```python
+        >>> from tango_plugin.testing.checkpoints import save_tiny_checkpoint
+        >>> folder = save_tiny_checkpoint("tiny-qwen2-vl", "qwen2_vl")
+        ```
+    """
+    from .tiny_models import build_model, build_tokenizer
+
+    if model_type not in CHECKPOINT_MODEL_TYPES:
+        raise ValueError(f"model_type={model_type!r} is not allowed; expected one of {list(CHECKPOINT_MODEL_TYPES)}")
+    if isinstance(side, bool) or not isinstance(side, int) or side < 28 or side % 28:
+        raise ValueError(f"side={side!r} is not allowed; expected a multiple of 28 (>= 28)")
+    tok = build_tokenizer("llava" if model_type == "llava_onevision" else "qwen")
+    vision = {"image_size": side} if model_type == "llava_onevision" else {}
+    model = build_model(model_type, tok, seed=seed, text_overrides=_text_overrides(model_type, head_dim,
+                                                                                  text_overrides), **vision)
+    os.makedirs(folder, exist_ok=True)
+    model.save_pretrained(folder)
+    if model_type == "llava_onevision":
+        _hub_vision_keys(folder)
+    if with_processor:
+        build_processor(model_type, tok, side=side, chat_template=chat_template).save_pretrained(folder)
+    if tango is not None:
+        path = os.path.join(folder, "config.json")
+        with open(path) as f:
+            config = json.load(f)
+        config["tango"] = dict(tango)
+        with open(path, "w") as f:
+            json.dump(config, f, indent=2)
+    return str(folder)
+
+
+__all__ = ["CHECKPOINT_MODEL_TYPES", "QWEN_CHAT_TEMPLATE", "LLAVA_CHAT_TEMPLATE", "build_processor",
+           "save_tiny_checkpoint"]
