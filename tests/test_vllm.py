@@ -4,7 +4,8 @@ The vLLM runs use a separate environment (vLLM's CPU build pins torch 2.13 and t
 `TANGO_VLLM_PYTHON` names; `.ci/run` builds it at `build/vllm-venv` and sets `TANGO_REQUIRE_VLLM=1`, which turns a
 missing environment into a failure instead of a skip. The checkpoints are written here (this environment's
 transformers) with 32-wide text heads (vLLM's CPU attention takes 32 and up) and read by vLLM from disk; each run is
-`tests/vllm_env/drive.py` (offline `LLM`) or `vllm serve` with `tests/vllm_env/client.py` (the OpenAI client).
+`tango_plugin.testing.vllm_drive` (offline `LLM`) or the server with `tango_plugin.testing.vllm_client` (the
+OpenAI client).
 
 Expected counts are computed here from the published rule, T * max(1, ceil(L * r)) per video (T temporal patches or
 frames, L tokens per frame), never read back from the plugin; expected frame times from the frames' indices / fps.
@@ -25,13 +26,15 @@ from tango_plugin.patches.vllm import settings as vs
 from tango_plugin.patches.vllm.common import decode_positions, encode_positions
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV_DIR = ROOT / "tests" / "vllm_env"
 FAMILIES = {  # model_type -> (architecture, prompt style)
     "qwen2_vl": ("Qwen2VLForConditionalGeneration", "qwen"),
     "qwen2_5_vl": ("Qwen2_5_VLForConditionalGeneration", "qwen"),
     "qwen3_vl": ("Qwen3VLForConditionalGeneration", "qwen"),
+    "qwen3_vl_moe": ("Qwen3VLMoeForConditionalGeneration", "qwen"),
     "llava_onevision": ("LlavaOnevisionForConditionalGeneration", "llava"),
 }
+#: the strategy each family's Tango run uses (any registered strategy works through the section)
+STRATEGY = {"qwen2_vl": "visionzip"}
 FRAMES, FPS, SIDE = 16, 4.0, 112
 VIDEO = {"qwen": "<|vision_start|><|video_pad|><|vision_end|>", "llava": "<video>"}
 IMAGE = {"qwen": "<|vision_start|><|image_pad|><|vision_end|>", "llava": "<image>"}
@@ -190,7 +193,7 @@ def drive(python: str, work: dict, name: str, model: str, llm_kwargs: dict, grou
     spec_path = work["root"] / f"{name}.spec.json"
     out_path = work["root"] / f"{name}.out.json"
     spec_path.write_text(json.dumps(spec))
-    proc = subprocess.run([python, str(ENV_DIR / "drive.py"), str(spec_path), str(out_path)], env=_env(),
+    proc = subprocess.run([python, "-m", "tango_plugin.testing.vllm_drive", str(spec_path), str(out_path)], env=_env(),
                           capture_output=True, text=True, timeout=timeout)
     (work["root"] / f"{name}.log").write_text(proc.stdout + proc.stderr)
     assert out_path.exists(), f"vLLM run {name} wrote no result (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
@@ -224,7 +227,7 @@ def _patch_times(model_type: str, indices, fps: float, patches: int) -> list:
     times = np.asarray(indices, dtype=np.float64) / fps
     if model_type == "llava_onevision":
         return times.tolist()
-    if model_type == "qwen3_vl":
+    if model_type.startswith("qwen3"):
         padded = np.concatenate([times, np.repeat(times[-1:], 2 * patches - len(times))]).reshape(patches, 2)
         return ((padded[:, 0] + padded[:, 1]) / 2).tolist()
     return np.interp(np.linspace(0, len(times) - 1, patches), np.arange(len(times)), times).tolist()
@@ -262,7 +265,8 @@ def _family_runs(vllm_python, work, model_type) -> dict:
                      "mm_processor_kwargs": {"tango_ratio": 0.5}}]])
     report = work["root"] / f"report-{model_type}.jsonl"
     capture = work["root"] / f"capture-{model_type}"
-    section = {"tango_ratio": 0.25, "tango_report": str(report), "tango_capture": str(capture)}
+    section = {"tango_ratio": 0.25, "tango_report": str(report), "tango_capture": str(capture),
+               "tango_strategy": STRATEGY.get(model_type, "tango")}
     one = _video(work, "one_frame")
     tango = drive(vllm_python, work, f"tango-{model_type}", model, _llm_kwargs(section), [
         [{"name": "default", "prompt": prompt(style), "video": video},
@@ -302,18 +306,19 @@ def test_offline_counts_outputs_and_report(runs, model_type):
     # the grid the model saw is the processor's (Qwen: 2 frames a temporal patch, 112 px -> 4 x 4 merged tokens;
     # Qwen3: 16-pixel patches, 96 px -> 3 x 3; LLaVA-OV: every frame, 8 x 8 patches pooled to 4 x 4)
     assert T == (FRAMES if model_type == "llava_onevision" else FRAMES // 2)
-    assert L == (9 if model_type == "qwen3_vl" else 16)
+    assert L == (9 if model_type.startswith("qwen3") else 16)
     stock_tokens = stock["requests"]["video"]["prompt_tokens"]
     # ratio 1.0 (tango=false) is exactly the stock prompt and the stock greedy output
     assert req["off"]["prompt_tokens"] == stock_tokens
     assert req["off"]["output"] == stock["requests"]["video"]["output"]
-    if model_type != "qwen3_vl":  # Qwen3-VL lays a video's span out as one block that the model fills (qwen.py)
+    if not model_type.startswith("qwen3"):  # Qwen3-VL lays a video's span out as one block the model fills
         assert req["off"]["prompt_token_ids"] == stock["requests"]["video"]["prompt_token_ids"]
     for name, r in (("default", 0.25), ("half", 0.5), ("tiny_ratio", 0.001)):
         assert req[name]["prompt_tokens"] == stock_tokens - T * L + expected_count(T, L, r), name
         rec = by_ratio[r]
         assert rec["tokens_before"] == T * L + newline and rec["kept_by_strategy"] == expected_count(T, L, r)
-        assert rec["pruned"] and rec["strategy"] == "tango" and rec["saliency_source"] == "global_query"
+        assert rec["pruned"] and rec["strategy"] == STRATEGY.get(model_type, "tango")
+        assert rec["saliency_source"] == "global_query"
         assert rec["architecture"] == arch
     assert not full["pruned"] and full["tokens_after"] == T * L + newline
     # exact frame times: the frames' indices / fps, reduced per temporal patch by the family's rule
@@ -323,7 +328,7 @@ def test_offline_counts_outputs_and_report(runs, model_type):
     # a one-frame video is one temporal patch (Qwen2 / 2.5 pad it to two frames) and keeps max(1, ceil(L r))
     # tokens; Qwen3-VL's own video processor refuses it (transformers: "t:1 must be larger than temporal_factor:2",
     # with or without the plugin)
-    if model_type == "qwen3_vl":
+    if model_type.startswith("qwen3"):
         assert "must be larger than temporal_factor" in req["one_frame"]["error"]
     else:
         assert req["one_frame"]["error"] is None, req["one_frame"]["error"]
@@ -500,9 +505,9 @@ def test_a_real_server_prunes_each_request_at_its_own_ratio(vllm_python, work):
             {"name": "default", "video_url": clip.as_uri(), "max_tokens": 4},
             {"name": "bad", "video_url": clip.as_uri(), "mm_processor_kwargs": {"tango_ratio": 7}}]}
         (work["root"] / "client.json").write_text(json.dumps(spec))
-        proc = subprocess.run([vllm_python, str(ENV_DIR / "client.py"), str(work["root"] / "client.json"),
-                               str(work["root"] / "client.out.json")], env=_env(), capture_output=True, text=True,
-                              timeout=600)
+        proc = subprocess.run([vllm_python, "-m", "tango_plugin.testing.vllm_client",
+                               str(work["root"] / "client.json"), str(work["root"] / "client.out.json")],
+                              env=_env(), capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
         served = json.loads((work["root"] / "client.out.json").read_text())["requests"]
     for name in [*ratios, "default"]:

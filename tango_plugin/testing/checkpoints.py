@@ -3,7 +3,7 @@ a Hugging Face checkpoint is (no downloads). `tango-plugin tiny MODEL_TYPE OUTPU
 (lmms-eval, qwen-vl-utils, `run`, `profile`, vLLM) run on such folders, and so do the tests.
 
 `head_dim=32` gives the language model 32-wide attention heads (2 heads of a 64-wide model; vLLM's CPU attention
-backend takes head sizes from 32 up), with M-RoPE sections that sum to 16 for the Qwen families.
+backend takes head sizes from 32 up), with M-RoPE sections that sum to head_dim / 2 for the Qwen families.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ LLAVA_CHAT_TEMPLATE = QWEN_CHAT_TEMPLATE.replace("<|vision_start|><|video_pad|><
     "<|vision_start|><|image_pad|><|vision_end|>", "<image>")
 
 #: M-RoPE sections per text head size (they sum to head_dim / 2)
-_MROPE_SECTIONS = {16: [2, 3, 3], 32: [4, 6, 6]}
+_MROPE_SECTIONS = {16: [2, 3, 3], 32: [4, 6, 6], 64: [8, 12, 12]}
 
 
 def _text_overrides(model_type: str, head_dim: Optional[int], text_overrides: Optional[dict]) -> dict:
@@ -35,7 +35,8 @@ def _text_overrides(model_type: str, head_dim: Optional[int], text_overrides: Op
     if head_dim is not None:
         if head_dim not in _MROPE_SECTIONS:
             raise ValueError(f"head_dim={head_dim!r} is not allowed; expected one of {sorted(_MROPE_SECTIONS)}")
-        out.update(num_attention_heads=64 // head_dim, num_key_value_heads=1, head_dim=head_dim)
+        hidden = (text_overrides or {}).get("hidden_size", 64)
+        out.update(num_attention_heads=hidden // head_dim, num_key_value_heads=1, head_dim=head_dim)
         if model_type.startswith("qwen"):
             rope = {"rope_type": "default", "mrope_section": _MROPE_SECTIONS[head_dim], "rope_theta": 1e6}
             if model_type.startswith("qwen3"):
@@ -45,18 +46,24 @@ def _text_overrides(model_type: str, head_dim: Optional[int], text_overrides: Op
     return out
 
 
-def _hub_vision_keys(folder: str) -> None:
-    """Write the SigLIP tower's weights under `vision_tower.vision_model.*`, the layout of the published LLaVA-OV
-    checkpoints, which transformers and vLLM both load (transformers 5.x saves them without `vision_model.`, which
-    vLLM 0.32 does not map)."""
+def _hub_layout(folder: str, model_type: str) -> None:
+    """Rewrite the saved weights in the layout of the published checkpoints, which transformers reads (converting
+    on load) and vLLM 0.32 expects. transformers 5.x saves two things otherwise: LLaVA-OV's SigLIP tower without
+    its `vision_model.` level, and Qwen3-VL-MoE's stacked experts as (experts, out, in) instead of the published
+    (experts, in, out)."""
     from safetensors.torch import load_file, save_file
 
     path = os.path.join(folder, "model.safetensors")
     tensors = load_file(path)
-    renamed = {("vision_tower.vision_model." + k[len("vision_tower."):]
-                if k.startswith("vision_tower.") and not k.startswith("vision_tower.vision_model.") else k): v
-               for k, v in tensors.items()}
-    save_file(renamed, path, metadata={"format": "pt"})
+    out = {}
+    for key, value in tensors.items():
+        if model_type == "llava_onevision" and key.startswith("vision_tower.") \
+                and not key.startswith("vision_tower.vision_model."):
+            key = "vision_tower.vision_model." + key[len("vision_tower."):]
+        if model_type == "qwen3_vl_moe" and key.endswith(("experts.gate_up_proj", "experts.down_proj")):
+            value = value.transpose(1, 2).contiguous()
+        out[key] = value
+    save_file(out, path, metadata={"format": "pt"})
 
 
 def build_processor(model_type: str, tok, side: int = 112, chat_template: bool = True):
@@ -88,7 +95,8 @@ def build_processor(model_type: str, tok, side: int = 112, chat_template: bool =
 
 def save_tiny_checkpoint(folder: str, model_type: str, *, seed: int = 0, side: int = 112,
                          head_dim: Optional[int] = None, chat_template: bool = True, with_processor: bool = True,
-                         text_overrides: Optional[dict] = None, tango: Optional[dict] = None) -> str:
+                         text_overrides: Optional[dict] = None, vision_overrides: Optional[dict] = None,
+                         tango: Optional[dict] = None) -> str:
     """Write a tiny random checkpoint folder of `model_type` (weights, config, tokenizer, processor) and return it.
 
     Args:
@@ -100,6 +108,7 @@ def save_tiny_checkpoint(folder: str, model_type: str, *, seed: int = 0, side: i
         chat_template: save a chat template with the processor.
         with_processor: save the processor and tokenizer files (False: a bare model folder).
         text_overrides: extra keys for the language model's config.
+        vision_overrides: extra keys for the vision tower's config (e.g. `out_hidden_size` to match a wider LLM).
         tango: a `tango` section (knobs, `tango_plugin.knobs`) to write into config.json: the config flag.
 
     Example:
@@ -115,13 +124,16 @@ def save_tiny_checkpoint(folder: str, model_type: str, *, seed: int = 0, side: i
     if isinstance(side, bool) or not isinstance(side, int) or side < 28 or side % 28:
         raise ValueError(f"side={side!r} is not allowed; expected a multiple of 28 (>= 28)")
     tok = build_tokenizer("llava" if model_type == "llava_onevision" else "qwen")
+    if model_type == "qwen3_vl_moe":  # vLLM reads it; transformers 5.25 stopped writing it
+        text_overrides = {"norm_topk_prob": True, **(text_overrides or {})}
     vision = {"image_size": side} if model_type == "llava_onevision" else {}
+    vision.update(vision_overrides or {})
     model = build_model(model_type, tok, seed=seed, text_overrides=_text_overrides(model_type, head_dim,
                                                                                   text_overrides), **vision)
     os.makedirs(folder, exist_ok=True)
     model.save_pretrained(folder)
-    if model_type == "llava_onevision":
-        _hub_vision_keys(folder)
+    if model_type in ("llava_onevision", "qwen3_vl_moe"):
+        _hub_layout(folder, model_type)
     if with_processor:
         build_processor(model_type, tok, side=side, chat_template=chat_template).save_pretrained(folder)
     if tango is not None:

@@ -1,7 +1,7 @@
-"""Send chat requests with a video to a running `vllm serve` through the OpenAI client, all at once (one thread per
-request), for tests/test_vllm.py and benchmarks/serving.py. Runs in the vLLM environment (it has `openai`).
+"""Send chat requests with a video to a running vLLM server through the OpenAI client, all at once (one thread per
+request), for tests/test_vllm.py and benchmarks/serving.py. Runs in the vLLM environment (it has `openai`):
 
-    python client.py spec.json result.json
+    python -m tango_plugin.testing.vllm_client spec.json result.json
 
 spec: {"base_url": ..., "model": ..., "requests": [{"name", "video_url", "question", "max_tokens",
 "mm_processor_kwargs"}]}. The result holds per request the answer, `usage.prompt_tokens`, the seconds to the first

@@ -1,6 +1,6 @@
-"""Run vLLM offline on one checkpoint for the vLLM tests (tests/test_vllm.py), in the vLLM environment.
+"""Run vLLM offline on one checkpoint for the vLLM tests (tests/test_vllm.py), in the vLLM environment:
 
-    python drive.py spec.json result.json
+    python -m tango_plugin.testing.vllm_drive spec.json result.json
 
 The spec names the model, the `LLM(...)` arguments and groups of requests; each group is one `LLM.generate` call
 (its requests are scheduled together). A request has a prompt (with the family's video / image placeholders), an
@@ -50,8 +50,9 @@ def main() -> None:
     with open(spec_path) as f:
         spec = json.load(f)
     import numpy as np
-    import tango_plugin.patches.vllm as plugin
     from vllm import LLM, SamplingParams
+
+    import tango_plugin.patches.vllm as plugin
 
     result = {"load_error": None, "requests": {}, "applied": None, "load_seconds": None}
     started = time.perf_counter()
