@@ -121,8 +121,9 @@ def save_tiny_checkpoint(folder: str, model_type: str, *, seed: int = 0, side: i
 
     if model_type not in CHECKPOINT_MODEL_TYPES:
         raise ValueError(f"model_type={model_type!r} is not allowed; expected one of {list(CHECKPOINT_MODEL_TYPES)}")
-    if isinstance(side, bool) or not isinstance(side, int) or side < 28 or side % 28:
-        raise ValueError(f"side={side!r} is not allowed; expected a multiple of 28 (>= 28)")
+    unit = {"llava_onevision": 14, "qwen3_vl": 32, "qwen3_vl_moe": 32}.get(model_type, 28)  # patch x merge
+    if isinstance(side, bool) or not isinstance(side, int) or side < unit or side % unit:
+        raise ValueError(f"side={side!r} is not allowed for {model_type}; expected a multiple of {unit}")
     tok = build_tokenizer("llava" if model_type == "llava_onevision" else "qwen")
     if model_type == "qwen3_vl_moe":  # vLLM reads it; transformers 5.25 stopped writing it
         text_overrides = {"norm_topk_prob": True, **(text_overrides or {})}
