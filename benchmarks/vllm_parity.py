@@ -7,7 +7,8 @@ transformers runs them through `tango_plugin.enable` (recording its strategy cal
 Per family and dtype the table gives the largest difference of the visual features and of the saliency scores the
 two vision towers produced, how many videos kept exactly the same tokens (and the mean Jaccard overlap of the kept
 sets), how many times the strategy given vLLM's own inputs reproduced vLLM's kept set in this process (it should
-always: the same code on the same tensors), and how many greedy outputs agree. Differences come from the towers'
+always: the same code on the same tensors), how many greedy outputs agree, pruned and (both unpruned) without
+the plugin, and the unpruned prompt lengths. Differences come from the towers'
 kernels (vLLM's fused QKV projection, its rotary and attention ops, its bfloat16 casts) and from the LLM
 (vLLM's paged attention, the CPU kernels); the decision code is the same.
 """
@@ -41,18 +42,18 @@ def frames_for(seed: int, count: int = 16, side: int = 112) -> np.ndarray:
                      for i in range(count)]).astype(np.uint8)
 
 
-def run_vllm(python: str, work: Path, model_type: str, folder: str, dtype: str, ratio: float, videos: list) -> tuple:
+def run_vllm(python: str, work: Path, model_type: str, folder: str, dtype: str, ratio, videos: list) -> tuple:
+    """(captured engine inputs per video, greedy outputs, prompt lengths); `ratio` None: stock vLLM."""
     capture = work / f"capture-{model_type}-{dtype}"
     for old in capture.glob("*.pt"):
         old.unlink()
     groups = [[{"name": f"v{i}", "prompt": prompt(FAMILIES[model_type]),
                 "video": {"frames": str(path), "fps": 4.0, "indices": list(range(16))}}] for i, path in
               enumerate(videos)]
-    spec = {"model": folder, "llm_kwargs": {"max_model_len": 4096, "enforce_eager": True, "dtype": dtype,
-                                            "limit_mm_per_prompt": {"video": 1},
-                                            "hf_overrides": {"tango": {"tango_ratio": ratio,
-                                                                       "tango_capture": str(capture)}}},
-            "groups": groups}
+    kwargs = {"max_model_len": 4096, "enforce_eager": True, "dtype": dtype, "limit_mm_per_prompt": {"video": 1}}
+    if ratio is not None:
+        kwargs["hf_overrides"] = {"tango": {"tango_ratio": ratio, "tango_capture": str(capture)}}
+    spec = {"model": folder, "llm_kwargs": kwargs, "groups": groups}
     (work / "spec.json").write_text(json.dumps(spec))
     env = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
     proc = subprocess.run([python, "-m", "tango_plugin.testing.vllm_drive", str(work / "spec.json"),
@@ -63,29 +64,36 @@ def run_vllm(python: str, work: Path, model_type: str, folder: str, dtype: str, 
     # one capture file per video, in the order the worker ran them (one group at a time)
     files = sorted(capture.glob("*.pt"), key=lambda p: int(p.name.split("-")[1]))
     captured = [torch.load(f, weights_only=False) for f in files if "rank0" in f.name]
-    return captured[-len(videos):], [out["requests"][f"v{i}"]["output"] for i in range(len(videos))]
+    requests = [out["requests"][f"v{i}"] for i in range(len(videos))]
+    return captured[-len(videos):], [r["output"] for r in requests], [r["prompt_tokens"] for r in requests]
 
 
 def run_transformers(model_type: str, folder: str, dtype: str, config, videos: list) -> tuple:
+    """(recorded strategy calls, greedy outputs, prompt lengths); `config` None: unpruned."""
     import transformers as tf
 
     import tango_plugin as tango
 
     processor = tf.AutoProcessor.from_pretrained(folder)
     model = tf.AutoModelForImageTextToText.from_pretrained(folder, dtype=getattr(torch, dtype)).eval()
-    handle = tango.enable(model, config, record_plans=True)
-    plans, outputs = [], []
+    handle = tango.enable(model, config, record_plans=True) if config is not None else None
+    plans, outputs, lengths = [], [], []
     meta = tf.video_utils.VideoMetadata(total_num_frames=16, fps=4.0, frames_indices=list(range(16)))
     for path in videos:
         inputs = processor(text=[prompt(FAMILIES[model_type])], videos=[np.load(path)], video_metadata=[meta],
                            return_tensors="pt", do_sample_frames=False)
-        handle.reset()
+        extra = {"tango_video_timestamps": [meta]} if handle is not None else {}
+        if handle is not None:
+            handle.reset()
         with torch.no_grad():
-            out = model.generate(**inputs, tango_video_timestamps=[meta], max_new_tokens=8, do_sample=False)
-        plans.append(handle.plans()[0])
+            out = model.generate(**inputs, **extra, max_new_tokens=8, do_sample=False)
+        if handle is not None:
+            plans.append(handle.plans()[0])
         outputs.append(out[0, inputs["input_ids"].shape[1]:].tolist())
-    handle.remove()
-    return plans, outputs
+        lengths.append(int(inputs["input_ids"].shape[1]))
+    if handle is not None:
+        handle.remove()
+    return plans, outputs, lengths
 
 
 def main() -> None:
@@ -113,9 +121,12 @@ def main() -> None:
     for model_type in args.families:
         folder = save_tiny_checkpoint(str(work / model_type), model_type, head_dim=32, side=args.side)
         for dtype in args.dtype:
-            captured, vllm_out = run_vllm(args.python, work, model_type, folder, dtype, args.ratio, videos)
+            captured, vllm_out, _ = run_vllm(args.python, work, model_type, folder, dtype, args.ratio, videos)
             config = TangoConfig.from_dict(captured[0]["config"])
-            plans, hf_out = run_transformers(model_type, folder, dtype, config, videos)
+            plans, hf_out, _ = run_transformers(model_type, folder, dtype, config, videos)
+            _, vllm_stock, vllm_len = run_vllm(args.python, work, model_type, folder, dtype, None, videos)
+            _, hf_stock, hf_len = run_transformers(model_type, folder, dtype, None, videos)
+            stock_agree = sum(x == y for x, y in zip(vllm_stock, hf_stock))
             feat, sal, same, jaccard, rerun = 0.0, 0.0, 0, [], 0
             for cap, rec in zip(captured, plans):
                 feat = max(feat, float((cap["features"].float() - rec.tokens.features.float()).abs().max()))
@@ -127,14 +138,17 @@ def main() -> None:
                                       timestamps=cap["timestamps"], sink_positions=cap["sink_positions"])
                 rerun += torch.equal(run_strategy(tokens, config).kept_indices, cap["kept_indices"])
             agree = sum(x == y for x, y in zip(vllm_out, hf_out))
-            rows.append((model_type, dtype, feat, sal, same, float(np.mean(jaccard)), rerun, agree, len(videos)))
+            rows.append((model_type, dtype, feat, sal, same, float(np.mean(jaccard)), rerun, agree, len(videos),
+                         stock_agree, vllm_len[0], hf_len[0]))
             print(rows[-1], flush=True)
     print()
     print("| family | dtype | features max abs diff | saliency max abs diff | same kept set | mean Jaccard | "
-          "vLLM inputs re-run here: same kept set | same greedy tokens |")
-    print("|---|---|---|---|---|---|---|---|")
-    for m, d, f, s, same, j, rerun, agree, n in rows:
-        print(f"| {m} | {d} | {f:.2e} | {s:.2e} | {same}/{n} | {j:.3f} | {rerun}/{n} | {agree}/{n} |")
+          "vLLM inputs re-run here: same kept set | same greedy tokens, pruned | same greedy tokens, unpruned | "
+          "unpruned prompt tokens vLLM / transformers |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for m, d, f, s, same, j, rerun, agree, n, stock, lv, lh in rows:
+        print(f"| {m} | {d} | {f:.2e} | {s:.2e} | {same}/{n} | {j:.3f} | {rerun}/{n} | {agree}/{n} | {stock}/{n} | "
+              f"{lv} / {lh} |")
 
 
 if __name__ == "__main__":

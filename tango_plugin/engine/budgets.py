@@ -70,17 +70,17 @@ def exact_keep_count(num_frames: int, tokens_per_frame: int, retention_ratio: fl
 
 
 def plain_keep_ceiling(num_frames: int, tokens_per_frame: int, retention_ratio: float) -> int:
-    """Most tokens a built-in strategy keeps without `exact_budget`: ceil(r * T * L) + 2 T.
+    """Most tokens a built-in strategy keeps without `exact_budget`: max(L, ceil(r * T * L) + 2 T), at most T * L.
 
     The per-frame baselines keep T * ceil(L r) <= r T L + T. Tango keeps, per segment of T_s frames,
     ``[S > 0] ceil(S r_adj) + T_s ceil(L_dyn r_adj)`` <= r T_s L + T_s + 1 (§4.6, since
     r_adj (T_s L - (T_s - 1) S) = r T_s L; fewer than r T_s L tokens when r_adj is clamped at 1), so at most
-    r T L + T + (segments) <= r T L + 2 T.
+    r T L + T + (segments) <= r T L + 2 T. EVS keeps max(L, int(r T L)): never less than its first frame.
     `tango-plugin matrix` checks this bound for every strategy without `exact_budget`.
     """
     T = _positive_int("num_frames", num_frames)
     L = _positive_int("tokens_per_frame", tokens_per_frame)
-    return min(T * L, math.ceil(float(retention_ratio) * T * L) + 2 * T)
+    return min(T * L, max(L, math.ceil(float(retention_ratio) * T * L) + 2 * T))
 
 
 __all__ = ["frame_keep_count", "frame_budgets", "segment_budgets", "adjusted_ratio", "exact_keep_count",

@@ -6,6 +6,7 @@ A strategy sees one video's `VisualTokens` and returns a `PrunePlan` (docs/archi
 
 from . import baselines  # noqa: F401,I001  (registers random, visionzip, divprune, fastvid, holitom, vidcom2)
 from . import builtin  # noqa: F401  (registers tango, topk, uniform)
+from . import evs  # noqa: F401  (registers evs)
 from .base import (
     STRATEGIES,
     PrunePlan,

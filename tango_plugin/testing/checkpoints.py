@@ -78,8 +78,12 @@ def build_processor(model_type: str, tok, side: int = 112, chat_template: bool =
                    video_processor=tf.Qwen2VLVideoProcessor(**px, cap_pixels_per_frame=False),
                    chat_template=QWEN_CHAT_TEMPLATE if chat_template else None)
     if model_type in ("qwen3_vl", "qwen3_vl_moe"):
+        # Qwen3-VL's published processors normalise images with mean = std = 0.5, as its video processor does (the
+        # Qwen2-VL image processor's class default is CLIP's); vLLM normalises videos with the image values
+        half = [0.5, 0.5, 0.5]
         return tf.Qwen3VLProcessor(
-            image_processor=tf.Qwen2VLImageProcessor(patch_size=16, min_pixels=32 * 32, max_pixels=side * side),
+            image_processor=tf.Qwen2VLImageProcessor(patch_size=16, min_pixels=32 * 32, max_pixels=side * side,
+                                                     image_mean=half, image_std=half),
             tokenizer=tok, chat_template=QWEN_CHAT_TEMPLATE if chat_template else None,
             video_processor=tf.Qwen3VLVideoProcessor(
                 size={"shortest_edge": 32 * 32 * 4, "longest_edge": side * side * 16}, cap_pixels_per_frame=False))
@@ -121,9 +125,11 @@ def save_tiny_checkpoint(folder: str, model_type: str, *, seed: int = 0, side: i
 
     if model_type not in CHECKPOINT_MODEL_TYPES:
         raise ValueError(f"model_type={model_type!r} is not allowed; expected one of {list(CHECKPOINT_MODEL_TYPES)}")
-    unit = {"llava_onevision": 14, "qwen3_vl": 32, "qwen3_vl_moe": 32}.get(model_type, 28)  # patch x merge
-    if isinstance(side, bool) or not isinstance(side, int) or side < unit or side % unit:
-        raise ValueError(f"side={side!r} is not allowed for {model_type}; expected a multiple of {unit}")
+    # LLaVA-OV's tower takes side x side images of 14-pixel patches; the Qwen processors resize within side * side
+    unit = 14 if model_type == "llava_onevision" else 1
+    if isinstance(side, bool) or not isinstance(side, int) or side < 56 or side % unit:
+        raise ValueError(f"side={side!r} is not allowed for {model_type}; expected an integer >= 56"
+                         + (" and a multiple of 14" if unit == 14 else ""))
     tok = build_tokenizer("llava" if model_type == "llava_onevision" else "qwen")
     if model_type == "qwen3_vl_moe":  # vLLM reads it; transformers 5.25 stopped writing it
         text_overrides = {"norm_topk_prob": True, **(text_overrides or {})}
