@@ -352,3 +352,46 @@ def test_strategy_options_travel_in_the_config_json_and_knobs():
     assert not torch.equal(a.kept_indices, b.kept_indices)  # the seed reached the strategy
     with pytest.raises(ValueError, match="nope"):
         tango.prune_video_tokens(feats, sal, (4, 4), config=cfg.replace(strategy_options={"nope": 1}))
+
+
+# ============================================================================================ EVS
+def _evs_video():
+    """3 frames of a 2 x 2 grid in 2-D features: frame 1 repeats frame 0 except position 3, which turns 90 degrees;
+    frame 2 repeats frame 1 except position 0 (45 degrees) and position 2 (reversed)."""
+    f0 = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1.0, 0.0]])
+    f1 = f0.clone()
+    f1[3] = torch.tensor([0.0, 1.0])
+    f2 = f1.clone()
+    f2[0] = torch.tensor([1.0, 1.0])
+    f2[2] = torch.tensor([-1.0, -1.0])
+    feats = torch.stack([f0, f1, f2])
+    return tango.VisualTokens(features=feats, saliency=torch.rand(3, 4), grid_hw=(2, 2))
+
+
+def test_evs_keeps_the_first_frame_then_the_most_changed_tokens_by_hand():
+    from tango_plugin.strategies.evs import evs_keep_count
+
+    tokens = _evs_video()
+    # dissimilarity 1 - cos: frame 0 -> 255; frame 1: [0, 0, 0, 1]; frame 2: [1 - 1/sqrt(2), 0, 2, 0]
+    # r = 0.5: keep max(L, int(12 * 0.5)) = 6 -> the 4 tokens of frame 0, then (2, pos 2) = 8 + 2 = 10 (score 2),
+    # then (1, pos 3) = 7 (score 1)
+    plan = run_strategy(tokens, tango.TangoConfig(retention_ratio=0.5, strategy="evs"))
+    assert plan.kept_indices.tolist() == [0, 1, 2, 3, 7, 10]
+    assert torch.equal(plan.features, tokens.features.reshape(12, 2)[[0, 1, 2, 3, 7, 10]])  # unchanged
+    # r = 0.6: 7 tokens -> the next is (2, pos 0) = 8 (score 0.29); every other score is 0
+    assert run_strategy(tokens, tango.TangoConfig(retention_ratio=0.6, strategy="evs")).kept_indices.tolist() == \
+        [0, 1, 2, 3, 7, 8, 10]
+    # the count: vLLM's max(L, int(T L (1 - q))), at least the first frame
+    assert evs_keep_count(3, 4, 0.1) == 4 and evs_keep_count(3, 4, 0.5) == 6
+    assert evs_keep_count(10, 3, 0.0, pruning_rate=0.7) == max(3, int(30 * (1 - 0.7)))
+    cfg = tango.TangoConfig(retention_ratio=0.5, strategy="evs", strategy_options={"pruning_rate": 0.75})
+    assert run_strategy(tokens, cfg).kept_indices.tolist() == [0, 1, 2, 3]  # max(4, int(12 * 0.25)) = 4
+    with pytest.raises(ValueError, match="pruning_rate"):
+        run_strategy(tokens, tango.TangoConfig(strategy="evs", strategy_options={"pruning_rate": 1.0}))
+
+
+def test_evs_ties_go_to_the_lower_index():
+    feats = torch.ones(3, 4, 2)  # every later token repeats its predecessor: all scores 0 after frame 0
+    tokens = tango.VisualTokens(features=feats, saliency=torch.rand(3, 4), grid_hw=(2, 2))
+    plan = run_strategy(tokens, tango.TangoConfig(retention_ratio=0.5, strategy="evs"))
+    assert plan.kept_indices.tolist() == [0, 1, 2, 3, 4, 5]

@@ -464,3 +464,39 @@ def test_run_progress_only_on_a_terminal(checkpoints, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "decoding clip.mp4" in err and "loading llava_onevision" in err and "generating (pruned)" in err
     assert "2/2" in err  # one step per new token
+
+
+# ============================================================================================ tiny
+@pytest.mark.parametrize("model_type", ["qwen2_vl", "llava_onevision"])
+def test_tiny_writes_a_checkpoint_that_loads_and_runs_enabled_from_its_section(tmp_path, model_type):
+    pytest.importorskip("torchvision")
+    import transformers as tf
+
+    import tango_plugin as tango
+    from tango_plugin.cli import main
+
+    folder = tmp_path / "tiny"
+    assert main(["tiny", model_type, str(folder), "--tango", '{"tango_ratio": 0.25}']) == 0
+    processor = tf.AutoProcessor.from_pretrained(folder)
+    model = tango.from_pretrained(str(folder))
+    handle = tango.get_handle(model)
+    assert handle is not None and handle.config.retention_ratio == 0.25
+    video = torch.randint(0, 255, (8, 112, 112, 3), dtype=torch.uint8).numpy()
+    text = processor.apply_chat_template([{"role": "user", "content": [{"type": "video"},
+                                                                        {"type": "text", "text": "what?"}]}],
+                                         add_generation_prompt=True)
+    inputs = processor(text=[text], videos=[video], return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=3, do_sample=False, tango_video_timestamps=[[0.5 * i for i in
+                                                                                                  range(8)]])
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 3
+    row = handle.report()["samples"][0]
+    assert row["pruned"] and row["visual_tokens_after"] < row["visual_tokens_before"]
+
+
+def test_tiny_refuses_a_bad_section(tmp_path, capsys):
+    from tango_plugin.cli import main
+
+    assert main(["tiny", "qwen2_vl", str(tmp_path / "x"), "--tango", '{"tango_ratio": 2}']) == 2
+    assert "tango_ratio" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

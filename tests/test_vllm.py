@@ -529,3 +529,35 @@ def test_a_real_server_prunes_each_request_at_its_own_ratio(vllm_python, work):
     for r in records:
         assert r["timestamps_source"] == "video metadata (frames_indices / fps)"
         np.testing.assert_allclose(r["video_timestamps"], expected, rtol=0, atol=1e-9)
+
+
+# ============================================================================================ EVS, vLLM's own
+def test_the_evs_strategy_is_vllms_evs_bit_for_bit(vllm_python):
+    """tango_plugin's `evs` strategy against vLLM's `compute_retention_mask` on the same embeddings (several shapes,
+    rates, float32 and bfloat16, random and repetitive content), in vLLM's environment."""
+    code = r"""
+import torch
+from vllm.multimodal.video_prune.evs import compute_retention_mask
+from tango_plugin import TangoConfig, VisualTokens, run_strategy
+checked = 0
+for seed, (T, H, W, D) in enumerate([(4, 4, 4, 16), (8, 6, 4, 32), (16, 8, 8, 64), (1, 4, 4, 8)]):
+    for dtype in (torch.float32, torch.bfloat16):
+        for q in (0.0, 0.5, 0.7, 0.75, 0.9):
+            g = torch.Generator().manual_seed(seed)
+            emb = torch.randn(T * H * W // 4, D, generator=g).to(dtype)
+            if seed % 2:  # repetitive content: many exact ties
+                emb = emb.reshape(T, -1, D)[:1].expand(T, -1, -1).reshape(-1, D).clone()
+                emb[::7] += 1
+            mask = compute_retention_mask(emb, (T, H, W), spatial_merge_size=2, q=q)
+            tokens = VisualTokens(features=emb.reshape(T, H * W // 4, D), saliency=torch.rand(T, H * W // 4),
+                                  grid_hw=(H // 2, W // 2))
+            cfg = TangoConfig(retention_ratio=1.0 if q == 0.0 else 0.5, strategy="evs",
+                              strategy_options={"pruning_rate": q})
+            ours = run_strategy(tokens, cfg).kept_indices if q > 0 else torch.arange(mask.numel())
+            assert torch.equal(mask.nonzero().flatten(), ours), (T, H, W, dtype, q)
+            checked += 1
+print("checked", checked)
+"""
+    proc = subprocess.run([vllm_python, "-c", code], capture_output=True, text=True, env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "checked 40" in proc.stdout

@@ -1,4 +1,4 @@
-"""Command line: `tango-plugin demo | info | prune | run | matrix | profile`.
+"""Command line: `tango-plugin demo | info | prune | run | matrix | profile | tiny`.
 
     tango-plugin demo                 # generated video, no downloads: engine + tiny random Video LLMs
     tango-plugin info                 # registered strategies, adapters and presets
@@ -6,6 +6,7 @@
     tango-plugin run --model DIR --video clip.mp4 --question "..." --compare   # a local checkpoint on a video file
     tango-plugin matrix --adapters qwen2_vl --strategies tango topk --ratios 0.1   # adapters x strategies x ratios
     tango-plugin profile --tiny qwen2_vl --repeats 3   # per-stage times and memory, unpruned vs pruned (also --model)
+    tango-plugin tiny qwen2_vl ./tiny-qwen2-vl         # a tiny random checkpoint folder for trying the docs' commands
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .matrix import add_parser as add_matrix_parser
 from .profile import add_parser as add_profile_parser
 from .prune import cmd_prune
 from .run import cmd_run
+from .tiny import add_parser as add_tiny_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     add_matrix_parser(sub)
     add_profile_parser(sub)
+    add_tiny_parser(sub)
     return parser
 
 
