@@ -223,12 +223,14 @@ def main() -> None:
 
     base = {r["concurrency"]: r["throughput"] for r in rows if r["method"] == "unpruned"}
     print()
-    print("| method | concurrency | req/s | vs unpruned | TTFT p50 s | TTFT p99 s | prompt tokens |")
-    print("|---|---|---|---|---|---|---|")
+    print("| method | concurrency | req/s | vs unpruned | TTFT p50 s | TTFT p99 s | prompt tokens | "
+          "selection ms / video in the server |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         rel = r["throughput"] / base[r["concurrency"]] if r["concurrency"] in base else float("nan")
+        select = f"{r['select_ms_in_server']:.1f}" if "select_ms_in_server" in r else "-"
         print(f"| {r['method']} | {r['concurrency']} | {r['throughput']:.3f} | {rel:.2f}x | {r['ttft_p50']:.2f} | "
-              f"{r['ttft_p99']:.2f} | {r['prompt_tokens']:.0f} |")
+              f"{r['ttft_p99']:.2f} | {r['prompt_tokens']:.0f} | {select} |")
     print()
     print(f"selection per video, {shape_t} x {side_tokens * side_tokens} x 512 tokens, ratio {args.ratio} "
           "(same process, same tensors; median of 5 after one warm-up):")
