@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from tango_plugin.engine.saliency import score
 from tango_plugin.integration.hooks import first_arg
 from tango_plugin.integration.splice import EncodedMedia, Replacement, SpliceCall, TokenGrid, VideoSpliceAdapter
+from tango_plugin.integration.threads import per_thread
 
 FRAMES_KW = "tango_video_frames"
 
@@ -57,7 +58,7 @@ class InternVLAdapter(VideoSpliceAdapter):
     missing_timestamps_note = ("no video timestamps: InternVL's processor passes video frames as image tiles without "
                                "times; ST-RoPE uses the frame index 0..T-1 as time; pass fps= or video_timestamps= "
                                "to tango.enable, or tango_video_timestamps= to generate / forward")
-    _frames_given: Any = None
+    _frames_given = per_thread(None)  # this call's tango_video_frames (per thread: integration/threads.py)
 
     @classmethod
     def projector_modules(cls, model):

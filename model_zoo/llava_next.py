@@ -62,6 +62,7 @@ from tango_plugin.integration.adapter import ModelAdapter
 from tango_plugin.integration.hooks import TransientHooks, first_arg
 from tango_plugin.integration.intra_llm import SUPPORTED_IMPLEMENTATIONS, IntraLLMStage, dynamic_cache_or_warn
 from tango_plugin.integration.report import PlanRecord, SampleReport
+from tango_plugin.integration.threads import per_thread, serial
 from tango_plugin.strategies import run_strategy
 
 from .siglip import load_siglip_head, siglip_head_scores
@@ -166,6 +167,12 @@ class LlavaNextAdapter(ModelAdapter):
     Still images (modality "image") pass through unchanged. See the module docstring for the seam and the options.
     """
 
+    # one call's state, per thread (integration/threads.py)
+    _call = per_thread(None)
+    _given_times = per_thread(None)
+    _generating = per_thread(False)  # the top-level call is a generate (the only one that arms the intra-LLM stage)
+    _intra_ok = per_thread(False)  # that generate's cache allows the stage
+
     saliency_sources = ("global_query", "siglip_head", "attention_received")
     options_help = {
         "fps": "frames per second of the sampled frames; timestamps = frame index / fps (default: frame index)",
@@ -186,12 +193,7 @@ class LlavaNextAdapter(ModelAdapter):
     def __init__(self, model, config, state=None, hooks=None, **options) -> None:
         super().__init__(model, config, state, hooks, **options)
         self._head = None
-        self._call: Optional[_Call] = None
-        self._depth = 0
-        self._given_times = None
         self._intra: Optional[LlavaIntraLLMStage] = None
-        self._generating = False  # the top-level call is a generate (the only one that arms the intra-LLM stage)
-        self._intra_ok = False  # that generate's cache allows the stage
 
     # ------------------------------------------------------------------------------------------- settings
     def _tower(self):
@@ -284,6 +286,10 @@ class LlavaNextAdapter(ModelAdapter):
     def generate(self, original: Callable, args: tuple, kwargs: dict) -> Any:
         if self._depth or self._intra is None:
             return self._route(original, args, kwargs, "inputs")
+        with serial(self._intra):  # the intra-LLM stage holds one call's reduction: one such generate at a time
+            return self._generate_with_stage(original, args, kwargs)
+
+    def _generate_with_stage(self, original: Callable, args: tuple, kwargs: dict) -> Any:
         self._generating, self._intra_ok = True, dynamic_cache_or_warn(self.model, self.state, kwargs)
         try:
             return self._route(original, args, kwargs, "inputs")

@@ -28,6 +28,7 @@ from ..presets import get_preset
 from ..registry import Registry
 from ..strategies import get_strategy
 from .hooks import HookRegistry
+from .threads import per_thread
 from .video_io import is_video_metadata, timestamps_from_metadata
 
 ENTRY_POINT_GROUP = "tango_plugin.adapters"
@@ -194,11 +195,13 @@ class ModelAdapter:
         return self.saliency_sources[0] if source == "auto" else source
 
     # -------------------------------------------------------------------------------------- patched methods
-    _depth = 0  # > 0 while our own call of the original method runs (its inner forward calls pass through)
+    #: > 0 while this thread's own call of the original method runs (its inner forward calls pass through); per
+    #: thread, so another thread's call on the same model is pruned as usual (integration/threads.py)
+    _depth = per_thread(0)
 
     @property
     def busy(self) -> bool:
-        """True while the adapter's own call of an original method runs (e.g. generate's inner forwards)."""
+        """True while this thread's own call of an original method runs (e.g. generate's inner forwards)."""
         return self._depth > 0
 
     def _call_original(self, original: Callable, kw: dict) -> Any:

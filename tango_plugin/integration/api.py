@@ -78,7 +78,7 @@ class TangoHandle:
             # so the compiled graph never depends on our counters (pruning needs eager, data-dependent shapes)
             return original(*args, **kwargs)
         if not self.adapter.busy:
-            self.state.calls += 1  # calls the user made; the model's own inner calls are not counted
+            self.state.count_call()  # calls the user made; the model's own inner calls are not counted
         return getattr(self.adapter, name)(original, args, kwargs)
 
     def layout(self) -> Optional[dict]:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import itertools
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional
@@ -200,11 +202,16 @@ class HookRegistry:
             raise ValueError(f"a hook named {name!r} is already attached")
 
 
+_TRANSIENT_IDS = itertools.count()
+
+
 class TransientHooks:
     """Hooks added for one call through a `HookRegistry` (see `HookRegistry.transient`).
 
     Hook functions run under `torch.no_grad()` (they compute signals, never gradients) and the time spent in them
-    is summed in `seconds`. Their return value is ignored: they never change the module's inputs or outputs.
+    is summed in `seconds`. Their return value is ignored: they never change the module's inputs or outputs. They
+    act only in the thread that added them: another thread's call through the same module, at the same time, is
+    not theirs (integration/threads.py).
     """
 
     def __init__(self, registry: HookRegistry, prefix: str) -> None:
@@ -212,9 +219,12 @@ class TransientHooks:
         self.prefix = prefix
         self.seconds = 0.0
         self._names: List[str] = []
+        self._thread = threading.get_ident()
 
     def _timed(self, fn: Callable) -> Callable:
         def hook(*args, **kwargs):
+            if threading.get_ident() != self._thread:
+                return None
             t0 = time.perf_counter()
             try:
                 with torch.no_grad():
@@ -226,7 +236,7 @@ class TransientHooks:
         return hook
 
     def _name(self) -> str:
-        name = f"{self.prefix}:{len(self._names)}"
+        name = f"{self.prefix}:{next(_TRANSIENT_IDS)}"  # unique across the calls of all threads
         self._names.append(name)
         return name
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Tuple
 
@@ -39,7 +40,7 @@ SUPPORTED_IMPLEMENTATIONS = ("sdpa", "eager")
 def _scoring_attention(module, query, key, value, attention_mask, **kwargs):
     """Attention function of the scoring layer: record the last row's attention, then run the real one."""
     stage: "IntraLLMStage" = module.config._tango_intra_llm_stage
-    if stage.armed and stage.reduction is None and query.shape[2] > 1:
+    if stage.active() and stage.reduction is None and query.shape[2] > 1:
         stage.scores = last_row_attention(query, key, attention_mask, kwargs.get("scaling") or module.scaling)
     return stage.real_attention(module)(module, query, key, value, attention_mask, **kwargs)
 
@@ -119,6 +120,7 @@ class IntraLLMStage:
         self.ratio = ratio
         self.on_reduced = on_reduced
         self.armed = False
+        self.owner: Optional[int] = None  # the thread whose generate armed the stage (it acts for that one only)
         self.spans: List[List[torch.Tensor]] = []
         self.scores: Optional[torch.Tensor] = None
         self.reduction: Optional[Reduction] = None
@@ -161,11 +163,16 @@ class IntraLLMStage:
         if self._implementation not in SUPPORTED_IMPLEMENTATIONS:
             return False
         self.spans = spans
-        self.armed = True
+        self.armed, self.owner = True, threading.get_ident()
         return True
 
+    def active(self) -> bool:
+        """Armed, and this is the thread that armed it (another thread's call through the same layers is not
+        this generate's; the adapters run one armed generate at a time, integration/threads.py)."""
+        return self.armed and self.owner == threading.get_ident()
+
     def disarm(self) -> None:
-        self.armed = False
+        self.armed, self.owner = False, None
         self.spans, self.scores, self.reduction = [], None, None
         self._prefill_layers_left = 0
         self._decoded = 0
@@ -174,7 +181,7 @@ class IntraLLMStage:
     # ------------------------------------------------------------------------------------------ hooks
     def pre_hook(self, module, args, kwargs, first: bool):
         """Forward pre-hook of layers K.. (`first`: layer K, which reduces the hidden states)."""
-        if not self.armed:
+        if not self.active():
             return None
         hidden = args[0] if args else kwargs["hidden_states"]
         if first and self.reduction is None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional
 
 from ..engine.types import PrunePlan, VisualTokens
+from .threads import REPORT_LOCK
 
 
 @dataclass
@@ -91,11 +92,17 @@ class RunState:
             fn(record)
 
     def record(self, rows: List[SampleReport]) -> None:
-        self.pruned_calls += 1
-        self.last = rows
-        self.total_before += sum(r.visual_tokens_before for r in rows)
-        self.total_after += sum(r.visual_tokens_after for r in rows)
-        self.total_prune_seconds += sum(r.prune_seconds for r in rows)
+        with REPORT_LOCK:  # calls from several threads add up (integration/threads.py)
+            self.pruned_calls += 1
+            self.last = rows
+            self.total_before += sum(r.visual_tokens_before for r in rows)
+            self.total_after += sum(r.visual_tokens_after for r in rows)
+            self.total_prune_seconds += sum(r.prune_seconds for r in rows)
+
+    def count_call(self) -> None:
+        """A call the user made (not the model's own inner calls)."""
+        with REPORT_LOCK:
+            self.calls += 1
 
     def warn_once(self, key: str, message: str) -> None:
         """Warn the first time `key` happens on this handle (skipped pruning is never silent, nor repeated)."""

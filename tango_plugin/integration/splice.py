@@ -33,6 +33,7 @@ from ..strategies import run_strategy
 from .adapter import ModelAdapter, required
 from .intra_llm import dynamic_cache_or_warn
 from .report import PlanRecord, SampleReport
+from .threads import serial
 
 
 @dataclass
@@ -400,6 +401,13 @@ class VideoSpliceAdapter(ModelAdapter):
                 "(past_key_values=None, use_cache=False), or call model.eval() for inference")
 
     def generate(self, original: Callable, args: tuple, kwargs: dict) -> Any:
+        if self._intra is not None:
+            # the intra-LLM stage holds one call's reduction in its hooks: one generate at a time
+            with serial(self._intra):
+                return self._generate(original, args, kwargs)
+        return self._generate(original, args, kwargs)
+
+    def _generate(self, original: Callable, args: tuple, kwargs: dict) -> Any:
         kw = self._as_kwargs(original, args, kwargs)
         if kw.get("inputs") is not None and kw.get("input_ids") is None:
             kw["input_ids"] = kw.pop("inputs")
