@@ -174,6 +174,7 @@ class LlavaNextAdapter(ModelAdapter):
     _intra_ok = per_thread(False)  # that generate's cache allows the stage
 
     saliency_sources = ("global_query", "siglip_head", "attention_received")
+    media_kwargs = ("images",)
     options_help = {
         "fps": "frames per second of the sampled frames; timestamps = frame index / fps (default: frame index)",
         "video_timestamps": "(T,) seconds per video (a tensor, or a list with one tensor per video)",

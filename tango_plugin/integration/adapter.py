@@ -211,6 +211,14 @@ class ModelAdapter:
         finally:
             self._depth -= 1
 
+    #: keyword arguments whose presence means a call may carry media to prune (checked under torch.compile)
+    media_kwargs: Tuple[str, ...] = ("pixel_values_videos", "pixel_values")
+
+    def media_in_call(self, args: tuple, kwargs: dict) -> bool:
+        """Whether a call may need pruning (media pixels given, or positional arguments past the first, which are
+        not inspected here): under torch.compile such a call is routed outside the graph."""
+        return len(args) > 1 or any(kwargs.get(name) is not None for name in self.media_kwargs)
+
     def forward(self, original: Callable, args: tuple, kwargs: dict) -> Any:
         """Called instead of `model.forward(*args, **kwargs)`; `original` is the unpatched bound method."""
         return original(*args, **kwargs)

@@ -74,9 +74,16 @@ class TangoHandle:
 
     def _route(self, name: str, original: Callable, args: tuple, kwargs: dict) -> Any:
         if torch.compiler.is_compiling():
-            # inside torch.compile (e.g. generate's compiled decoding): the original, and no Python state touched,
-            # so the compiled graph never depends on our counters (pruning needs eager, data-dependent shapes)
+            if self.adapter.media_in_call(args, kwargs):
+                # a call with video pixels under torch.compile(model): prune it outside the graph (data-dependent
+                # shapes), the way an uncompiled call runs; the compiler resumes after it
+                return torch.compiler.disable(self._route_eager)(name, original, args, kwargs)
+            # a call without media (e.g. generate's compiled decoding): the original, and no Python state touched,
+            # so the compiled graph never depends on our counters
             return original(*args, **kwargs)
+        return self._route_eager(name, original, args, kwargs)
+
+    def _route_eager(self, name: str, original: Callable, args: tuple, kwargs: dict) -> Any:
         if not self.adapter.busy:
             self.state.count_call()  # calls the user made; the model's own inner calls are not counted
         return getattr(self.adapter, name)(original, args, kwargs)
@@ -143,6 +150,11 @@ class TangoHandle:
 
 
 def _unwrap(model: Any) -> Any:
+    # torch.compile(model) returns an OptimizedModule that calls the module it wraps: enable that one (the wrapper
+    # then runs the enabled model; docs/usage.md, "torch.compile")
+    inner = getattr(model, "_orig_mod", None)
+    if isinstance(model, torch.nn.Module) and isinstance(inner, torch.nn.Module):
+        model = inner
     # PeftModel (and PeftMixedModel) expose the wrapped transformers model through get_base_model().
     if hasattr(model, "get_base_model") and hasattr(model, "peft_config"):
         return model.get_base_model()

@@ -16,6 +16,7 @@ hooks, bound to the copy) and `pickle` round-trips an enabled model.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import itertools
 import threading
@@ -102,7 +103,13 @@ class MethodPatch:
     def original(self) -> Callable:
         if self.previous is not MISSING:
             return self.previous
-        return getattr(type(self.owner), self.method).__get__(self.owner, type(self.owner))
+        # the class's function bound to the owner, found in the class dicts: `getattr(type(owner), m).__get__` is
+        # what this means in Python, but torch.compile's tracer resolves that to `owner.<method>`, the instance
+        # attribute, i.e. this patch again (endless recursion under `torch.compile(model)`)
+        for klass in type(self.owner).__mro__:
+            if self.method in klass.__dict__:
+                return functools.partial(klass.__dict__[self.method], self.owner)
+        raise AttributeError(f"{type(self.owner).__name__} has no method {self.method!r}")
 
     def __call__(self, *args, **kwargs):
         return self.route(self.original(), args, kwargs)
