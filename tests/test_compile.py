@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from adapter_testers import TESTERS, gen
 
 import tango_plugin as tango
-from adapter_testers import TESTERS, gen
 
 CFG = tango.TangoConfig(retention_ratio=0.25)
 pytestmark = pytest.mark.filterwarnings("ignore:tango_plugin. .*(timestamps|sink positions)")
