@@ -94,6 +94,13 @@ DEFAULT_FPS_NOTE = ("second_per_grid_ts is temporal_patch_size / 24: what the Qw
                     "(seconds, or the metadata: tango_plugin.timestamps_from_metadata) to generate")
 
 
+#: the one-time warning when the frame times come from second_per_grid_ts (evenly spaced, not the sampled frames')
+SECOND_PER_GRID_NOTE = ("frame times taken from second_per_grid_ts: evenly spaced at the processor's rate, which is "
+                        "not when the sampled frames were taken unless the sampling was exactly uniform in time (e.g. "
+                        "[0, 1.349, 2.697] s for frames at [0, 1.268, 2.569] s); pass tango_video_timestamps= (the "
+                        "video metadata, or seconds) to generate / forward for the exact times")
+
+
 def frame_qk_saliency_hook(attn, grids, source: str, merge: int, store: dict):
     """Forward pre-hook for the last block's attention of a Qwen-VL-style vision tower (fused `qkv`, 2-D rotary
     `position_embeddings`): scores each temporal slice's tokens with `source` from that layer's q / k, pooled over
@@ -258,6 +265,8 @@ class QwenVLAdapter(VideoSpliceAdapter):
         elif second_per_grid is not None:
             if abs(second_per_grid - tp / 24.0) < 1e-6:  # float32 in the processor output
                 self.state.warn_once("default-fps", DEFAULT_FPS_NOTE)
+            else:
+                self.state.warn_once("spg-times", SECOND_PER_GRID_NOTE)
             frames = torch.arange(t * tp, dtype=torch.float64) * (second_per_grid / tp)
         else:
             return None

@@ -521,3 +521,45 @@ def test_prune_images_image_only_generate(name):
         out = gen(model, inputs, n=4)
     assert out.shape[1] > inputs["input_ids"].shape[1]
     assert h.report()["samples"][0]["image_tokens_after"] < h.report()["samples"][0]["image_tokens_before"]
+
+
+@torch.no_grad()
+def test_the_documented_preset_on_another_grid_warns_like_the_default_instead_of_failing():
+    """`TangoConfig.from_preset("llava-onevision")` copies the preset's sink positions into the config; on a grid
+    that is not the preset's (16 tokens here, not 196) they are skipped with the same note as the default config's
+    (it raised "sink_positions [28, 27, 41, 169] are outside the 16-token frame grid" at enable)."""
+    t = TESTERS["llava_onevision"]
+    model = t.model()
+    preset = tango.TangoConfig.from_preset("llava-onevision", retention_ratio=0.2)
+    assert preset.sink_positions  # explicit in the config
+    with pytest.warns(UserWarning, match="no sink positions were applied"):
+        with tango.enabled(model, preset) as h:
+            model(**t.single(model))
+    assert h.report()["samples"][0]["pruned"] and "no sink positions" in h.report()["samples"][0]["note"]
+    # a list that is not the preset's is still the user's choice: outside the grid it is an error
+    with pytest.raises(ValueError, match="outside"):
+        tango.enable(model, preset.replace(sink_positions=[28, 27]))
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if TESTERS[n].matches_stock])
+@pytest.mark.parametrize("masked", ["last", "inside"])
+@torch.no_grad()
+def test_retention_one_equals_unpruned_whatever_the_mask(name, masked):
+    """A zero in the attention mask that is not padding (transformers' own model testers mask the last token; an
+    interior zero): the columns stay, with their mask, so retention 1.0 is the unpatched call (they were dropped
+    when the rows were re-padded, and the sequence came out shorter)."""
+    t = TESTERS[name]
+    model = t.model()
+    inputs = dict(t.single(model))
+    mask = inputs["attention_mask"].clone()
+    video = model.config.video_token_id if hasattr(model.config, "video_token_id") else None
+    text = (inputs["input_ids"][0] != video).nonzero(as_tuple=True)[0] if video is not None else \
+        torch.arange(mask.shape[1])
+    column = int(text[-1]) if masked == "last" else int(text[len(text) // 2])
+    mask[0, column] = 0
+    inputs["attention_mask"] = mask
+    ref = model(**inputs).logits
+    with tango.enabled(model, cfg(1.0), **t.options):
+        out = model(**inputs).logits
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)

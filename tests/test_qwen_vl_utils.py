@@ -33,7 +33,12 @@ pytest.importorskip("torchvision")
 pytest.importorskip("transformers")
 
 from tango_plugin.model_zoo.llava_onevision import LlavaOnevisionAdapter  # noqa: E402
-from tango_plugin.model_zoo.qwen_vl import DEFAULT_FPS_NOTE, Qwen2VLAdapter, Qwen3VLAdapter  # noqa: E402
+from tango_plugin.model_zoo.qwen_vl import (  # noqa: E402
+    DEFAULT_FPS_NOTE,
+    SECOND_PER_GRID_NOTE,
+    Qwen2VLAdapter,
+    Qwen3VLAdapter,
+)
 from test_lmms_eval import _qwen_vl_utils_indices, _save_checkpoint, _write_clip  # noqa: E402
 
 import tango_plugin as tango  # noqa: E402
@@ -173,7 +178,7 @@ def test_model_card_code_without_the_extra_argument(env, family):
         assert row["video_timestamps"] == [np.interp(np.linspace(0, n - 1, n // 2), np.arange(n),
                                                      np.arange(n) * spg / 2).tolist()]  # 24 fps: wrong times
         # With the metadata given to the processor only: second_per_grid_ts = 2 / sampled fps, evenly spaced frames
-        # (k * 0.5 s here), no warning, and still not the true times; only tango_video_timestamps gives those.
+        # (k * 0.5 s here), still not the true times, so a warning says so; only tango_video_timestamps gives them.
         images, videos, video_kwargs = _vision_info(conversations, family, return_video_metadata=True)
         videos, video_metadatas = zip(*videos)
         inputs = proc(text=texts, images=images, videos=list(videos), video_metadata=list(video_metadatas),
@@ -184,7 +189,7 @@ def test_model_card_code_without_the_extra_argument(env, family):
             with tango.enabled(model, tango.TangoConfig(**CFG)) as h:
                 model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)
                 row = h.report()["samples"][0]
-        assert not _time_warnings(caught)
+        assert _time_warnings(caught) == [f"tango_plugin: {SECOND_PER_GRID_NOTE}"]
         even = np.interp(np.linspace(0, n - 1, n // 2), np.arange(n), np.arange(n) * 0.5).tolist()
         assert row["video_timestamps"] == [even] != [_engine_times(family, seconds)]
         assert row["timestamps_source"] == "second_per_grid_ts (processor)"

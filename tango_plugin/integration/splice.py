@@ -634,8 +634,12 @@ class VideoSpliceAdapter(ModelAdapter):
         for kind in ("video", "image"):
             if kind in call.raw:
                 replaced |= self.placeholder_mask(call.kw, kind) & real
+        padding = self._padding_columns(ids, real)
         for b in range(ids.shape[0]):
-            text = (real[b] & ~replaced[b]).nonzero(as_tuple=True)[0]
+            # every column stays but the replaced placeholders and the padding (re-padded below); a masked column
+            # that is not padding (a zero inside the prompt) stays with its mask, so retention 1.0 is exactly the
+            # unpatched call whatever the mask
+            text = (~replaced[b] & ~padding[b]).nonzero(as_tuple=True)[0]
             parts, owners = [text], [torch.full_like(text, -1)]
             for i, item in enumerate(call.items):
                 if item.row == b:
@@ -751,6 +755,15 @@ class VideoSpliceAdapter(ModelAdapter):
     def _mask(kw: dict) -> torch.Tensor:
         mask = kw.get("attention_mask")
         return mask if mask is not None else torch.ones_like(kw["input_ids"])
+
+    def _padding_columns(self, ids: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """(B, L) True on the padding: masked pad-token columns before a row's first or after its last attended
+        column (what a tokenizer adds); masked columns elsewhere, or of other token ids, are the caller's."""
+        idx = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+        big = ids.shape[1]
+        first = torch.where(real, idx, big).amin(dim=1, keepdim=True)
+        last = torch.where(real, idx, -1).amax(dim=1, keepdim=True)
+        return ~real & (ids == self.pad_token_id()) & ((idx < first) | (idx > last))
 
     @staticmethod
     def _padding_side(mask: torch.Tensor, generating: bool) -> str:
