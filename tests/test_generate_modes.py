@@ -387,3 +387,42 @@ def test_a_strategy_returning_a_bad_plan_is_refused_naming_it():
                 model(**t.single(model))
     finally:
         tango.unregister_strategy("test_unsorted")
+
+
+IMAGE_PRUNERS = [n for n in ("qwen2_vl", "qwen2_5_vl", "llava_onevision", "glm4v") if n in TESTERS]
+
+
+@pytest.mark.parametrize("name", IMAGE_PRUNERS)
+@pytest.mark.parametrize("ratio", [1.0, 0.5])
+def test_continuation_keeping_the_image_grid_without_pixels(name, ratio):
+    """prune_images=True: the caller continues from the returned cache and keeps `image_grid_thw` / `image_sizes`
+    but sends no pixels (transformers' own test_generate_continue_from_past_key_values does): it works, as for
+    video and on the unpatched model (it was refused as 'new pruned image pixels' at every ratio)."""
+    t = TESTERS[name]
+    model = t.model()
+    tok = t.tokenizer()
+    inputs = t.inputs(model, [[tiny.ImageSpec()]], ["what is in this picture?"])
+    turn = tok(["<|im_end|>\n<|im_start|>user\nand then?<|im_end|>\n<|im_start|>assistant\n"],
+               return_tensors="pt").input_ids
+
+    def two_turns():
+        first = model.generate(**inputs, max_new_tokens=3, do_sample=False, return_dict_in_generate=True)
+        ids = torch.cat([first.sequences, turn], dim=1)
+        kw = {k: v for k, v in inputs.items() if k in ("image_grid_thw", "image_sizes")}  # kept, no pixels
+        kw["attention_mask"] = torch.ones_like(ids)
+        if "mm_token_type_ids" in inputs:
+            kw["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"],
+                                                 torch.zeros(1, ids.shape[1] - inputs["input_ids"].shape[1],
+                                                             dtype=inputs["mm_token_type_ids"].dtype)], dim=1)
+        second = model.generate(input_ids=ids, past_key_values=first.past_key_values, max_new_tokens=3,
+                                do_sample=False, **kw)
+        return ids, second
+
+    with torch.no_grad():
+        ids, ref = two_turns()
+        with tango.enabled(model, cfg(ratio, prune_images=True), **t.options) as h:
+            ids2, out = two_turns()
+            assert h.report()["samples"][0]["note"] == "continued from a pruned cache"
+    assert torch.equal(out[:, :ids2.shape[1]], ids2) and out.shape[1] == ids2.shape[1] + 3
+    if ratio == 1.0:
+        assert torch.equal(ids2, ids) and torch.equal(out, ref)

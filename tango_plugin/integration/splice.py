@@ -493,8 +493,9 @@ class VideoSpliceAdapter(ModelAdapter):
             head = previous.short_types if previous.short_types is not None else torch.zeros_like(short)
             kw["mm_token_type_ids"] = torch.cat([head.to(ids.device), kw["mm_token_type_ids"][:, full.shape[1]:]],
                                                 dim=1)
-        for name in self.video_kwargs + ("tango_video_timestamps",):
-            kw.pop(name, None)  # grids of the first turn: its video is in the cache already
+        pruned_images = self.image_kwargs if self.config.prune_images and self.supports_image_pruning else ()
+        for name in self.video_kwargs + pruned_images + ("tango_video_timestamps",):
+            kw.pop(name, None)  # grids of the first turn: its video (and pruned images) are in the cache already
         self._lengths_as_given(kw, ids.shape[1])
         self.state.last = [SampleReport(sample=b, note="continued from a pruned cache") for b in range(ids.shape[0])]
         out = self._call_original(original, kw)
@@ -538,13 +539,14 @@ class VideoSpliceAdapter(ModelAdapter):
         return any(kw.get(k) is not None for k in names)
 
     def _prunes_images(self, kw: dict) -> bool:
-        return bool(self.config.prune_images and self.supports_image_pruning and self._has(kw, self.image_kwargs))
+        # the pixels: a grid or sizes alone (kept by a caller continuing from a cache) bring no image to prune
+        return bool(self.config.prune_images and self.supports_image_pruning and self._has(kw, self.image_kwargs[:1]))
 
     def _should_prune(self, kw: dict) -> bool:
         has_video = self._has(kw, self.video_kwargs[:1])  # the pixels: a grid alone (e.g. while decoding) is no video
         if self._prunes_images(kw):
             has_video = True  # images are pruned as single-frame videos: the same splice path
-        elif self.config.prune_images and self._has(kw, self.image_kwargs):
+        elif self.config.prune_images and self._has(kw, self.image_kwargs[:1]):
             self.state.warn_once("images", f"prune_images=True but {type(self).__name__} prunes videos only; "
                                            "images are passed to the model unpruned")
         if not has_video:
