@@ -122,10 +122,10 @@ class Glm4vAdapter(VideoSpliceAdapter):
                 cap.pre_hook(attn, qk_hook)
             if image:
                 out = self.inner.get_image_features(pixel_values=kw["pixel_values"], image_grid_thw=grid,
-                                                    return_dict=True)
+                                                    return_dict=True, **self.encoder_flags(kw))
             else:
                 out = self.inner.get_video_features(pixel_values_videos=kw["pixel_values_videos"],
-                                                    video_grid_thw=grid, return_dict=True)
+                                                    video_grid_thw=grid, return_dict=True, **self.encoder_flags(kw))
         sal = torch.split(store["merged"], [t * h * w // ms**2 for t, h, w in grids]) if need_saliency else None
 
         media = []

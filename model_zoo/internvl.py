@@ -49,6 +49,7 @@ def _int(v) -> int:
 class InternVLAdapter(VideoSpliceAdapter):
     """InternVL3.x (e.g. `OpenGVLab/InternVL3-1B-hf`). See the module docstring."""
 
+    encoder_flag_names = ()  # the unpatched forward hands its encoder no output flags
     saliency_sources = ("global_query", "attention_received")
     video_kwargs = ("pixel_values",)
     image_kwargs = ("pixel_values",)
@@ -59,6 +60,7 @@ class InternVLAdapter(VideoSpliceAdapter):
                                "times; ST-RoPE uses the frame index 0..T-1 as time; pass fps= or video_timestamps= "
                                "to tango.enable, or tango_video_timestamps= to generate / forward")
     _frames_given = per_thread(None)  # this call's tango_video_frames (per thread: integration/threads.py)
+    encoder_output_fields = {"video": "image_outputs", "image": "image_outputs"}  # frames are image tiles
 
     @classmethod
     def projector_modules(cls, model):
@@ -250,7 +252,8 @@ class InternVLAdapter(VideoSpliceAdapter):
             if need_saliency:
                 cap.pre_hook(self._layers()[hs_index - 1].attention, hook)
             out = self.inner.get_image_features(pixel_values=kw["pixel_values"], vision_feature_layer=layer,
-                                                vision_feature_select_strategy=strategy, return_dict=True)
+                                                vision_feature_select_strategy=strategy, return_dict=True,
+                                                **self.encoder_flags(kw))
         feats_all = out.pooler_output  # (tiles, tokens per tile, D)
         L = feats_all.shape[1]
         side = int(round(L ** 0.5))

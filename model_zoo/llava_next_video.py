@@ -32,6 +32,7 @@ from .vision_towers import HFLlavaTower, qk_saliency_hook
 class LlavaNextVideoAdapter(HFLlavaTower, VideoSpliceAdapter):
     """Tango for `LlavaNextVideoForConditionalGeneration`: prunes each frame's pooled tokens; images unchanged."""
 
+    encoder_flag_names = ()  # the unpatched forward hands its encoder no output flags
     saliency_sources = ("global_query", "attention_received")
     video_kwargs = ("pixel_values_videos",)
     image_kwargs = ("pixel_values", "image_sizes")
@@ -69,7 +70,8 @@ class LlavaNextVideoAdapter(HFLlavaTower, VideoSpliceAdapter):
                 cap.pre_hook(self._tower_layers()[self._layer_index(feature_layer)].self_attn,
                              qk_saliency_hook(store, source))
             out = self.inner.get_video_features(pixel_values_videos=pv, vision_feature_layer=feature_layer,
-                                                vision_feature_select_strategy=strategy, return_dict=True)
+                                                vision_feature_select_strategy=strategy, return_dict=True,
+                                                **self.encoder_flags(kw))
         pooled = out.pooler_output  # (videos, frames * L, D)
         feats = pooled.reshape(num_videos, frames, -1, pooled.shape[-1])
         L = feats.shape[2]

@@ -66,6 +66,7 @@ class LlavaOnevisionAdapter(HFLlavaTower, VideoSpliceAdapter):
     is opt-in.
     """
 
+    encoder_flag_names = ()  # the unpatched forward hands its encoder no output flags
     saliency_sources = ("global_query", "siglip_head", "attention_received")
     image_kwargs = ("pixel_values", "image_sizes", "batch_num_images")
     supports_image_pruning = True
@@ -190,7 +191,8 @@ class LlavaOnevisionAdapter(HFLlavaTower, VideoSpliceAdapter):
                 extra["batch_num_images"] = kw["batch_num_images"]
             out = self.inner.get_image_features(pixel_values=pv, image_sizes=kw["image_sizes"],
                                                 vision_feature_layer=feature_layer,
-                                                vision_feature_select_strategy=strategy, return_dict=True, **extra)
+                                                vision_feature_select_strategy=strategy, return_dict=True, **extra,
+                                                **self.encoder_flags(kw))
         packed = list(out.pooler_output)  # per image: base grid, then the tail (high-res rows + newlines)
         base_len = out.last_hidden_state.shape[1] - (1 if strategy == "default" else 0)
         side = math.isqrt(base_len)
@@ -235,7 +237,8 @@ class LlavaOnevisionAdapter(HFLlavaTower, VideoSpliceAdapter):
             if self.pool_mode == "average":
                 cap.post_hook(self.inner.multi_modal_projector, lambda m, a, o: store.__setitem__("proj", o))
             out = self.inner.get_video_features(pixel_values_videos=pv, vision_feature_layer=feature_layer,
-                                                vision_feature_select_strategy=strategy, return_dict=True)
+                                                vision_feature_select_strategy=strategy, return_dict=True,
+                                                **self.encoder_flags(kw))
         pooled = out.pooler_output  # (videos, frames * L_model + 1, D), the newline last
         placeholders = pooled.shape[1]
         if self.pool_mode == "bilinear":

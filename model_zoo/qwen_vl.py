@@ -199,9 +199,11 @@ class QwenVLAdapter(VideoSpliceAdapter):
             if need_saliency:
                 cap.pre_hook(attn, qk_hook)
             if image:
-                out = self.inner.get_image_features(pixel_values=pv, image_grid_thw=grid, return_dict=True)
+                out = self.inner.get_image_features(pixel_values=pv, image_grid_thw=grid, return_dict=True,
+                                                    **self.encoder_flags(kw))
             else:
-                out = self.inner.get_video_features(pixel_values_videos=pv, video_grid_thw=grid, return_dict=True)
+                out = self.inner.get_video_features(pixel_values_videos=pv, video_grid_thw=grid, return_dict=True,
+                                                    **self.encoder_flags(kw))
         sal = None
         if need_saliency:
             sal = store["merged"]

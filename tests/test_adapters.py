@@ -563,3 +563,42 @@ def test_retention_one_equals_unpruned_whatever_the_mask(name, masked):
         out = model(**inputs).logits
     assert out.shape == ref.shape
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def _encoder_output(out):
+    return out.video_outputs if getattr(out, "video_outputs", None) is not None else getattr(out, "image_outputs")
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if TESTERS[n].matches_stock])
+@torch.no_grad()
+def test_the_encoder_outputs_a_forward_returns_are_the_unpatched_ones(name):
+    """`outputs.video_outputs` / `image_outputs` keep the tower's hidden states and attentions when asked for, one
+    `pooler_output` entry per video (not per token), under the key the unpatched model uses; at retention 1.0 exactly
+    the unpatched ones (they lost hidden_states / attentions, LLaVA-OV and InternVL returned one entry per token,
+    GLM-4.1V put the video under image_outputs)."""
+    t = TESTERS[name]
+    model = t.model()
+    inputs = t.inputs(model, [[tiny.VideoSpec(8)], [tiny.VideoSpec(t.batch_frames[1], seed=3)]], ["a", "b c"])
+    flags = dict(output_hidden_states=True, output_attentions=True)
+    ref = model(**inputs, **flags)
+    with tango.enabled(model, cfg(1.0), **t.options):
+        same = model(**inputs, **flags)
+    for field in ("video_outputs", "image_outputs"):
+        assert (getattr(ref, field, None) is None) == (getattr(same, field, None) is None), field
+    a, b = _encoder_output(ref), _encoder_output(same)
+    assert type(a) is type(b)
+    for key in a.keys():
+        x, y = a[key], b[key]
+        if isinstance(x, torch.Tensor):
+            torch.testing.assert_close(y, x, rtol=1e-5, atol=1e-5)
+        elif isinstance(x, (tuple, list)):
+            assert len(x) == len(y), key
+    with tango.enabled(model, cfg(0.5), **t.options) as h:
+        pruned = model(**inputs, **flags)
+        rows = h.report()["samples"]
+    c = _encoder_output(pruned)
+    assert isinstance(c.pooler_output, tuple) and len(c.pooler_output) == 2  # one entry per video
+    assert [int(p.shape[0]) for p in c.pooler_output] == [r["visual_tokens_after"] for r in rows]
+    if a.hidden_states is not None:  # the tower saw every frame
+        assert len(c.hidden_states) == len(a.hidden_states)
+        torch.testing.assert_close(c.hidden_states[-1], a.hidden_states[-1], rtol=1e-5, atol=1e-5)

@@ -384,7 +384,49 @@ class VideoSpliceAdapter(ModelAdapter):
             self.state.warn_once("intra-forward", "intra_llm_layer is applied in generate only (forward returns one "
                                                   "logit row per input token); this forward call runs without it")
         call = self.splice(kw, generating=False)
-        return self._call_original(original, call.new_kw)
+        return self._restore_encoder_outputs(self._call_original(original, call.new_kw), call)
+
+    #: where the unpatched model's output puts each kind's encoder output (InternVL: video frames are images)
+    encoder_output_fields = {"video": "video_outputs", "image": "image_outputs"}
+
+    #: the call's flags the unpatched forward hands to its own encoder call (the LLaVA-style families hand none:
+    #: their towers always return their hidden states)
+    encoder_flag_names: Tuple[str, ...] = ("output_hidden_states", "output_attentions")
+
+    def encoder_flags(self, kw: dict) -> dict:
+        """The call's flags of `encoder_flag_names`, for the encoder call the splice makes."""
+        return {k: kw[k] for k in self.encoder_flag_names if kw.get(k) is not None}
+
+    def _restore_encoder_outputs(self, out: Any, call: SpliceCall) -> Any:
+        """The model output's `video_outputs` / `image_outputs` as the unpatched forward returns them.
+
+        The original ran on `mm_encoder_outputs` holding only the kept features (in the layout the model needs to
+        splice them, e.g. one entry per token for LLaVA-OV), so its encoder outputs lack the tower's hidden states
+        and attentions and may sit under another key (GLM-4.1V). What the caller gets instead: the encoder's own
+        output of this call (its `last_hidden_state`, `hidden_states`, `attentions`: the tower saw every frame),
+        with `pooler_output` the kept features per video / image (a tuple, one entry each), or exactly the
+        encoder's output when nothing was pruned (retention 1.0). docs/usage.md, "Generate modes".
+        """
+        targets = {kind: self.encoder_output_fields[kind] for kind in ("video", "image") if kind in call.raw}
+        for name in ("video_outputs", "image_outputs"):
+            if hasattr(out, name) and name not in targets.values() and getattr(out, name, None) is not None:
+                setattr(out, name, None)  # the video's features travelled under the other key (GLM-4.1V)
+        for kind, name in targets.items():
+            if not hasattr(out, name):
+                continue
+            raw = call.raw[kind]
+            items = [it for it in call.items if it.kind == kind]
+            pruned = any(it.replacement.features.shape[0] != it.media.num_placeholders for it in items)
+            if not pruned:
+                setattr(out, name, raw)
+                continue
+            restored = type(raw)(**{k: v for k, v in raw.items()})
+            restored.pooler_output = tuple(it.replacement.features for it in items)
+            if getattr(raw, "deepstack_features", None) is not None:
+                restored.deepstack_features = [tuple(it.replacement.extra["deepstack"][layer] for it in items)
+                                               for layer in range(len(items[0].replacement.extra["deepstack"]))]
+            setattr(out, name, restored)
+        return out
 
     def _check_trainable_call(self, kw: dict) -> None:
         """Refuse what a training forward (the model in `train()` mode) cannot do exactly (docs/training.md)."""
