@@ -8,9 +8,11 @@ The wrappers it puts around the model's `generate` / `forward` are entries of th
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import json
 import os
+import sys
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -38,6 +40,7 @@ class HarnessSession:
         self.records: List[dict] = []
         self.warnings: List[str] = []
         self.calls = 0
+        self.failures: List[str] = []
         self._warned: set = set()
 
     # ------------------------------------------------------------------------------------------ enabling
@@ -104,6 +107,35 @@ class HarnessSession:
                 "config": self.config.to_dict(), "enable_options": self.options, "generate_calls": self.calls,
                 "visual_tokens_before": before, "visual_tokens_after": after, "warnings": self.warnings,
                 "samples": self.records}
+
+    def run_line(self) -> str:
+        """One line on what Tango did in this run so far: videos pruned, visual tokens before / after, where the
+        frame times came from (printed at the end of each harness run)."""
+        if not self.enabled:
+            return f"tango: {self.name}: off (tango=false): nothing pruned"
+        videos = [v for r in self.records for v in r.get("videos") or []]
+        pruned = sum(int(r.get("videos") or 0) for r in self.records if r.get("pruned"))
+        before = sum(int(r.get("visual_tokens_before") or 0) for r in self.records)
+        after = sum(int(r.get("visual_tokens_after") or 0) for r in self.records)
+        share = f" ({after / before:.1%})" if before else ""
+        sources: Dict[str, int] = {}
+        for v in videos:
+            key = str(v.get("times_source")).split(";")[0]
+            sources[key] = sources.get(key, 0) + 1
+        times = ", ".join(f"{k} x{n}" for k, n in sorted(sources.items())) or "no videos"
+        report = f"; report: {self.report_path}" if self.report_path else ""
+        return (f"tango: {self.name}: {pruned} of {len(videos)} videos pruned in {self.calls} calls, visual tokens "
+                f"{before} -> {after}{share}; frame times: {times}{report}")
+
+    def note_failure(self, err: BaseException) -> None:
+        """The harness run raised inside this model: say so now and once more when the process ends, since the
+        harness itself may log it and exit with status 0 (lmms-eval does)."""
+        line = (f"tango: {self.name}: the evaluation failed inside this model ({type(err).__name__}: {err}); its "
+                "results are missing or incomplete")
+        self.failures.append(line)
+        self.log(line)
+        if len(self.failures) == 1:
+            atexit.register(lambda: print("\n".join(self.failures), file=sys.stderr, flush=True))
 
     def rank(self) -> Tuple[int, int]:
         """(rank, world size) of this process; the report of rank r > 0 worlds goes to `<path>.rank<r>.json`."""

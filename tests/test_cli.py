@@ -500,3 +500,25 @@ def test_tiny_refuses_a_bad_section(tmp_path, capsys):
     assert main(["tiny", "qwen2_vl", str(tmp_path / "x"), "--tango", '{"tango_ratio": 2}']) == 2
     assert "tango_ratio" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_the_readme_offline_block_runs_as_written(tmp_path):
+    """README's "No checkpoint at hand?" block, verbatim, with this environment's tango-plugin as .venv/bin."""
+    pytest.importorskip("torchvision")
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "README.md").read_text()
+    start = text.index("```bash", text.index("No checkpoint at hand?"))
+    block = text[start + len("```bash"):text.index("```", start + 7)].strip()
+    (tmp_path / ".venv").mkdir()
+    (tmp_path / ".venv" / "bin").symlink_to(Path(sys.executable).parent)
+    proc = subprocess.run(["bash", "-eo", "pipefail", "-c", block], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert (tmp_path / "kept.png").stat().st_size > 0 and (tmp_path / "tiny-llava-ov" / "config.json").exists()
+    assert "tokens" in out and "pruned" in out.lower()

@@ -154,56 +154,19 @@ def _lmms_python() -> str:
 
 
 def _write_clip(path: Path, frames: int, fps: int) -> None:
-    """An MPEG-4 clip of a random pattern sliding right by 4 pixels a frame: every frame differs."""
-    av = pytest.importorskip("av")
-    base = np.random.default_rng(frames).integers(0, 255, (SIDE, SIDE, 3), dtype=np.uint8)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.width = stream.height = SIDE
-        stream.pix_fmt = "yuv420p"
-        for i in range(frames):
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.roll(base, 4 * i, axis=1), format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    """An MPEG-4 clip of a random pattern sliding right by 4 pixels a frame: every frame differs
+    (`tango-plugin clip`, which the docs' commands use)."""
+    pytest.importorskip("av")
+    from tango_plugin.testing.clips import write_clip
 
-
-# A Qwen chat template that takes string and list contents (lmms-eval's system prompt is a string).
-QWEN_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
-    "{{ message['content'] }}{% else %}{% for c in message['content'] %}{% if c['type'] == 'video' %}"
-    "<|vision_start|><|video_pad|><|vision_end|>{% elif c['type'] == 'image' %}<|vision_start|><|image_pad|>"
-    "<|vision_end|>{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    write_clip(str(path), frames, fps, side=SIDE)
 
 
 def _save_checkpoint(folder: Path, model_type: str) -> str:
-    """A tiny random model with a real processor of its family, saved as a checkpoint folder."""
-    import transformers as tf
+    """A tiny random model with a real processor of its family, saved as a checkpoint folder (`tango-plugin tiny`)."""
+    from tango_plugin.testing.checkpoints import save_tiny_checkpoint
 
-    from tango_plugin import testing
-
-    tok = testing.build_tokenizer("llava" if model_type == "llava_onevision" else "qwen")
-    model = testing.build_model(model_type, tok)
-    if model_type in ("qwen2_vl", "qwen2_5_vl"):
-        px = dict(min_pixels=56 * 56, max_pixels=SIDE * SIDE)
-        cls = tf.Qwen2VLProcessor if model_type == "qwen2_vl" else tf.Qwen2_5_VLProcessor
-        proc = cls(image_processor=tf.Qwen2VLImageProcessor(**px), tokenizer=tok, chat_template=QWEN_TEMPLATE,
-                   video_processor=tf.Qwen2VLVideoProcessor(**px, cap_pixels_per_frame=False))
-    elif model_type == "qwen3_vl":
-        proc = tf.Qwen3VLProcessor(
-            image_processor=tf.Qwen2VLImageProcessor(patch_size=16, min_pixels=32 * 32, max_pixels=128 * 128),
-            tokenizer=tok, chat_template=QWEN_TEMPLATE, video_processor=tf.Qwen3VLVideoProcessor(
-                size={"shortest_edge": 32 * 32 * 4, "longest_edge": 128 * 128 * 16}, cap_pixels_per_frame=False))
-    else:
-        size = {"height": SIDE, "width": SIDE}
-        proc = tf.LlavaOnevisionProcessor(
-            image_processor=tf.LlavaOnevisionImageProcessor(size=size, image_grid_pinpoints=[[SIDE, SIDE]]),
-            tokenizer=tok, video_processor=tf.LlavaOnevisionVideoProcessor(size=size), num_image_tokens=64,
-            vision_feature_select_strategy="full")
-    model.save_pretrained(folder)
-    proc.save_pretrained(folder)
-    return str(folder)
+    return save_tiny_checkpoint(str(folder), model_type, side=SIDE)
 
 
 @pytest.fixture(scope="module")
@@ -299,10 +262,33 @@ def _check_run(data, samples, report, model: str, expected: dict, tokens_per_pat
 def test_cli_tango_qwen2_vl_prunes_with_the_true_frame_times(lmms):
     ckpt = _checkpoint(lmms, "qwen2_vl")
     args = f"pretrained={ckpt},device=cpu,device_map=cpu,max_pixels={SIDE * SIDE},max_num_frames=3,tango_ratio=0.25"
-    data, samples, report, _ = _run_cli(lmms, "tango_qwen2_vl", args)
+    data, samples, report, text = _run_cli(lmms, "tango_qwen2_vl", args)
     expected = {n: _resampled(_qwen_vl_utils_indices(*CLIPS[n]), 3) for n in CLIPS}
     assert expected == {"clip_a.mp4": [0, 5, 15], "clip_b.mp4": [0, 8, 19]}  # the rules, written out
     _check_run(data, samples, report, "tango_qwen2_vl", expected, tokens_per_patch=16, ratio=0.25)
+    # one Tango line in the run's own output says what happened
+    before = sum(r["visual_tokens_before"] for r in report["samples"])
+    after = sum(r["visual_tokens_after"] for r in report["samples"])
+    line = f"tango: tango_qwen2_vl: 2 of 2 videos pruned in 2 calls, visual tokens {before} -> {after}"
+    assert line in text and "frame times: qwen-vl-utils" in text, text[-3000:]
+
+
+def test_cli_a_failure_inside_the_model_is_visible_although_lmms_eval_exits_0(lmms):
+    """lmms-eval logs an evaluation error and exits with status 0; the plugin's final line says the results are
+    missing (here a sink position outside the 16-token grid, refused when the first video is pruned)."""
+    ckpt = _checkpoint(lmms, "qwen2_vl")
+    env = {**os.environ, "TANGO_TINY_VIDEO_DIR": lmms["videos"], "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "HF_HOME": str(lmms["root"] / "hf"), "WANDB_MODE": "disabled", "FORCE_QWENVL_VIDEO_READER": "decord"}
+    proc = subprocess.run([lmms["python"], "-m", "lmms_eval", "--model", "tango_qwen2_vl", "--model_args",
+                           f"pretrained={ckpt},device=cpu,device_map=cpu,max_pixels={SIDE * SIDE},max_num_frames=3,"
+                           "tango_sink_positions=[999]", "--tasks", "tango_tiny_video", "--include_path",
+                           str(TASKS), "--limit", "1", "--output_path", str(lmms["root"] / "out_fail")],
+                          env=env, capture_output=True, text=True, timeout=600, cwd=str(lmms["root"]))
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0  # lmms-eval's own behaviour
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    assert last.startswith("tango: tango_qwen2_vl: the evaluation failed inside this model (ValueError: "), last
+    assert "outside the 16-token frame grid" in last and "results are missing or incomplete" in last
 
 
 def test_cli_tango_qwen2_vl_batch_of_two(lmms):
@@ -319,13 +305,15 @@ def test_cli_tango_qwen2_vl_batch_of_two(lmms):
     _check_run(data, samples, report, "tango_qwen2_vl", expected, tokens_per_patch=16, ratio=0.5)
 
 
-@pytest.mark.parametrize("force_simple", [False, True], ids=["chat", "simple"])
-def test_cli_tango_qwen2_5_vl(lmms, force_simple):
+@pytest.mark.parametrize("force_simple,batch", [(False, 1), (True, 1), (False, 2)],
+                         ids=["chat", "simple", "chat-batch2"])
+def test_cli_tango_qwen2_5_vl(lmms, force_simple, batch):
     ckpt = _checkpoint(lmms, "qwen2_5_vl")
     args = (f"pretrained={ckpt},device=cpu,device_map=cpu,min_pixels=3136,max_pixels={SIDE * SIDE},"
             "max_num_frames=3,tango_ratio=0.25")
     extra = ("--force_simple",) if force_simple else ()
-    data, samples, report, _ = _run_cli(lmms, "tango_qwen2_5_vl", args, extra=extra)
+    data, samples, report, _ = _run_cli(lmms, "tango_qwen2_5_vl", args, extra=extra, batch_size=batch)
+    assert report["generate_calls"] == 2 // batch  # the chat wrapper batches too (docs/lmms_eval.md)
     assert report["wrapper"].endswith("simple.qwen2_5_vl.Qwen2_5_VL" if force_simple else "chat.qwen2_5_vl.Qwen2_5_VL")
     if force_simple:  # qwen-vl-utils at 2 fps, then lmms-eval's re-sampling (which keeps the last frame)
         expected = {n: _resampled(_qwen_vl_utils_indices(*CLIPS[n]), 3, append_last=True) for n in CLIPS}
@@ -508,3 +496,29 @@ def test_entry_point_and_legacy_plugin_registration(lmms):
 
 if __name__ == "__main__":  # pragma: no cover - `python tests/test_lmms_eval.py` runs this file alone
     sys.exit(pytest.main([__file__, "-v", "-s"]))
+
+
+def _doc_block(path: Path, after: str) -> str:
+    """The first ```bash block after the line containing `after` in a docs page."""
+    text = path.read_text()
+    start = text.index("```bash", text.index(after))
+    return text[start + len("```bash"):text.index("```", start + 7)].strip()
+
+
+def test_the_documented_tiny_run_works_as_written(lmms, tmp_path):
+    """docs/lmms_eval.md's "By hand" block, verbatim, from a folder laid out like the repository root (tests/ and
+    lmms-venv/ linked in, this environment's tango-plugin on PATH)."""
+    block = _doc_block(ROOT / "docs" / "lmms_eval.md", "By hand")
+    (tmp_path / "tests").symlink_to(ROOT / "tests")
+    (tmp_path / "lmms-venv").symlink_to(Path(lmms["python"]).parents[1])
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+           "HF_HOME": str(lmms["root"] / "hf"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(["bash", "-eo", "pipefail", "-c", block], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=900)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text[-4000:]
+    assert glob.glob(str(tmp_path / "out" / "**" / "*_results.json"), recursive=True), text[-4000:]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert [r["pruned"] for r in report["samples"]] == [True, True]
+    assert "tango: tango_qwen2_vl: 2 of 2 videos pruned" in text

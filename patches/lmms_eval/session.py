@@ -365,6 +365,7 @@ class TangoSession(HarnessSession):
         """While the wrapper evaluates: decoders in its modules record, and requests are known for the report."""
         if not self.enabled:
             yield
+            self.log_info(self.run_line())
             return
         self._requests = [_request_key(r) for r in requests]
         swaps = []
@@ -379,13 +380,26 @@ class TangoSession(HarnessSession):
                 module.VideoReader = recording_video_reader(real_cls, self.book)
         try:
             yield
+        except Exception as err:
+            self.note_failure(err)
+            raise
         finally:
             for module, name, real in reversed(swaps):
                 setattr(module, name, real)
             self.write_report()
+        self.log_info(self.run_line())
 
     def log(self, text: str) -> None:
         self._log(text)
+
+    @staticmethod
+    def log_info(text: str) -> None:
+        try:
+            from loguru import logger  # lmms-eval's logger: its INFO lines reach the console
+
+            logger.info(text)
+        except ImportError:  # pragma: no cover - lmms-eval always has loguru
+            print(text, file=sys.stderr)
 
     @staticmethod
     def _log(text: str) -> None:

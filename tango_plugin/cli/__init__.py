@@ -1,4 +1,4 @@
-"""Command line: `tango-plugin demo | info | prune | run | matrix | profile | tiny`.
+"""Command line: `tango-plugin demo | info | prune | run | matrix | profile | tiny | clip`.
 
     tango-plugin demo                 # generated video, no downloads: engine + tiny random Video LLMs
     tango-plugin info                 # registered strategies, adapters and presets
@@ -7,6 +7,7 @@
     tango-plugin matrix --adapters qwen2_vl --strategies tango topk --ratios 0.1   # adapters x strategies x ratios
     tango-plugin profile --tiny qwen2_vl --repeats 3   # per-stage times and memory, unpruned vs pruned (also --model)
     tango-plugin tiny qwen2_vl ./tiny-qwen2-vl         # a tiny random checkpoint folder for trying the docs' commands
+    tango-plugin clip videos/clip_a.mp4 --frames 16 --fps 8   # a small synthetic video file
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """`tango-plugin tiny MODEL_TYPE OUTPUT_DIR`: write a tiny random checkpoint folder (weights, config, tokenizer,
-processor with a chat template; no downloads) that the commands of docs/ run on as written."""
+processor with a chat template; no downloads); `tango-plugin clip OUT.mp4`: a small synthetic video. The commands of
+docs/ run on these as written."""
 
 from __future__ import annotations
 
@@ -19,6 +20,20 @@ def add_parser(sub) -> None:
     tiny.add_argument("--seed", type=int, default=0)
     tiny.add_argument("--tango", help="a tango section (JSON object of knobs) to write into config.json")
     tiny.set_defaults(func=cmd_tiny)
+    clip = sub.add_parser("clip", help="write a small synthetic video file (MPEG-4) for trying commands")
+    clip.add_argument("output", help="the .mp4 file to write")
+    clip.add_argument("--frames", type=int, default=16)
+    clip.add_argument("--fps", type=int, default=8)
+    clip.add_argument("--side", type=int, default=112, help="width and height in pixels")
+    clip.set_defaults(func=cmd_clip)
+
+
+def cmd_clip(args: argparse.Namespace) -> int:
+    from ..testing.clips import write_clip
+
+    path = write_clip(args.output, args.frames, args.fps, side=args.side)
+    print(f"wrote {path}: {args.frames} frames at {args.fps} fps, {args.side} x {args.side} px")
+    return 0
 
 
 def cmd_tiny(args: argparse.Namespace) -> int:
