@@ -113,8 +113,14 @@ class HarnessSession:
         frame times came from (printed at the end of each harness run)."""
         if not self.enabled:
             return f"tango: {self.name}: off (tango=false): nothing pruned"
-        videos = [v for r in self.records for v in r.get("videos") or []]
-        pruned = sum(int(r.get("videos") or 0) for r in self.records if r.get("pruned"))
+        # a record's "videos" is its list of video entries (a harness report) or the engine's count
+        def count(row) -> int:
+            videos = row.get("videos")
+            return len(videos) if isinstance(videos, list) else int(videos or 0)
+
+        videos = [v for r in self.records if isinstance(r.get("videos"), list) for v in r["videos"]]
+        pruned = sum(count(r) for r in self.records if r.get("pruned"))
+        total = sum(count(r) for r in self.records)
         before = sum(int(r.get("visual_tokens_before") or 0) for r in self.records)
         after = sum(int(r.get("visual_tokens_after") or 0) for r in self.records)
         share = f" ({after / before:.1%})" if before else ""
@@ -124,7 +130,7 @@ class HarnessSession:
             sources[key] = sources.get(key, 0) + 1
         times = ", ".join(f"{k} x{n}" for k, n in sorted(sources.items())) or "no videos"
         report = f"; report: {self.report_path}" if self.report_path else ""
-        return (f"tango: {self.name}: {pruned} of {len(videos)} videos pruned in {self.calls} calls, visual tokens "
+        return (f"tango: {self.name}: {pruned} of {total} videos pruned in {self.calls} calls, visual tokens "
                 f"{before} -> {after}{share}; frame times: {times}{report}")
 
     def note_failure(self, err: BaseException) -> None:
