@@ -123,6 +123,7 @@ class _Video:
     done: bool = False
     note: str = ""
     seconds: float = 0.0
+    times: Optional[List[float]] = None  # the seconds ST-RoPE used for each frame (None: the frame index)
 
 
 @dataclass
@@ -508,6 +509,7 @@ class LlavaNextAdapter(ModelAdapter):
         saliency = original(patch[..., None]).squeeze(-1).float()
         sinks, note = self.sink_positions(L, PRESETS[call.pool])
         times = self.video_timestamps(video.index, T, {"tango_video_timestamps": call.timestamps})
+        video.times = None if times is None else [float(x) for x in times]
         if times is None:
             self.state.warn_once("timestamps", MISSING_TIMES_NOTE)
             note = "; ".join(n for n in (note, "no frame times given (frame index used as time)") if n)
@@ -571,7 +573,9 @@ class LlavaNextAdapter(ModelAdapter):
                 saliency_source=source if mine else "none",
                 prune_seconds=sum(v.seconds for v in mine) + shared * len(mine) / max(1, len(call.videos)),
                 pruned=bool(mine) and call.need_saliency and all(v.done for v in mine),
-                note="; ".join(notes) if mine else "no video in this row"))
+                note="; ".join(notes) if mine else "no video in this row",
+                video_timestamps=[v.times for v in mine],
+                timestamps_source=self.timestamps_source({"tango_video_timestamps": call.timestamps})))
         if call.need_saliency and any(v.before == 0 for v in call.videos):
             self.state.warn_once("not-pooled", "a video of this call never reached get_2dPool, so it was not pruned")
         self.state.record(rows)

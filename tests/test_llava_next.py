@@ -300,7 +300,11 @@ def test_frame_times_reach_the_strategy_exactly(build):
         model.generate(ids, images=[video], modalities=["video"], max_new_tokens=2, do_sample=False,
                        tango_video_timestamps=[true])
         logits(model, ids, video, tango_video_timestamps=true.tolist())
-        assert handle.report()["samples"][0]["pruned"] is True
+        row = handle.report()["samples"][0]
+        assert row["pruned"] is True
+        # the report states the times the engine used and where they came from, as every adapter's does
+        assert row["video_timestamps"] == [true.tolist()]
+        assert row["timestamps_source"] == "tango_video_timestamps (per call)"
     assert len(seen) == 2 and all(torch.equal(t, true) for t in seen)
     print("frame times the engine got:", [t.tolist() for t in seen], "true:", true.tolist())
 
@@ -331,7 +335,9 @@ def test_missing_frame_times_warn_once_and_the_report_says_so(build):
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             logits(model, ids, video)  # once per handle
-        assert "no frame times given" in handle.report()["samples"][0]["note"]
+        row = handle.report()["samples"][0]
+        assert "no frame times given" in row["note"]
+        assert row["video_timestamps"] == [None] and row["timestamps_source"] == "none: frame index"
     assert seen == [None, None]
 
 
