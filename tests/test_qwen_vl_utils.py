@@ -208,3 +208,31 @@ def test_model_card_code_without_the_extra_argument(env, family):
         row = h.report()["samples"][0]
     assert row["pruned"] and row["timestamps_source"] == "none: frame index"
     assert row["video_timestamps"] == [None]
+
+
+def test_the_documented_code_runs_as_written(tmp_path):
+    """docs/qwen_vl_utils.md: its setup block and its code block, verbatim, in a scratch folder."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    page = (root / "docs" / "qwen_vl_utils.md").read_text()
+    start = page.index("```bash", page.index("## The code"))
+    setup = page[start + len("```bash"):page.index("```", start + 7)].strip()
+    start = page.index("```python", start)
+    code = page[start + len("```python"):page.index("```", start + 9)].strip()
+    code += "\nprint('TIMES', handle.report()['samples'][0]['video_timestamps'], " \
+            "handle.report()['samples'][0]['timestamps_source'])"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+           "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(["bash", "-eo", "pipefail", "-c", setup], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("TIMES"))
+    # 20 frames at 5 fps read at 2 fps: frames round(linspace(0, 19, 8)) at 0, 0.6, ..., 3.8 s, one per patch
+    assert "tango_video_timestamps (per call)" in line and "[[0.0, " in line
