@@ -24,19 +24,21 @@ def _describe(err: BaseException) -> str:
     return " <- ".join(parts)
 
 
+def _one_video(video, np):
+    frames = np.load(video["frames"])
+    meta = {"fps": float(video["fps"]), "duration": len(frames) / float(video["fps"]),
+            "total_num_frames": int(video.get("total_num_frames", len(frames))),
+            "frames_indices": list(video.get("indices", range(len(frames)))), "video_backend": "opencv",
+            "do_sample_frames": False}
+    return frames if video.get("no_metadata") else (frames, meta)
+
+
 def _media(request, np):
     data = {}
-    video = request.get("video")
-    if video is not None:
-        frames = np.load(video["frames"])
-        meta = {"fps": float(video["fps"]), "duration": len(frames) / float(video["fps"]),
-                "total_num_frames": int(video.get("total_num_frames", len(frames))),
-                "frames_indices": list(video.get("indices", range(len(frames)))), "video_backend": "opencv",
-                "do_sample_frames": False}
-        if video.get("no_metadata"):
-            data["video"] = frames
-        else:
-            data["video"] = (frames, meta)
+    if request.get("video") is not None:
+        data["video"] = _one_video(request["video"], np)
+    if request.get("videos") is not None:  # several videos in one request
+        data["video"] = [_one_video(v, np) for v in request["videos"]]
     image = request.get("image")
     if image is not None:
         from PIL import Image
