@@ -395,3 +395,176 @@ def test_evs_ties_go_to_the_lower_index():
     tokens = tango.VisualTokens(features=feats, saliency=torch.rand(3, 4), grid_hw=(2, 2))
     plan = run_strategy(tokens, tango.TangoConfig(retention_ratio=0.5, strategy="evs"))
     assert plan.kept_indices.tolist() == [0, 1, 2, 3, 4, 5]
+
+
+# ============================================================================================ DART
+def _dart_video():
+    """2 frames x 3 tokens of 2-D features; L1 norms 3, 1, 2, 1, 2, 2.1 (tokens 2 and 4 tie)."""
+    feats = torch.tensor([[[3.0, 0.0], [0.0, 1.0], [1.0, 1.0]],
+                          [[-1.0, 0.0], [0.0, -2.0], [2.0, 0.1]]])
+    return tango.VisualTokens(features=feats, saliency=torch.rand(2, 3), grid_hw=(1, 3))
+
+
+def test_dart_keeps_pivots_then_the_least_duplicated_tokens_by_hand():
+    from tango_plugin.strategies.dart import dart_keep_count
+
+    tokens = _dart_video()
+    flat = tokens.features.reshape(6, 2)
+
+    def kept(r, **options):
+        config = tango.TangoConfig(retention_ratio=r, strategy="dart", strategy_options=options)
+        plan = run_strategy(tokens, config)
+        assert torch.equal(plan.features, flat[plan.kept_indices])  # features unchanged
+        return plan.kept_indices.tolist()
+
+    # target ceil(6 * 0.5) = 3 <= 4 pivots -> the 3 largest L1: 0 (3), 5 (2.1), then 2 and 4 tie at 2 -> 2
+    assert kept(0.5) == [0, 2, 5]
+    # one pivot (token 0, along +x), quota 2: cosines 1: 0, 2: 0.71, 3: -1, 4: 0, 5: 0.999 -> 3, then 1 (ties 4)
+    assert kept(0.5, pivot_tokens=1) == [0, 1, 3]
+    # two pivots 0 and 5, target ceil(3.6) = 4, 2 to pick: pivot 0 takes ceil(2 / 2) = 1 -> 3 (cos -1); pivot 5
+    # (2, 0.1) takes ceil(1 / 1) = 1 of 1, 2, 4 with cosines 0.05, 0.74, -0.05 -> 4
+    assert kept(0.6, pivot_tokens=2) == [0, 3, 4, 5]
+    assert dart_keep_count(6, 0.001) == 1 and dart_keep_count(6, 0.6) == 4 and dart_keep_count(6, 1.0) == 6
+    with pytest.raises(ValueError, match="pivot_tokens"):
+        kept(0.5, pivot_tokens=0)
+
+
+def test_dart_quota_is_resplit_so_the_target_is_exact():
+    # 40 random tokens, 3 pivots, every target from 1 to 40: exactly the target, pivots always kept
+    torch.manual_seed(0)
+    from tango_plugin.strategies.dart import dart_select
+
+    x = torch.randn(40, 8)
+    pivots = torch.argsort(x.abs().sum(-1), descending=True, stable=True)[:3]
+    for target in range(1, 41):
+        idx = dart_select(x, target, 3)
+        assert idx.numel() == target and torch.equal(idx, torch.sort(idx).values)
+        assert set(pivots[:min(3, target)].tolist()) <= set(idx.tolist())
+
+
+# ============================================================================================ FlashVID
+def test_flashvid_budget_matches_the_authors_table():
+    from tango_plugin.strategies.flashvid import flashvid_budget
+
+    # the authors' arithmetic with their 1.25 expansion (LLaVA-OV 196 tokens, LLaVA-Video 169): floating-point ceil,
+    # so 169 * 0.1 * 1.25 = 21.125000000000004 -> 22
+    assert flashvid_budget(196, 0.10, 0.7, 1.25) == (25, 18, 7)
+    assert flashvid_budget(196, 0.25, 0.7, 1.25) == (62, 44, 18)
+    assert flashvid_budget(169, 0.10, 0.7, 1.25) == (22, 16, 6)
+    assert flashvid_budget(196, 0.10, 0.7, 1.0) == (20, 14, 6)  # our default: ceil(L r) per frame
+    assert flashvid_budget(4, 0.01, 0.7, 1.0) == (1, 1, 0)
+
+
+def _angles_to_frames(angles, tokens=3):
+    """(T, tokens, 2) frames whose tokens all point at the frame's angle (degrees)."""
+    rad = torch.tensor(angles, dtype=torch.float64) * math.pi / 180
+    unit = torch.stack([rad.cos(), rad.sin()], -1).float()
+    return unit[:, None, :].expand(-1, tokens, -1).contiguous()
+
+
+def test_flashvid_dyseg_cuts_below_the_threshold_then_at_the_least_similar_transitions():
+    from tango_plugin.strategies.flashvid import dyseg
+
+    # transitions' cosines: cos 5 = 0.996, cos 60 = 0.5, cos 20 = 0.94, cos 10 = 0.985
+    means = _angles_to_frames([0, 5, 65, 85, 95]).mean(1)
+    assert dyseg(means, 0.9, 1, True) == [2, 3]  # one cut, after frame 1
+    assert dyseg(means, 0.9, 3, True) == [2, 1, 2]  # + the least similar other transition (frame 2 -> 3)
+    assert dyseg(means, 0.9, 3, False) == [2, 3]
+    assert dyseg(means, 0.9, 99, True) == [1, 1, 1, 1, 1]  # never more cuts than transitions
+    assert dyseg(means, 0.99, 1, True) == [2, 1, 1, 1]  # 0.94 and 0.985 are below 0.99 too
+
+
+def test_flashvid_adts_is_greedy_max_min_on_attention_calibrated_distances():
+    from tango_plugin.strategies.flashvid import adts
+
+    # x0 = +x, x1 = +y, x2 = -x, x3 = diagonal; distances 1 - cos: d01 = 1, d02 = 2, d03 = 0.29, d12 = 1,
+    # d13 = 0.29, d23 = 1.71
+    x = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [1.0, 1.0]]])
+    # attention [1, 1, 1, 4]: first pick maximises a_j min_i d_ij = [0.29, 0.29, 1, 4 * 0.29 = 1.17] -> 3; then
+    # d_3j a_j = [0.29, 0.29, 1.71] -> 2; then min(d_3j, d_2j) a_j = [0.29, 0.29]: tie -> 0
+    attn = torch.tensor([[1.0, 1.0, 1.0, 4.0]])
+    assert adts(x, attn, 2, "attn_div").tolist() == [[2, 3]]
+    assert adts(x, attn, 3, "attn_div").tolist() == [[0, 2, 3]]
+    # equal attention: plain max-min, first pick 2 (min distance 1), then d_2j = [2, 1, 1.71] -> 0
+    flat = torch.ones(1, 4)
+    assert adts(x, flat, 2, "attn_div").tolist() == [[0, 2]]
+    # v2: weight = attention x <x_j, segment mean (0.25, 0.5)> = [0.25, 0.5, -0.25, 0.75]: first pick
+    # [0.07, 0.15, -0.25 * 2 = -0.5, 0.22] -> 3, then d_3j w_j = [0.07, 0.15, -0.43] -> 1
+    assert adts(x, flat, 2, "attn_div_v2").tolist() == [[1, 3]]
+    # frames are independent: two frames at once give each frame's own answer
+    both = adts(torch.cat([x, x.flip(1)]), torch.cat([attn, attn.flip(1)]), 2, "attn_div")
+    assert both.tolist() == [[2, 3], [0, 1]]
+
+
+def _chain_segment():
+    """3 frames x 2 tokens: token 0 drifts slowly (a chain 0 <- 0 <- 0), token 1 of frame 1 is new and frame 2's
+    token 1 repeats it."""
+    return torch.tensor([[[1.0, 0.0], [0.0, 1.0]],
+                         [[1.0, 0.1], [-1.0, 0.0]],
+                         [[1.0, 0.2], [-1.0, 0.05]]])
+
+
+def test_flashvid_trees_link_to_the_previous_frame_and_average_the_whole_tree():
+    from tango_plugin.strategies.flashvid import aggregate_trees, merge_flags, tree_parents
+
+    x = _chain_segment()
+    none = torch.zeros(3, 2, dtype=torch.bool)
+    parent, sim = tree_parents(x, none)
+    assert parent[1:].tolist() == [[0, 1], [0, 1]]
+    assert sim[0].tolist() == [-1.0, -1.0]
+    flags = merge_flags(sim, 0.8, 3)
+    assert flags.tolist() == [[False, False], [True, False], [True, True]]
+    trees = aggregate_trees(x, parent, flags)
+    # the whole tree's mean at each root (the authors' code divides by 1 + direct children: (a + b + c) / 2 here)
+    assert torch.allclose(trees[0, 0], x[:, 0].mean(0))
+    assert torch.allclose(trees[1, 1], x[1:, 1].mean(0))
+    assert torch.equal(trees[0, 1], x[0, 1])
+    # fewer roots than the lower bound 4: only similarities above the (6 - 4) = 2nd largest merge
+    assert merge_flags(sim, 0.8, 4).tolist() == [[False, False], [False, False], [False, True]]
+    # an ADTS pick is never a child nor a parent
+    picked = none.clone()
+    picked[1, 0] = True
+    parent, sim = tree_parents(x, picked)
+    assert sim[1, 0] == -1 and parent[2, 0] == 1 and sim[2, 0] < 0
+
+
+def test_flashvid_dpc_centres_follow_the_authors_density_formula():
+    from tango_plugin.strategies.flashvid import dpc_centres
+
+    torch.manual_seed(3)
+    for n, count, dim in [(30, 5, 8), (12, 9, 4), (50, 7, 16), (9, 2, 3)]:
+        x = torch.randn(n, dim)
+        k = min(count, 7)
+        d = torch.cdist(x.double(), x.double()) / math.sqrt(dim)  # the authors' form, written out
+        density = (-(d.sort(dim=1).values[:, :k] ** 2).mean(1)).exp()
+        # equal densities (mutual nearest neighbours at k = 2): the lower index counts as denser (the authors add
+        # 1e-6 uniform noise to break them at random)
+        idx = torch.arange(n)
+        same = density[None, :] == density[:, None]
+        denser = (density[None, :] > density[:, None]) | (same & (idx[None] < idx[:, None]))
+        delta = torch.where(denser, d, torch.full_like(d, float("inf"))).min(1).values
+        delta[torch.isinf(delta)] = d.max()
+        expected = torch.argsort(density * delta, descending=True, stable=True)[:count]
+        assert dpc_centres(x, count).tolist() == expected.tolist()
+    assert dpc_centres(torch.randn(5, 3), 1).tolist() == [0]  # k = 1: every density is 1
+
+
+def test_flashvid_keeps_its_picks_and_about_the_budget():
+    from tango_plugin.strategies.flashvid import adts, flashvid_budget
+
+    torch.manual_seed(0)
+    video = synthetic_video(12, (4, 4), 32, num_scenes=2, seed=1)
+    tokens = VisualTokens(features=video.features, saliency=video.saliency, grid_hw=(4, 4))
+    options = {"complementary_segment": False, "segment_threshold": -1.0}  # one segment
+    plan = run_strategy(tokens, tango.TangoConfig(retention_ratio=0.5, strategy="flashvid",
+                                                  strategy_options=options))
+    budget, A, S = flashvid_budget(16, 0.5, 0.7, 1.0)
+    picks = adts(video.features, video.saliency, A, "attn_div_v2") + torch.arange(12)[:, None] * 16
+    flat = video.features.reshape(-1, 32)
+    kept = plan.kept_indices.tolist()
+    assert set(picks.flatten().tolist()) <= set(kept)
+    at_picks = torch.tensor([kept.index(i) for i in picks.flatten().tolist()])
+    assert torch.equal(plan.features[at_picks], flat[picks.flatten()])  # picked tokens unchanged
+    assert 12 * budget <= len(kept) <= 12 * budget + 12  # A + at least S per frame, ceil per frame
+    with pytest.raises(ValueError, match="selection"):
+        run_strategy(tokens, tango.TangoConfig(strategy="flashvid", strategy_options={"selection": "dpp"}))

@@ -6,7 +6,9 @@ A strategy sees one video's `VisualTokens` and returns a `PrunePlan` (docs/archi
 
 from . import baselines  # noqa: F401,I001  (registers random, visionzip, divprune, fastvid, holitom, vidcom2)
 from . import builtin  # noqa: F401  (registers tango, topk, uniform)
+from . import dart  # noqa: F401  (registers dart)
 from . import evs  # noqa: F401  (registers evs)
+from . import flashvid  # noqa: F401  (registers flashvid)
 from .base import (
     STRATEGIES,
     PrunePlan,
