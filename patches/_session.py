@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import sys
+import time
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -42,6 +43,10 @@ class HarnessSession:
         self.calls = 0
         self.failures: List[str] = []
         self._warned: set = set()
+        self.prefills: List[dict] = []  # one per generate call: {"seconds", "rows"}
+        self._prefill_start: Optional[Tuple[float, int]] = None
+        self._own_registry = None
+        self._cuda = False
 
     # ------------------------------------------------------------------------------------------ enabling
     def enable(self, model: Any, routes: Dict[str, Callable]) -> None:
@@ -54,7 +59,60 @@ class HarnessSession:
         except ValueError as err:
             raise ValueError(f"{self.name}: cannot enable Tango on this model: {err}") from None
         for method, route in routes.items():
-            self.handle.registry.wrap_method(f"harness:{method}", model, method, route)
+            self.registry(model).wrap_method(f"harness:{method}", model, method, route)
+
+    def registry(self, model: Any):
+        """Where the session's wrappers go: the Tango handle's hook registry, or (tango=false) one of its own, so
+        that they are listed and removable the same way."""
+        if self.handle is not None:
+            return self.handle.registry
+        if self._own_registry is None:
+            from tango_plugin.integration.hooks import HookRegistry
+
+            self._own_registry = HookRegistry(model)
+        return self._own_registry
+
+    def time_prefills(self, model: Any) -> None:
+        """Time each `generate` call from its start to the end of its first forward: the prefill (vision tower,
+        pruning and the LLM's pass over the prompt), with or without Tango, CUDA synchronised at both ends. The
+        report's `prefill` says how many calls and rows, and the seconds per row."""
+        try:
+            self._cuda = next(model.parameters()).is_cuda
+        except (AttributeError, StopIteration, TypeError):
+            self._cuda = False
+        registry = self.registry(model)
+        registry.wrap_method("harness:prefill-start", model, "generate", self._timed_generate)
+        registry.add_forward_hook("harness:prefill-end", model, self._prefill_end)
+
+    def _sync(self) -> None:
+        if self._cuda:
+            import torch
+
+            torch.cuda.synchronize()
+
+    def _timed_generate(self, original: Callable, args: tuple, kwargs: dict):
+        ids = kwargs.get("input_ids", kwargs.get("inputs", args[0] if args else None))
+        rows = int(ids.shape[0]) if getattr(ids, "ndim", 0) == 2 else 1
+        self._sync()
+        self._prefill_start = (time.perf_counter(), rows)
+        try:
+            return original(*args, **kwargs)
+        finally:
+            self._prefill_start = None
+
+    def _prefill_end(self, module: Any, inputs: Any, output: Any) -> None:
+        if self._prefill_start is None:  # a decoding step, or a forward outside generate
+            return
+        start, rows = self._prefill_start
+        self._prefill_start = None
+        self._sync()
+        self.prefills.append({"seconds": time.perf_counter() - start, "rows": rows})
+
+    def prefill_summary(self) -> dict:
+        seconds = sum(p["seconds"] for p in self.prefills)
+        rows = sum(p["rows"] for p in self.prefills)
+        return {"calls": len(self.prefills), "rows": rows, "seconds": seconds,
+                "seconds_per_row": seconds / rows if rows else None}
 
     def pass_frame_times(self, carrier: Any, kwargs: dict) -> None:
         """Put the traced frame times of a processor output's `carrier` into `kwargs` as `tango_video_timestamps`
@@ -106,7 +164,7 @@ class HarnessSession:
         return {"model": self.name, **self.summary_fields(), "enabled": self.enabled,
                 "config": self.config.to_dict(), "enable_options": self.options, "generate_calls": self.calls,
                 "visual_tokens_before": before, "visual_tokens_after": after, "warnings": self.warnings,
-                "samples": self.records}
+                "prefill": self.prefill_summary(), "samples": self.records}
 
     def run_line(self) -> str:
         """One line on what Tango did in this run so far: videos pruned, visual tokens before / after, where the

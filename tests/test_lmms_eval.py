@@ -255,6 +255,10 @@ def _check_run(data, samples, report, model: str, expected: dict, tokens_per_pat
         assert row["visual_tokens_after"] < row["visual_tokens_before"]
         seen[name] = video["frame_times"]
     assert set(seen) == set(CLIPS)
+    # every generate call's prefill was timed, and the rows are the two documents (one call each, or one of two)
+    prefill = report["prefill"]
+    assert prefill["calls"] == report["generate_calls"] >= 1 and prefill["rows"] == 2
+    assert prefill["seconds"] > 0 and prefill["seconds_per_row"] == pytest.approx(prefill["seconds"] / 2)
     print(f"\n{model}: frame times the engine got {seen}")
     return seen
 

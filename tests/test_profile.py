@@ -67,7 +67,12 @@ def test_json_has_the_table_numbers_and_the_report_counts(capsys):
     assert seq["pruned"] == seq["unpruned"] - sample["visual_tokens_before"] + sample["visual_tokens_after"]
     run = data["runs"]["pruned"][0]
     assert run["new_tokens"] == 3
-    # saliency + strategy + splice is the report's pruning time
+    # each stage column is the report's own field for that stage (measured apart, not derived by subtraction),
+    # every stage took time, and together they are the report's pruning time
+    assert run["saliency_ms"] == pytest.approx(sample["saliency_seconds"] * 1e3, rel=1e-9)
+    assert run["strategy_ms"] == pytest.approx(sample["strategy_seconds"] * 1e3, rel=1e-9)
+    assert run["splice_ms"] == pytest.approx(sample["splice_seconds"] * 1e3, rel=1e-9)
+    assert min(run["saliency_ms"], run["strategy_ms"], run["splice_ms"]) > 0
     total = run["saliency_ms"] + run["strategy_ms"] + run["splice_ms"]
     assert total == pytest.approx(sample["prune_seconds"] * 1e3, rel=1e-6, abs=1e-6)
     assert data["model_left_clean"] and data["left_on_model"] == []
@@ -193,3 +198,23 @@ def test_profile_on_a_saved_checkpoint_and_video_file(tmp_path, capsys):
     assert data["stages"]["visual_tokens"]["pruned"] == sample["visual_tokens_after"] < sample["visual_tokens_before"]
     assert sample["timestamps_source"].startswith("tango_video_timestamps")
     assert data["model_left_clean"]
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_vl", "qwen3_vl"])
+def test_build_sized_model_keeps_a_resized_qwen_consistent(model_type):
+    """A Qwen model at another head size gets M-RoPE sections that cover its new head_dim, and a merger that writes
+    features of the LLM's width: it runs a video forward."""
+    from tango_plugin.testing import VideoSpec, build_sized_model, build_tokenizer, video_inputs
+    from tango_plugin.testing.tiny_models import mrope_section
+
+    tok = build_tokenizer("qwen")
+    model = build_sized_model(model_type, tok, text={"hidden_size": 96, "num_attention_heads": 4})
+    text = model.config.get_text_config()
+    assert text.hidden_size == 96
+    assert sum(text.rope_parameters["mrope_section"]) == 96 // 4 // 2 == sum(mrope_section(24))
+    inputs = video_inputs(model, tok, [[VideoSpec(frames=4)]], ["what happens?"])
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    assert logits.shape[:2] == inputs["input_ids"].shape and torch.isfinite(logits).all()
+    with pytest.raises(ValueError, match="hidden_size 100 is not divisible by num_attention_heads 7"):
+        build_sized_model(model_type, tok, text={"hidden_size": 100, "num_attention_heads": 7})

@@ -330,6 +330,7 @@ class TangoSession(HarnessSession):
         wrappers are entries of the handle's hook registry)."""
         if self.enabled:
             self.enable(model, {"generate": self._route_generate, "forward": self._route_forward})
+        self.time_prefills(model)  # also with tango=false: the unpruned baseline's prefill time
         self.write_report()
 
     def _route_generate(self, original, args, kwargs):
@@ -363,13 +364,9 @@ class TangoSession(HarnessSession):
     @contextlib.contextmanager
     def evaluating(self, requests: Sequence[Any]):
         """While the wrapper evaluates: decoders in its modules record, and requests are known for the report."""
-        if not self.enabled:
-            yield
-            self.log_info(self.run_line())
-            return
-        self._requests = [_request_key(r) for r in requests]
         swaps = []
-        for module in _wrapper_modules(type(self.owner)):
+        # with tango=false nothing records frames, but the report is still written (it has the prefill times)
+        for module in _wrapper_modules(type(self.owner)) if self.enabled else ():
             real = module.__dict__.get("process_vision_info")
             if callable(real) and not getattr(real, "tango_recorder", False):
                 swaps.append((module, "process_vision_info", real))
@@ -378,6 +375,8 @@ class TangoSession(HarnessSession):
             if isinstance(real_cls, type) and not getattr(real_cls, "tango_recorder", False):
                 swaps.append((module, "VideoReader", real_cls))
                 module.VideoReader = recording_video_reader(real_cls, self.book)
+        if self.enabled:
+            self._requests = [_request_key(r) for r in requests]
         try:
             yield
         except Exception as err:

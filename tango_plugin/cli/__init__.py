@@ -1,4 +1,4 @@
-"""Command line: `tango-plugin demo | info | prune | run | matrix | profile | tiny | clip`.
+"""Command line: `tango-plugin demo | info | prune | run | matrix | profile | generalize | tiny | clip`.
 
     tango-plugin demo                 # generated video, no downloads: engine + tiny random Video LLMs
     tango-plugin info                 # registered strategies, adapters and presets
@@ -6,6 +6,7 @@
     tango-plugin run --model DIR --video clip.mp4 --question "..." --compare   # a local checkpoint on a video file
     tango-plugin matrix --adapters qwen2_vl --strategies tango topk --ratios 0.1   # adapters x strategies x ratios
     tango-plugin profile --tiny qwen2_vl --repeats 3   # per-stage times and memory, unpruned vs pruned (also --model)
+    tango-plugin generalize --model DIR --strategy tango visionzip --ratio 0.1 0.2 --tasks videomme --output runs/g
     tango-plugin tiny qwen2_vl ./tiny-qwen2-vl         # a tiny random checkpoint folder for trying the docs' commands
     tango-plugin clip videos/clip_a.mp4 --frames 16 --fps 8   # a small synthetic video file
 """
@@ -17,6 +18,7 @@ import sys
 from typing import List, Optional
 
 from .demo import cmd_demo
+from .generalize import add_parser as add_generalize_parser
 from .info import cmd_info
 from .matrix import add_parser as add_matrix_parser
 from .profile import add_parser as add_profile_parser
@@ -72,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     add_matrix_parser(sub)
     add_profile_parser(sub)
+    add_generalize_parser(sub)
     add_tiny_parser(sub)
     return parser
 

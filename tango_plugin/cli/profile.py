@@ -370,13 +370,15 @@ def measure_run(model, inputs: dict, new_tokens: int, timer: Timer, device: str,
         samples = report["samples"]
         prune_s = sum(s["prune_seconds"] for s in samples)
         saliency_s = sum(s.get("saliency_seconds", 0.0) for s in samples)
-        strategy_s = sum(s.get("strategy_seconds", 0.0) for s in samples)
-        if strategy_s == 0.0 and prune_s > 0.0:
-            strategy_s = None  # an adapter that does not split its time (e.g. llava's)
+        splits = [s.get("splice_seconds") for s in samples]
+        if any(v is None for v in splits):  # an adapter that does not split its time (the llava adapter)
+            strategy_s, splice_s = None, prune_s - saliency_s
+        else:
+            strategy_s, splice_s = sum(s.get("strategy_seconds", 0.0) for s in samples), sum(splits)
         out.update(
             saliency_ms=saliency_s * 1e3,
             strategy_ms=None if strategy_s is None else strategy_s * 1e3,
-            splice_ms=max(0.0, prune_s - saliency_s - (strategy_s or 0.0)) * 1e3,
+            splice_ms=splice_s * 1e3,
             prune_seconds=prune_s,
             visual_tokens=sum(s["visual_tokens_after"] for s in samples),
             visual_tokens_before=sum(s["visual_tokens_before"] for s in samples),
@@ -566,31 +568,9 @@ def _check_args(args) -> None:
         raise ValueError(f"--dtype {args.dtype}: expected one of {', '.join(DTYPES)}")
 
 
-def _mrope_section(head_dim: int) -> List[int]:
-    """M-RoPE sections (t, h, w) summing to head_dim / 2, in Qwen2-VL's 2:3:3 proportion."""
-    half = head_dim // 2
-    t = max(1, half // 4)
-    h = (half - t) // 2
-    return [half - 2 * h, h, h]
-
-
-#: the M-RoPE sections of the tiny Qwen2(.5)-VL recipe (head_dim 16)
-_TINY_MROPE = [2, 3, 3]
-
-
-def _set_mrope_section(model, section: List[int]) -> None:
-    """Qwen2(.5)-VL built by `build_model` at another head size: its rotary embeddings (which read the sections at
-    init) and its config get sections that fit the new head_dim."""
-    text = model.config.get_text_config()
-    text.rope_parameters = dict(text.rope_parameters, mrope_section=list(section))
-    for m in model.modules():
-        if isinstance(getattr(m, "mrope_section", None), list):
-            m.mrope_section = list(section)
-
-
 def build_tiny(args) -> Tuple[Any, dict, dict, dict]:
     """The --tiny model and its inputs: (model, inputs, description, enable options)."""
-    from ..testing import VideoSpec, build_model, build_tokenizer, video_inputs
+    from ..testing import VideoSpec, build_sized_model, build_tokenizer, video_inputs
 
     model_type = args.tiny or TINY_DEFAULT
     dtype = torch.float32 if args.dtype == "auto" else getattr(torch, args.dtype)
@@ -599,35 +579,18 @@ def build_tiny(args) -> Tuple[Any, dict, dict, dict]:
     for key, value in _parse_pairs(args.text, "--text").items():
         text.setdefault(key, value)
     qwen = model_type.startswith("qwen")
-    mrope = None
-    if text:
-        hidden, heads = text.get("hidden_size", 64), text.get("num_attention_heads", 4)
-        if hidden % heads:
-            raise ValueError(f"--hidden {hidden} is not divisible by --heads {heads}")
-        kv = text.get("num_key_value_heads", 2)
-        if heads % kv:
-            raise ValueError(f"--heads {heads} is not divisible by --kv-heads {kv}")
-        if qwen:
-            head_dim = hidden // heads
-            rope = {"rope_type": "default", "mrope_section": _mrope_section(head_dim), "rope_theta": 1e6}
-            if model_type.startswith("qwen3"):
-                text.update(head_dim=head_dim, rope_parameters=dict(rope, mrope_interleaved=True))
-            else:  # build_model fixes Qwen2(.5)-VL's rope_parameters: the sections are set after building
-                mrope = rope["mrope_section"]
-            # the vision merger writes LLM-width features
-            out_key = "hidden_size" if model_type == "qwen2_vl" else "out_hidden_size"
-            vision.setdefault(out_key, hidden)
     size = args.size
     if size is not None and not qwen:
         vision.setdefault("image_size", size)  # LLaVA frames are the tower's image size
         size = None
     tok = build_tokenizer("qwen" if qwen else "llava")
     try:
-        model = build_model(model_type, tok, seed=args.seed, dtype=dtype, text_overrides=text or None, **vision)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"--tiny {model_type}: the size options do not make a valid model ({exc})") from exc
-    if mrope is not None and mrope != _TINY_MROPE:
-        _set_mrope_section(model, mrope)
+        model = build_sized_model(model_type, tok, text=text, vision=vision, seed=args.seed, dtype=dtype)
+    except ValueError as exc:  # name the command's flags, not the config keys
+        message = str(exc)
+        for flag, key in TEXT_SIZE:
+            message = message.replace(f"{key} ", f"{_flag(flag)} ")
+        raise ValueError(f"--tiny {message}" if message.startswith(model_type) else message) from exc
     if args.size is not None and qwen:
         step = model.config.vision_config.patch_size * model.config.vision_config.spatial_merge_size
         if args.size % step:
@@ -652,13 +615,13 @@ def build_checkpoint(args) -> Tuple[Any, dict, dict, dict, dict]:
 
     if args.video_backend not in ("auto",) + VIDEO_BACKENDS:
         raise ValueError(f"--video-backend {args.video_backend}: expected auto or one of {', '.join(VIDEO_BACKENDS)}")
-    model_type = run_cli._check_model_dir(args.model)
+    model_type = run_cli.check_model_dir(args.model)
     frames = args.frames or 32
     video = read_video(args.video, frames, label="--video", backend=args.video_backend)
     processor = run_cli.load_processor(args.model)
     model = run_cli.load_model(args.model, args.device, args.dtype)
     prompt, how = run_cli.video_prompt(processor, model_type, args.question)
-    inputs = run_cli._inputs(processor, prompt, video, args.device, model.dtype)
+    inputs = run_cli.processor_inputs(processor, prompt, video, args.device, model.dtype)
     desc = {"source": f"--model {args.model}", "model_type": model_type, "class": type(model).__name__,
             "parameters": sum(p.numel() for p in model.parameters()), "frames": len(video.indices),
             "video": args.video, "video_backend": video.backend, "prompt": how}

@@ -62,7 +62,8 @@ def build_config(ratio: Optional[float], preset: Optional[str], config_path: Opt
     return cfg, source
 
 
-def _check_model_dir(model_dir: str) -> str:
+def check_model_dir(model_dir: str) -> str:
+    """The `model_type` of a local checkpoint folder, or a ValueError saying what is missing or unsupported."""
     if not os.path.isdir(model_dir):
         raise ValueError(f"--model {model_dir}: no such folder (a local checkpoint folder with config.json and the "
                          "processor files is needed; nothing is downloaded)")
@@ -129,7 +130,9 @@ def video_prompt(processor, model_type: str, question: str) -> Tuple[str, str]:
     return f"{token}\n{question}", "plain prompt (the processor has no chat template)"
 
 
-def _inputs(processor, prompt: str, video: SampledVideo, device: str, dtype: torch.dtype) -> dict:
+def processor_inputs(processor, prompt: str, video: SampledVideo, device: str, dtype: torch.dtype) -> dict:
+    """The model inputs of one prompt and one sampled video (the processor does not resample: the frames and their
+    metadata are the ones `read_video` chose)."""
     enc = processor(text=[prompt], videos=[video.frames], return_tensors="pt",
                     videos_kwargs={"video_metadata": [video.metadata], "do_sample_frames": False})
     out = {}
@@ -287,7 +290,7 @@ def _run(args, backend: str, say, as_json: bool, progress: Progress) -> int:
     timings = {}
     # the cheap checks first (config, model folder), then decoding, then loading the weights
     cfg, source = build_config(args.ratio, args.preset, args.config)
-    model_type = _check_model_dir(args.model)
+    model_type = check_model_dir(args.model)
     import transformers.video_utils  # noqa: F401  (imported before the clock starts: decoding time only)
 
     t0 = time.perf_counter()
@@ -316,7 +319,7 @@ def _run(args, backend: str, say, as_json: bool, progress: Progress) -> int:
     prompt, how = video_prompt(processor, model_type, args.question)
     say(f"prompt: {how}")
     say(f"config: {source}, strategy {cfg.strategy}, retention_ratio {cfg.retention_ratio:g}")
-    inputs = _inputs(processor, prompt, video, args.device, model.dtype)
+    inputs = processor_inputs(processor, prompt, video, args.device, model.dtype)
 
     rows, unpruned = [], None
     if args.compare:
@@ -436,4 +439,5 @@ def cmd_run(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
-__all__ = ["cmd_run", "run", "build_config", "load_model", "load_processor", "video_prompt", "parse_timestamps"]
+__all__ = ["cmd_run", "run", "build_config", "check_model_dir", "load_model", "load_processor", "video_prompt",
+           "processor_inputs", "parse_timestamps"]

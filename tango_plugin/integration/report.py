@@ -25,8 +25,10 @@ class SampleReport:
         prune_seconds: time of saliency hooks, strategy and splice attributed to this row (vision tower excluded).
         saliency_seconds: the part of `prune_seconds` spent in the saliency hooks (they run inside the vision
             tower's forward), shared between the call's items as the rest of the shared time is.
-        strategy_seconds: the part of `prune_seconds` spent in this row's strategy calls and replacements; the
-            rest, `prune_seconds - saliency_seconds - strategy_seconds`, is the splice.
+        strategy_seconds: the part of `prune_seconds` spent in this row's strategy calls and replacements.
+        splice_seconds: the part of `prune_seconds` spent building the LLM's inputs around the kept tokens (ids,
+            embeddings, positions, masks), shared between the call's items; None for an adapter that does not time
+            it apart from the strategy (the `llava` adapter).
         pruned: False when this row was passed through unchanged.
         note: why a row was not pruned, or other facts worth knowing (e.g. sink positions not applied).
         images: number of still images in the row pruned as single-frame videos (`prune_images=True`; 0 otherwise).
@@ -50,6 +52,7 @@ class SampleReport:
     prune_seconds: float = 0.0
     saliency_seconds: float = 0.0
     strategy_seconds: float = 0.0
+    splice_seconds: Optional[float] = None
     pruned: bool = False
     note: str = ""
     images: int = 0

@@ -766,7 +766,8 @@ class VideoSpliceAdapter(ModelAdapter):
     def _stage_report(self, call: SpliceCall) -> None:
         """Stage 5: per row, what went in and what came out."""
         strategy_seconds = sum(it.strategy_seconds for it in call.items)
-        shared = call.hook_seconds + (time.perf_counter() - call.started - strategy_seconds)
+        splice = time.perf_counter() - call.started - strategy_seconds
+        shared = call.hook_seconds + splice
         source = self.saliency_source_name() if call.need_saliency else "none"
         reports = []
         for b in range(call.batch_size):
@@ -783,6 +784,7 @@ class VideoSpliceAdapter(ModelAdapter):
                 prune_seconds=sum(it.strategy_seconds for it in mine) + shared * len(mine) / max(1, len(call.items)),
                 saliency_seconds=call.hook_seconds * len(mine) / max(1, len(call.items)),
                 strategy_seconds=sum(it.strategy_seconds for it in mine),
+                splice_seconds=splice * len(mine) / max(1, len(call.items)),
                 pruned=bool(mine) and call.need_saliency,
                 note="; ".join(notes) if mine else "no video in this row",
                 images=len(images), image_tokens_before=sum(it.media.num_placeholders for it in images),

@@ -25,8 +25,9 @@ from . import tiny_glm4v  # noqa: F401  (registers the tiny GLM-4.1V recipe; tor
 from .synthetic import SyntheticVideo, synthetic_video
 from .tiny_internvl import MODEL_TYPE as _INTERNVL  # noqa: F401  (registers the tiny InternVL3 recipe; torch only)
 
-_MODEL_HALF = ("build_tokenizer", "build_model", "video_inputs", "VideoSpec", "ImageSpec", "video_token_count",
-               "media_token_counts", "synthetic_frames", "qwen_patches", "MODEL_TYPES", "SPECIALS")
+_MODEL_HALF = ("build_tokenizer", "build_model", "build_sized_model", "video_inputs", "VideoSpec", "ImageSpec",
+               "video_token_count", "media_token_counts", "synthetic_frames", "qwen_patches", "MODEL_TYPES",
+               "SPECIALS")
 
 
 def __getattr__(name):

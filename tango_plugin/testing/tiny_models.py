@@ -208,6 +208,53 @@ class ImageSpec:
     seed: int = 100
 
 
+def mrope_section(head_dim: int) -> List[int]:
+    """M-RoPE sections (t, h, w) summing to head_dim / 2, in Qwen2-VL's 2:3:3 proportion."""
+    half = head_dim // 2
+    t = max(1, half // 4)
+    h = (half - t) // 2
+    return [half - 2 * h, h, h]
+
+
+def build_sized_model(model_type: str, tok, *, text: Optional[dict] = None, vision: Optional[dict] = None,
+                      seed: int = 0, dtype: torch.dtype = torch.float32):
+    """`build_model` at other sizes (e.g. the 0.5B-shaped models of `tango-plugin profile`): `text` keys of the
+    language model's config (`hidden_size`, `num_attention_heads`, `num_key_value_heads`, layers ...), `vision`
+    keys of the vision config. Keeps the model consistent where a size implies more than one key: the Qwen M-RoPE
+    sections follow the new head size, and the Qwen vision merger writes features of the LLM's width. A size that
+    cannot make a valid model is a ValueError naming the keys."""
+    text, vision = dict(text or {}), dict(vision or {})
+    qwen = model_type.startswith("qwen")
+    sections = None
+    if text:
+        hidden, heads = text.get("hidden_size", 64), text.get("num_attention_heads", 4)
+        if hidden % heads:
+            raise ValueError(f"hidden_size {hidden} is not divisible by num_attention_heads {heads}")
+        kv = text.get("num_key_value_heads", 2)
+        if heads % kv:
+            raise ValueError(f"num_attention_heads {heads} is not divisible by num_key_value_heads {kv}")
+        if qwen:
+            head_dim = hidden // heads
+            rope = {"rope_type": "default", "mrope_section": mrope_section(head_dim), "rope_theta": 1e6}
+            if model_type.startswith("qwen3"):
+                text.update(head_dim=head_dim, rope_parameters=dict(rope, mrope_interleaved=True))
+            else:  # build_model writes Qwen2(.5)-VL's rope_parameters itself: the sections are set after building
+                sections = rope["mrope_section"]
+            vision.setdefault("hidden_size" if model_type == "qwen2_vl" else "out_hidden_size", hidden)
+    try:
+        model = build_model(model_type, tok, seed=seed, dtype=dtype, text_overrides=text or None, **vision)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{model_type}: these sizes do not make a valid model ({exc})") from exc
+    if sections is not None:
+        # the rotary embeddings read the sections at init: give them and the config sections that fit head_dim
+        text_config = model.config.get_text_config()
+        text_config.rope_parameters = dict(text_config.rope_parameters, mrope_section=list(sections))
+        for m in model.modules():
+            if isinstance(getattr(m, "mrope_section", None), list):
+                m.mrope_section = list(sections)
+    return model
+
+
 def synthetic_frames(spec, size: int, n: int) -> torch.Tensor:
     given = getattr(spec, "pixels", None)
     if given is not None:
@@ -395,6 +442,7 @@ def media_token_counts(model, media: Sequence) -> List[int]:
     return [sum(video_token_count(model, m) for m in s if isinstance(m, VideoSpec)) for s in media]
 
 
-__all__ = ["build_tokenizer", "build_model", "video_inputs", "VideoSpec", "ImageSpec", "video_token_count",
+__all__ = ["build_tokenizer", "build_model", "build_sized_model", "mrope_section", "video_inputs", "VideoSpec",
+           "ImageSpec", "video_token_count",
            "synthetic_frames", "qwen_patches",
            "media_token_counts", "MODEL_TYPES", "MORE_MODEL_TYPES", "INPUT_LAYOUT", "register_tiny_model", "SPECIALS"]
