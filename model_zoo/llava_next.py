@@ -60,7 +60,7 @@ import torch
 from tango_plugin.engine.types import VisualTokens
 from tango_plugin.integration.adapter import ModelAdapter
 from tango_plugin.integration.hooks import TransientHooks, first_arg
-from tango_plugin.integration.intra_llm import SUPPORTED_IMPLEMENTATIONS, IntraLLMStage, dynamic_cache_or_warn
+from tango_plugin.integration.intra_llm import IntraLLMLifecycle, IntraLLMStage, dynamic_cache_or_warn
 from tango_plugin.integration.report import PlanRecord, SampleReport
 from tango_plugin.integration.threads import per_thread, serial
 from tango_plugin.strategies import run_strategy
@@ -162,11 +162,13 @@ _PREPARE_ARGS = ("input_ids", "position_ids", "attention_mask", "past_key_values
                  "image_sizes")
 
 
-class LlavaNextAdapter(ModelAdapter):
+class LlavaNextAdapter(IntraLLMLifecycle, ModelAdapter):
     """Tango for LLaVA-NeXT `llava` models (`LlavaQwenForCausalLM`): video inputs in LLaVA-OV and LLaVA-Video layout.
 
     Still images (modality "image") pass through unchanged. See the module docstring for the seam and the options.
     """
+
+    stage_class = LlavaIntraLLMStage
 
     # one call's state, per thread (integration/threads.py)
     _call = per_thread(None)
@@ -195,7 +197,6 @@ class LlavaNextAdapter(ModelAdapter):
     def __init__(self, model, config, state=None, hooks=None, **options) -> None:
         super().__init__(model, config, state, hooks, **options)
         self._head = None
-        self._intra: Optional[LlavaIntraLLMStage] = None
 
     # ------------------------------------------------------------------------------------------- settings
     def _tower(self):
@@ -228,8 +229,7 @@ class LlavaNextAdapter(ModelAdapter):
                                  "`llava` model (LlavaMetaForCausalLM)")
         pool, _ = video_layout(self.model.config)
         layers = self._tower_layers()
-        if self.config.intra_llm_layer is not None:
-            self._validate_intra_llm()
+        self.validate_intra_llm()
         if self.config.sink_positions is not None:
             self.sink_positions(self.grid_tokens(pool), PRESETS[pool])  # explicit ones off the grid -> ValueError
         if self.saliency_source_name() == "siglip_head":
@@ -246,40 +246,23 @@ class LlavaNextAdapter(ModelAdapter):
                                  f"the model's vision tower width {width}")
             self._head = (post_ln, head)
 
-    def _decoder_layers(self):
+    def text_layers(self):
         return self.model.get_model().layers
 
-    def _validate_intra_llm(self) -> None:
-        k, depth = self.config.intra_llm_layer, len(self._decoder_layers())
-        if not 1 <= k < depth:
-            raise ValueError(f"intra_llm_layer={k} does not fit this model: its language model has {depth} decoder "
-                             f"layers, so allowed values are 1..{depth - 1} (layer K-1 scores, layers K.. see the "
-                             "reduced sequence)")
-        impl = getattr(self.model.config, "_attn_implementation", None)
-        if impl not in SUPPORTED_IMPLEMENTATIONS:
-            raise ValueError(f"intra_llm_layer needs the language model on one of {list(SUPPORTED_IMPLEMENTATIONS)} "
-                             f"attention; this model uses {impl!r} (load it with attn_implementation='sdpa')")
+    def text_attention(self) -> Optional[str]:
+        return getattr(self.model.config, "_attn_implementation", None)
 
     def install(self) -> None:
         for name, route in (("prepare_inputs_labels_for_multimodal", self._prepare),
                             ("encode_images", self._encode_images), ("get_2dPool", self._get_2d_pool),
                             ("add_token_per_grid", self._add_token_per_grid)):
             self.hooks.wrap_method(f"llava:{name}", self.model, name, route)
-        if self.config.intra_llm_layer is not None:
-            self._intra = LlavaIntraLLMStage(self._decoder_layers(), self.config.intra_llm_layer,
-                                             self.config.intra_llm_ratio, on_reduced=self._record_intra_llm)
-            self._intra.install(self.hooks)
+        self.install_intra_llm()
 
     def close(self) -> None:
         self._head = None
         self._call = None
-        if self._intra is not None:
-            self._intra.disarm()
-            self._intra = None
-
-    def _record_intra_llm(self, visual_after: List[int]) -> None:
-        for report, count in zip(self.state.last, visual_after):
-            report.intra_llm_tokens_after = count
+        self.close_intra_llm()
 
     # ------------------------------------------------------------------------------------------- forward / generate
     def forward(self, original: Callable, args: tuple, kwargs: dict) -> Any:

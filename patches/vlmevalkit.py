@@ -28,6 +28,11 @@ subclasses keep that on a CUDA machine and, where no CUDA device exists, run on 
 attention is `sdpa` (or the `attn_implementation=` keyword), float16 loads become float32 and `.to('cuda')` goes to the
 model's device. `attn_implementation=` also replaces FlashAttention-2 on a GPU without `flash-attn`.
 
+Frame times are traced with the same core as the lmms-eval glue (`patches/_frames.py`): qwen-vl-utils'
+`process_vision_info` marks each video while a Qwen sample runs, decord's `VideoReader` notes what `load_video`
+read for LLaVA-OneVision, and the processor wrapper looks each video up (mark, identity, equal frames; else the
+`video_metadata` given to the processor).
+
 Importing this module needs neither VLMEvalKit nor transformers; the classes are built on first use
 (`tango_plugin.patches.vlmevalkit.TangoQwen2VLChat`), and raise `ImportError` saying what to install when `vlmeval`
 is missing.
@@ -41,11 +46,20 @@ import importlib
 import os
 import sys
 import warnings
-from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from tango_plugin.knobs import config_from_knobs, split_knobs
 
+from ._frames import (
+    CARRIER_KEY,
+    FrameBook,
+    FrameTimes,
+    VideoFrames,
+    frames_from_metadata,
+    recording_process_vision_info,
+    recording_video_reader,
+    unmark,
+)
 from ._session import HarnessSession, video_entry
 from ._session import ProcessorProxy as BaseProcessorProxy
 
@@ -57,9 +71,6 @@ CLASSES = {
 }
 #: prefix of the `supported_VLM` names `register_supported_vlm` adds
 PREFIX = "tango_"
-#: key of the frame times in the processor output (popped again by the patched generate)
-CARRIER_KEY = "tango_frame_times"
-
 INSTALL_HINT = ("VLMEvalKit (the `vlmeval` package) is not installed; it is not on PyPI: install "
                 "open-compass/VLMEvalKit as its README says, with qwen-vl-utils[decord] (docs/vlmevalkit.md)")
 
@@ -70,124 +81,6 @@ def _vlmeval_vlm():
     except ImportError as err:
         raise ImportError(f"{INSTALL_HINT} ({type(err).__name__}: {err})") from err
     return vlm
-
-
-# ----------------------------------------------------------------------------------------------- frame records
-@dataclass
-class VideoFrames:
-    """The frames of one video as the model receives them: indices into the file, the file's fps, where from."""
-
-    frame_indices: List[int]
-    video_fps: float
-    source: str
-    path: Optional[str] = None
-
-    @property
-    def frame_times(self) -> List[float]:
-        return [i / self.video_fps for i in self.frame_indices]
-
-
-@dataclass
-class FrameTimes:
-    """What the processor learnt about one call's videos; carried to `generate` in the processor output (not a
-    tensor, so `BatchFeature.to` leaves it alone)."""
-
-    videos: List[Optional[VideoFrames]]
-    second_per_grid_ts: Optional[List[float]] = None
-    passed: bool = False
-
-    @property
-    def complete(self) -> bool:
-        return bool(self.videos) and all(v is not None for v in self.videos)
-
-    def timestamps(self):
-        import torch
-
-        return [torch.tensor(v.frame_times, dtype=torch.float64) for v in self.videos]
-
-
-def _frames_from_metadata(meta: Any, source: str, path: Optional[str] = None) -> Optional[VideoFrames]:
-    get = meta.get if isinstance(meta, Mapping) else (lambda k, d=None: getattr(meta, k, d))
-    indices, fps = get("frames_indices"), get("fps")
-    if indices is None or not fps:
-        return None
-    backend = get("video_backend")
-    if backend:
-        source = f"{source}/{backend}"
-    return VideoFrames([int(i) for i in list(indices)], float(fps), source, path)
-
-
-class _Book:
-    """Decoded videos (by identity) waiting for the processor; small, since VLMEvalKit runs one sample at a time."""
-
-    def __init__(self, keep: int = 16) -> None:
-        self._entries: List[tuple] = []
-        self._keep = keep
-
-    def add(self, video: Any, frames: VideoFrames) -> None:
-        self._entries.append((video, frames))
-        del self._entries[:-self._keep]
-
-    def take(self, video: Any) -> Optional[VideoFrames]:
-        for k in range(len(self._entries) - 1, -1, -1):
-            if self._entries[k][0] is video:
-                return self._entries.pop(k)[1]
-        return None
-
-
-def _recording_process_vision_info(real, book: _Book):
-    """qwen-vl-utils' `process_vision_info` that also asks for the metadata and notes each video's frames."""
-
-    @functools.wraps(real)
-    def process_vision_info(conversations, return_video_kwargs=False, return_video_metadata=False, **kwargs):
-        images, videos, video_kwargs = real(conversations, return_video_kwargs=True, return_video_metadata=True,
-                                            **kwargs)
-        paths = []
-        try:
-            from qwen_vl_utils import extract_vision_info
-
-            paths = [e.get("video") for e in extract_vision_info(conversations) if "video" in e]
-        except Exception:  # only used for the file names in the report
-            pass
-        out = []
-        for k, (video, meta) in enumerate(videos or []):
-            path = paths[k] if k < len(paths) and isinstance(paths[k], str) else None
-            if isinstance(path, str) and path.startswith("file://"):
-                path = path[len("file://"):]
-            # a frame list gets qwen-vl-utils' made-up metadata (its sample_fps): not a file's fps
-            source = "qwen-vl-utils" if meta.get("video_backend") else "qwen-vl-utils frame list (fps assumed)"
-            frames = _frames_from_metadata(meta, source, path)
-            if frames is not None:
-                book.add(video, frames)
-            out.append((video, meta) if return_video_metadata else video)
-        if not return_video_metadata and videos:
-            # what the real call returns without metadata: the sampled frames per second of each video
-            video_kwargs = {k: v for k, v in video_kwargs.items()}
-            video_kwargs["fps"] = [len(m["frames_indices"]) / max(float(m.get("total_num_frames") or 1), 1e-6)
-                                   * float(m["fps"]) for _, m in videos]
-        result = (images, out or None)
-        return result + (video_kwargs,) if return_video_kwargs else result
-
-    process_vision_info.tango_recorder = True
-    return process_vision_info
-
-
-def _recording_video_reader(real_cls, calls: list):
-    class RecordingVideoReader(real_cls):
-        def __init__(self, uri, *args, **kwargs):
-            super().__init__(uri, *args, **kwargs)
-            self._tango_uri = uri
-
-        def get_batch(self, indices):
-            out = super().get_batch(indices)
-            import numpy as np
-
-            calls.append(VideoFrames([int(i) for i in np.asarray(indices).ravel()], float(self.get_avg_fps()),
-                                     "decord VideoReader", str(self._tango_uri)))
-            return out
-
-    RecordingVideoReader.__name__ = real_cls.__name__
-    return RecordingVideoReader
 
 
 @contextlib.contextmanager
@@ -317,11 +210,13 @@ class ProcessorProxy(BaseProcessorProxy):
             metadata = list(metadata) if isinstance(metadata, (list, tuple)) else [metadata] * len(items)
             frames = []
             for k, video in enumerate(items):
-                found = session.book.take(video)
+                found = session.book.resolve(video)
                 if found is None and k < len(metadata) and metadata[k] is not None:
-                    found = _frames_from_metadata(metadata[k], "video_metadata given to the processor")
+                    found = frames_from_metadata(metadata[k], "video_metadata given to the processor")
                 frames.append(found)
             carrier = FrameTimes(frames)
+            plain = [unmark(v) for v in items]
+            kwargs["videos"] = type(videos)(plain) if isinstance(videos, (list, tuple)) else plain[0]
         fix = getattr(session.owner, "_tango_processor_kwargs", None)
         if fix is not None:
             kwargs = fix(processor, kwargs)
@@ -341,7 +236,7 @@ class TangoSession(HarnessSession):
 
     def __init__(self, owner: Any, name: str, config, options: dict, extras: dict) -> None:
         super().__init__(owner, name, config, options, extras)
-        self.book = _Book()
+        self.book = FrameBook(keep=16)
         self.model = None
         self.dataset: Optional[str] = None
 
@@ -430,7 +325,7 @@ class _QwenTracing:
         real = qwen_vl_utils.process_vision_info
         if getattr(real, "tango_recorder", False):
             return super().generate_inner_transformers(message, dataset=dataset)
-        with _swapped(qwen_vl_utils, "process_vision_info", _recording_process_vision_info(real, self._tango.book)):
+        with _swapped(qwen_vl_utils, "process_vision_info", recording_process_vision_info(real, self._tango.book)):
             return super().generate_inner_transformers(message, dataset=dataset)
 
 
@@ -451,7 +346,7 @@ class _LlavaTracing:
         import decord
 
         calls: list = []
-        with _swapped(decord, "VideoReader", _recording_video_reader(decord.VideoReader, calls)):
+        with _swapped(decord, "VideoReader", recording_video_reader(decord.VideoReader, calls.append)):
             frames, frame_time, video_time = super().load_video(video_path, max_frames_num, fps=fps,
                                                                 force_sample=force_sample)
         if calls:

@@ -102,7 +102,7 @@ def test_every_config_field_is_a_knob_with_help():
 
 # ============================================================================ frame tracing (no lmms-eval needed)
 def test_marked_frames_follow_the_wrappers_resampling():
-    from tango_plugin.patches.lmms_eval.session import FrameBook, VideoFrames, mark, unmark
+    from tango_plugin.patches._frames import FrameBook, VideoFrames, mark, unmark
 
     video = torch.arange(8 * 3 * 2 * 2, dtype=torch.float32).reshape(8, 3, 2, 2)
     frames = VideoFrames([0, 3, 5, 8, 11, 14, 16, 19], 5.0, "test")
@@ -116,7 +116,7 @@ def test_marked_frames_follow_the_wrappers_resampling():
 
 
 def test_frame_book_matches_plain_frames_and_refuses_ambiguous_ones():
-    from tango_plugin.patches.lmms_eval.session import FrameBook, VideoFrames
+    from tango_plugin.patches._frames import FrameBook, VideoFrames
 
     book = FrameBook()
     decoded = np.random.default_rng(0).integers(0, 255, (6, 4, 4, 3), dtype=np.uint8)

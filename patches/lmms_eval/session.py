@@ -13,6 +13,9 @@ passes through, whatever the wrapper does in between:
    (`frame index / video fps`) travel with the processor output to the patched `generate`, which passes them as
    `tango_video_timestamps=`. The model therefore never falls back to a processor default (24 fps).
 
+The records, the marks, the book and the recorders are `patches/_frames.py` (shared with the VLMEvalKit glue); this
+module decides when they are swapped into a wrapper's modules and writes the report.
+
 After each `generate`, the rows of `handle.report()` and the frame times of their videos are appended to the
 report (`tango_report=path.json`), written after every call so that a run that stops still leaves it.
 """
@@ -20,272 +23,26 @@ report (`tango_report=path.json`), written after every call so that a run that s
 from __future__ import annotations
 
 import contextlib
-import functools
 import sys
-import threading
 import warnings
-from dataclasses import dataclass, field
 from typing import Any, List, Optional, Sequence
 
-import numpy as np
 import torch
 
 from tango_plugin.knobs import config_from_knobs, split_knobs
 
+from .._frames import (
+    CARRIER_KEY,
+    FrameBook,
+    FrameTimes,
+    MarkedFrames,
+    VideoFrames,
+    recording_process_vision_info,
+    recording_video_reader,
+    unmark,
+)
 from .._session import HarnessSession, video_entry
 from .._session import ProcessorProxy as BaseProcessorProxy
-
-#: key of the frame times in the processor output (removed again by the patched generate / forward)
-CARRIER_KEY = "tango_frame_times"
-
-
-# ----------------------------------------------------------------------------------------------- frame records
-@dataclass
-class VideoFrames:
-    """The frames of one video as the model receives them.
-
-    Args:
-        frame_indices: index of each frame in the video file.
-        video_fps: the file's average frame rate (the decoder's).
-        source: how the frames were decoded (e.g. "qwen-vl-utils/decord", "decord VideoReader").
-        path: the video file, when known.
-        traced: how the processor's input was matched to the decoded frames ("marked", "same object",
-            "equal frames").
-    """
-
-    frame_indices: List[int]
-    video_fps: float
-    source: str
-    path: Optional[str] = None
-    traced: str = ""
-    #: which decoding these frames come from (set by `FrameBook.add`, kept by `select`)
-    origin: int = 0
-
-    @property
-    def frame_times(self) -> List[float]:
-        return [i / self.video_fps for i in self.frame_indices]
-
-    def select(self, positions: Sequence[int]) -> "VideoFrames":
-        return VideoFrames([self.frame_indices[p] for p in positions], self.video_fps, self.source, self.path,
-                           origin=self.origin)
-
-
-class MarkedFrames(torch.Tensor):
-    """A decoded video tensor that knows its frames (`tango_frames`); indexing along the frame axis keeps the mark.
-
-    Every other operation returns a plain tensor, so a mark is never wrong: at worst it is lost, and the processor
-    wrapper then matches frames by equality.
-    """
-
-    tango_frames: Optional[VideoFrames] = None
-
-    @classmethod
-    def __torch_function__(cls, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        with torch._C.DisableTorchFunctionSubclass():  # plain results (the documented subclass recipe)
-            out = func(*args, **kwargs)
-        if func is torch.Tensor.__getitem__ and isinstance(out, torch.Tensor) and isinstance(args[0], cls):
-            source, key = args[0], args[1]
-            first = key[0] if isinstance(key, tuple) and key else key
-            if first is Ellipsis or source.tango_frames is None:
-                return out
-            try:
-                positions = np.arange(source.shape[0])[np.asarray(first) if isinstance(first, torch.Tensor)
-                                                       else first]
-            except (IndexError, TypeError, ValueError):
-                return out
-            if positions.ndim == 1 and out.ndim == source.ndim and positions.shape[0] == out.shape[0]:
-                return mark(out, source.tango_frames.select(positions.tolist()))
-        return out
-
-
-def mark(video: torch.Tensor, frames: VideoFrames) -> MarkedFrames:
-    marked = video.as_subclass(MarkedFrames)
-    marked.tango_frames = frames
-    return marked
-
-
-def unmark(video: Any) -> Any:
-    return video.as_subclass(torch.Tensor) if isinstance(video, MarkedFrames) else video
-
-
-class FrameBook:
-    """Decoded videos waiting for the processor.
-
-    Thread-safe (lmms-eval's `qwen3_vl` decodes the next batch in a worker thread). An entry is dropped once the
-    processor got its video, and at most `keep` wait, so decoded videos are not held for the whole run.
-    """
-
-    def __init__(self, keep: int = 32) -> None:
-        self._lock = threading.Lock()
-        self._entries: List[tuple] = []  # (decoded video, VideoFrames)
-        self._keep = keep
-        self._next_origin = 0
-        self._pending = threading.local()
-
-    def add(self, video: Any, frames: VideoFrames) -> None:
-        with self._lock:
-            if not frames.origin:
-                self._next_origin += 1
-                frames.origin = self._next_origin
-            self._entries.append((video, frames))
-            del self._entries[:-self._keep]
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def _used(self, frames: VideoFrames) -> VideoFrames:
-        with self._lock:
-            self._entries = [e for e in self._entries if e[1].origin != frames.origin]
-        return frames
-
-    # decord calls seen while a wrapper's load_video runs (llava_hf)
-    def start_decodes(self) -> None:
-        self._pending.calls = []
-
-    def note_decode(self, path: Any, indices: Sequence[int], fps: float) -> None:
-        calls = getattr(self._pending, "calls", None)
-        if calls is not None:
-            calls.append(VideoFrames([int(i) for i in indices], float(fps), "decord VideoReader", str(path)))
-
-    def take_decodes(self) -> List[VideoFrames]:
-        calls, self._pending.calls = getattr(self._pending, "calls", None) or [], None
-        return calls
-
-    def resolve(self, video: Any) -> Optional[VideoFrames]:
-        """The frames of `video` as given to the processor, or None when they cannot be traced."""
-        if isinstance(video, MarkedFrames) and video.tango_frames is not None:
-            return self._used(_traced(video.tango_frames, "marked"))
-        with self._lock:
-            entries = list(self._entries)
-        for decoded, frames in reversed(entries):
-            if decoded is video:
-                return self._used(_traced(frames, "same object"))
-        # frame-by-frame equality: only an answer that no other decoded video contradicts
-        answers: dict = {}
-        for decoded, frames in entries:
-            positions = _match_frames(decoded, video)
-            if positions is AMBIGUOUS:
-                return None
-            if positions is not None:
-                picked = frames.select(positions)
-                answers[(tuple(picked.frame_indices), picked.video_fps, picked.source, picked.path)] = picked
-        if len(answers) != 1:
-            return None
-        return self._used(_traced(answers.popitem()[1], "equal frames"))
-
-
-def _traced(frames: VideoFrames, how: str) -> VideoFrames:
-    return VideoFrames(list(frames.frame_indices), frames.video_fps, frames.source, frames.path, how, frames.origin)
-
-
-def _as_array(video: Any) -> Optional[np.ndarray]:
-    if isinstance(video, torch.Tensor):
-        return unmark(video).detach().cpu().numpy()
-    if isinstance(video, np.ndarray):
-        return video
-    return None
-
-
-AMBIGUOUS = "ambiguous"
-
-
-def _match_frames(decoded: Any, video: Any):
-    """Positions in `decoded` of the frames of `video` when each frame equals exactly one decoded frame and the
-    positions increase (a re-sampling); `AMBIGUOUS` when a frame equals several decoded frames (never guessed);
-    None when `video` is not drawn from `decoded`."""
-    a, b = _as_array(decoded), _as_array(video)
-    if a is None or b is None or a.ndim != b.ndim or a.ndim < 2 or a.shape[1:] != b.shape[1:]:
-        return None
-    flat_a, flat_b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
-    positions: List[int] = []
-    for frame in flat_b:
-        hits = np.flatnonzero((flat_a == frame).all(axis=1))
-        if hits.size > 1:
-            return AMBIGUOUS
-        if hits.size == 0 or (positions and hits[0] <= positions[-1]):
-            return None
-        positions.append(int(hits[0]))
-    return positions
-
-
-@dataclass
-class FrameTimes:
-    """What the processor wrapper learnt about one call's videos, carried to `generate` in the processor output.
-
-    Not a tensor, list or dict, so `BatchFeature.to(device, dtype)` leaves it as it is.
-    """
-
-    videos: List[Optional[VideoFrames]]
-    texts: List[str] = field(default_factory=list)
-    second_per_grid_ts: Optional[List[float]] = None
-    #: set when the times were handed to the engine as `tango_video_timestamps`
-    passed: bool = False
-
-    @property
-    def complete(self) -> bool:
-        return bool(self.videos) and all(v is not None for v in self.videos)
-
-    def timestamps(self) -> List[torch.Tensor]:
-        return [torch.tensor(v.frame_times, dtype=torch.float64) for v in self.videos]
-
-
-# ----------------------------------------------------------------------------------------------- interception
-def recording_process_vision_info(real, book: FrameBook):
-    """`real` (qwen-vl-utils' `process_vision_info`) that also marks each video with its frames."""
-
-    @functools.wraps(real)
-    def process_vision_info(conversations, return_video_kwargs=False, return_video_metadata=False, **kwargs):
-        images, videos, video_kwargs = real(conversations, return_video_kwargs=True, return_video_metadata=True,
-                                            **kwargs)
-        paths = [ele.get("video") for ele in _vision_elements(conversations) if "video" in ele]
-        out, sample_fps = [], []
-        for k, (video, meta) in enumerate(videos or []):
-            path = paths[k] if k < len(paths) and isinstance(paths[k], str) else None
-            backend = meta.get("video_backend")
-            # qwen-vl-utils gives a frame list fake metadata (its `sample_fps`, 2 by default): not a file's fps
-            source = f"qwen-vl-utils/{backend}" if backend else "qwen-vl-utils frame list (fps assumed)"
-            frames = VideoFrames(list(meta["frames_indices"]), float(meta["fps"]), source, path)
-            marked = mark(video, frames) if isinstance(video, torch.Tensor) else video
-            book.add(marked, frames)
-            out.append((marked, meta) if return_video_metadata else marked)
-            total = meta.get("total_num_frames") or len(frames.frame_indices)
-            # the `fps` qwen-vl-utils returns without metadata: sampled frames per second of video
-            sample_fps.append(len(frames.frame_indices) / max(float(total), 1e-6) * frames.video_fps)
-        if not return_video_metadata and videos:
-            video_kwargs = {**video_kwargs, "fps": sample_fps}
-        result = (images, out or None)
-        return result + (video_kwargs,) if return_video_kwargs else result
-
-    process_vision_info.tango_recorder = True
-    return process_vision_info
-
-
-def _vision_elements(conversations) -> list:
-    try:
-        from qwen_vl_utils import extract_vision_info
-
-        return extract_vision_info(conversations)
-    except Exception:  # only used for the file names in the report
-        return []
-
-
-def recording_video_reader(real_cls, book: FrameBook):
-    """A subclass of decord's `VideoReader` whose `get_batch` notes the frame indices and the file's fps."""
-
-    class RecordingVideoReader(real_cls):
-        def __init__(self, uri, *args, **kwargs):
-            super().__init__(uri, *args, **kwargs)
-            self._tango_uri = uri[0] if isinstance(uri, (list, tuple)) else uri
-
-        def get_batch(self, indices):
-            out = super().get_batch(indices)
-            book.note_decode(self._tango_uri, [int(i) for i in np.asarray(indices).ravel()], self.get_avg_fps())
-            return out
-
-    RecordingVideoReader.__name__ = real_cls.__name__
-    RecordingVideoReader.tango_recorder = True
-    return RecordingVideoReader
 
 
 class ProcessorProxy(BaseProcessorProxy):
@@ -374,7 +131,7 @@ class TangoSession(HarnessSession):
             real_cls = module.__dict__.get("VideoReader")
             if isinstance(real_cls, type) and not getattr(real_cls, "tango_recorder", False):
                 swaps.append((module, "VideoReader", real_cls))
-                module.VideoReader = recording_video_reader(real_cls, self.book)
+                module.VideoReader = recording_video_reader(real_cls, self.book.note_decode)
         if self.enabled:
             self._requests = [_request_key(r) for r in requests]
         try:
@@ -491,7 +248,7 @@ class LlavaTangoSession(TangoSession):
         exactly that many frames is traced, anything else is noted as untraced."""
         n = len(frames) if frames is not None else -1
         traced = decodes[0] if len(decodes) == 1 and len(decodes[0].frame_indices) == n else None
-        self._noted.append(_traced(traced, "load_video") if traced is not None else None)
+        self._noted.append(traced.traced_as("load_video") if traced is not None else None)
 
     def _route_generate(self, original, args, kwargs):
         return self._call(original, True, *args, **self._with_carrier(original, args, kwargs))

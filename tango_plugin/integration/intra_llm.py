@@ -331,6 +331,57 @@ class IntraLLMStage:
         return self._as_format(allowed[:, None], given.dtype)
 
 
+class IntraLLMLifecycle:
+    """The intra-LLM stage's life on an adapter (validate, install, record, close), shared by the transformers
+    splice adapters and the `llava` adapter. The adapter provides `text_layers()` and `text_attention()`, and may
+    raise `min_intra_llm_layer()`; `stage_class` is the `IntraLLMStage` it needs. Needs `self.config`, `self.hooks`
+    and `self.state` (a `ModelAdapter`'s)."""
+
+    stage_class = IntraLLMStage
+    _intra: Optional[IntraLLMStage] = None  # the stage while installed
+
+    def text_layers(self):
+        """The language model's decoder layers (the stage hooks them)."""
+        raise NotImplementedError
+
+    def text_attention(self) -> Optional[str]:
+        """The language model's attention implementation ("sdpa", "eager", ...)."""
+        raise NotImplementedError
+
+    def min_intra_llm_layer(self) -> int:
+        """Smallest allowed `intra_llm_layer` (Qwen3-VL: its deepstack adds visual features after early layers)."""
+        return 1
+
+    def validate_intra_llm(self) -> None:
+        if self.config.intra_llm_layer is None:
+            return
+        k, depth, low = self.config.intra_llm_layer, len(self.text_layers()), self.min_intra_llm_layer()
+        if not low <= k < depth:
+            raise ValueError(f"intra_llm_layer={k} does not fit this model: its language model has {depth} decoder "
+                             f"layers, so allowed values are {low}..{depth - 1} (layer K-1 scores, layers K.. see the "
+                             "reduced sequence)")
+        impl = self.text_attention()
+        if impl not in SUPPORTED_IMPLEMENTATIONS:
+            raise ValueError(f"intra_llm_layer needs the language model on one of {list(SUPPORTED_IMPLEMENTATIONS)} "
+                             f"attention; this model uses {impl!r} (load it with attn_implementation='sdpa')")
+
+    def install_intra_llm(self) -> None:
+        if self.config.intra_llm_layer is None:
+            return
+        self._intra = self.stage_class(self.text_layers(), self.config.intra_llm_layer, self.config.intra_llm_ratio,
+                                       on_reduced=self._record_intra_llm)
+        self._intra.install(self.hooks)
+
+    def close_intra_llm(self) -> None:
+        if self._intra is not None:
+            self._intra.disarm()
+            self._intra = None
+
+    def _record_intra_llm(self, visual_after: List[int]) -> None:
+        for report, count in zip(self.state.last, visual_after):
+            report.intra_llm_tokens_after = count
+
+
 class _ReduceHook:
     """A layer's pre-hook: a small object rather than a closure, so that deepcopy / pickle of the model carry it."""
 

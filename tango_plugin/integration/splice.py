@@ -31,7 +31,7 @@ import torch
 from ..engine.types import PrunePlan, VisualTokens
 from ..strategies import run_strategy
 from .adapter import ModelAdapter, required
-from .intra_llm import dynamic_cache_or_warn
+from .intra_llm import IntraLLMLifecycle, dynamic_cache_or_warn
 from .report import PlanRecord, SampleReport
 from .threads import serial
 
@@ -208,7 +208,7 @@ def _default_generation_value(name: str) -> Any:
     return getattr(GenerationConfig(), name)
 
 
-class VideoSpliceAdapter(ModelAdapter):
+class VideoSpliceAdapter(IntraLLMLifecycle, ModelAdapter):
     """Base of adapters that prune video tokens before the LLM by shortening the input sequence.
 
     Subclasses provide `video_token_id`, `encode_videos`, `encoder_outputs`, for M-RoPE models
@@ -315,51 +315,20 @@ class VideoSpliceAdapter(ModelAdapter):
 
     def validate(self) -> None:
         super().validate()
-        if self.config.intra_llm_layer is not None:
-            self._validate_intra_llm()
+        self.validate_intra_llm()
 
     # ------------------------------------------------------------------------------------------ intra-LLM stage
-    _intra = None  # IntraLLMStage while installed
-
     def text_layers(self):
-        """The language model's decoder layers (the intra-LLM stage hooks them)."""
         return self.inner.language_model.layers
 
-    def min_intra_llm_layer(self) -> int:
-        """Smallest allowed `intra_llm_layer` (Qwen3-VL: its deepstack adds visual features after early layers)."""
-        return 1
-
-    def _validate_intra_llm(self) -> None:
-        from .intra_llm import SUPPORTED_IMPLEMENTATIONS
-
-        k, depth = self.config.intra_llm_layer, len(self.text_layers())
-        low = self.min_intra_llm_layer()
-        if not low <= k < depth:
-            raise ValueError(f"intra_llm_layer={k} does not fit this model: its language model has {depth} decoder "
-                             f"layers, so allowed values are {low}..{depth - 1} (layer K-1 scores, layers K.. see the "
-                             "reduced sequence)")
-        impl = self.model.config.get_text_config()._attn_implementation
-        if impl not in SUPPORTED_IMPLEMENTATIONS:
-            raise ValueError(f"intra_llm_layer needs the language model on one of {list(SUPPORTED_IMPLEMENTATIONS)} "
-                             f"attention; this model uses {impl!r} (load it with attn_implementation='sdpa')")
+    def text_attention(self) -> Optional[str]:
+        return self.model.config.get_text_config()._attn_implementation
 
     def install(self) -> None:
-        if self.config.intra_llm_layer is None:
-            return
-        from .intra_llm import IntraLLMStage
-
-        self._intra = IntraLLMStage(self.text_layers(), self.config.intra_llm_layer, self.config.intra_llm_ratio,
-                                    on_reduced=self._record_intra_llm)
-        self._intra.install(self.hooks)
+        self.install_intra_llm()
 
     def close(self) -> None:
-        if self._intra is not None:
-            self._intra.disarm()
-            self._intra = None
-
-    def _record_intra_llm(self, visual_after: List[int]) -> None:
-        for report, count in zip(self.state.last, visual_after):
-            report.intra_llm_tokens_after = count
+        self.close_intra_llm()
 
     # ------------------------------------------------------------------------------------------ patched methods
     @staticmethod
