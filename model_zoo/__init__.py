@@ -10,7 +10,10 @@ model family.
 
 from tango_plugin.integration.adapter import register_adapter
 
-from . import presets  # noqa: F401  (registers the presets)
+from . import (
+    llava_onevision_options,  # noqa: F401  (registers LLaVA-OV's adapter options as knobs)
+    presets,  # noqa: F401  (registers the presets)
+)
 
 register_adapter("llava_onevision", "tango_plugin.model_zoo.llava_onevision:LlavaOnevisionAdapter")
 register_adapter("qwen2_vl", "tango_plugin.model_zoo.qwen_vl:Qwen2VLAdapter")

@@ -39,12 +39,9 @@ from tango_plugin.engine.types import PrunePlan
 from tango_plugin.integration.hooks import TransientHooks
 from tango_plugin.integration.splice import EncodedMedia, Replacement, TokenGrid, VideoSpliceAdapter
 
+from .llava_onevision_options import HIGHRES_MODES, NEWLINE_MODES, POOL_MODES
 from .siglip import load_siglip_head, siglip_head_scores
 from .vision_towers import HFLlavaTower, qk_saliency_hook
-
-POOL_MODES = ("bilinear", "average")
-NEWLINE_MODES = ("one_token", "grid")
-HIGHRES_MODES = ("keep", "prune")
 
 
 class LlavaOnevisionAdapter(HFLlavaTower, VideoSpliceAdapter):

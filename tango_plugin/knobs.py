@@ -45,13 +45,25 @@ PREFIX = "tango_"
 SWITCH = "tango"
 #: short names of TangoConfig fields
 ALIASES = {"tango_ratio": "retention_ratio"}
-#: knobs that are options of `tango_plugin.enable` (adapter options): name -> allowed values (None: a number > 0)
-ENABLE_OPTIONS: Dict[str, Optional[Tuple[str, ...]]] = {
-    "fps": None,
-    "pool_mode": ("bilinear", "average"),
-    "newline": ("one_token", "grid"),
-    "image_highres": ("keep", "prune"),
-}
+#: knobs that are options of `tango_plugin.enable` (adapter options): name -> allowed values (None: a number > 0).
+#: `fps` is every adapter's; a model family declares its own with `register_enable_option` when it is imported
+#: (LLaVA-OneVision: `pool_mode`, `newline`, `image_highres`), so the values live with the code that reads them.
+ENABLE_OPTIONS: Dict[str, Optional[Tuple[str, ...]]] = {"fps": None}
+
+
+def register_enable_option(name: str, allowed: Tuple[str, ...]) -> None:
+    """Make the adapter option `name` a knob (`tango_<name>`) whose value is one of `allowed`. Registering the same
+    name twice is allowed only with the same values (two families sharing an option must agree on it)."""
+    allowed = tuple(allowed)
+    if not name.isidentifier() or name in EXTRAS or not allowed or not all(isinstance(a, str) for a in allowed):
+        raise ValueError(f"register_enable_option({name!r}, {allowed!r}): expected an identifier that is not an "
+                         f"integration knob ({', '.join(EXTRAS)}) and a non-empty tuple of strings")
+    if ENABLE_OPTIONS.get(name, allowed) != allowed:
+        raise ValueError(f"enable option {name!r} is already registered with values {ENABLE_OPTIONS[name]}; "
+                         f"cannot register it again with {allowed}")
+    if name in {f.name for f in dataclasses.fields(TangoConfig)}:
+        raise ValueError(f"register_enable_option({name!r}): that is a TangoConfig field, not an adapter option")
+    ENABLE_OPTIONS[name] = allowed
 #: knobs the integration itself consumes (not part of the config): name -> help
 EXTRAS = {"report": "path of the per-sample JSON report the integration writes",
           "capture": "vLLM: folder where the worker saves each pruned video's engine inputs and plan (parity checks, "
@@ -301,5 +313,6 @@ def config_from_knobs(knobs: Mapping[str, Any], *, default_preset: Optional[str]
     return config, options, extras
 
 
-__all__ = ["SWITCH", "PREFIX", "ALIASES", "ENABLE_OPTIONS", "EXTRAS", "allowed_knobs", "is_knob", "split_knobs",
-           "knobs_help", "parse_bool", "parse_field", "config_from_knobs", "knobs_from_config", "SECTION"]
+__all__ = ["SWITCH", "PREFIX", "ALIASES", "ENABLE_OPTIONS", "register_enable_option", "EXTRAS", "allowed_knobs",
+           "is_knob", "split_knobs", "knobs_help", "parse_bool", "parse_field", "config_from_knobs",
+           "knobs_from_config", "SECTION"]

@@ -65,3 +65,26 @@ def test_presets():
 def test_help_texts_exist_for_every_field():
     helps = tp.TangoConfig.help()
     assert helps and all(helps.values())
+
+
+def test_adapter_options_are_knobs_declared_by_their_family():
+    """LLaVA-OV's options are knobs with the values its adapter validates, declared by the family (not the core),
+    checked before any model loads; registering an option again must agree with what is there."""
+    import pytest
+    from tango_plugin.model_zoo import llava_onevision_options as lo
+
+    from tango_plugin.knobs import ENABLE_OPTIONS, config_from_knobs, register_enable_option
+
+    assert ENABLE_OPTIONS["pool_mode"] == lo.POOL_MODES and ENABLE_OPTIONS["newline"] == lo.NEWLINE_MODES
+    assert config_from_knobs({"tango_pool_mode": "average", "tango_newline": "grid"})[1] == {
+        "pool_mode": "average", "newline": "grid"}
+    with pytest.raises(ValueError, match="tango_pool_mode='avg' is not allowed; expected one of 'bilinear'"):
+        config_from_knobs({"tango_pool_mode": "avg"})
+    register_enable_option("pool_mode", lo.POOL_MODES)  # the same values again: fine
+    with pytest.raises(ValueError, match="already registered with values"):
+        register_enable_option("pool_mode", ("bilinear",))
+    with pytest.raises(ValueError, match="that is a TangoConfig field"):
+        register_enable_option("retention_ratio", ("a",))
+    with pytest.raises(ValueError, match="expected an identifier"):
+        register_enable_option("report", ("x",))
+    assert "retention_ratio" not in ENABLE_OPTIONS and ENABLE_OPTIONS["pool_mode"] == lo.POOL_MODES
