@@ -9,7 +9,7 @@ LLAVA_VIDEO_SINKS = [26, 157, 11]  # on the 13 x 13 pooled grid
 register_preset("llava-onevision", {"retention_ratio": 0.1, "sink_positions": LLAVA_OV_SINKS})
 # LLaVA-Video runs prune to 28 r / 23 before the LLM so that, with the intra-LLM stage at layer 18 keeping
 # half, the layer-averaged count is r (docs/algorithm.md §6); 0.121739 corresponds to r = 0.1
-# (`TangoConfig.pre_llm_retention(0.1, 28, 18, 0.5)`). The intra-LLM stage needs a model deeper than 18 layers.
+# (`tango_plugin.pre_llm_retention(0.1, 28, 18, 0.5)`). The intra-LLM stage needs a model deeper than 18 layers.
 register_preset("llava-video", {"retention_ratio": 0.121739, "similarity_threshold": 0.65,
                                 "sink_positions": LLAVA_VIDEO_SINKS, "intra_llm_layer": 18,
                                 "intra_llm_ratio": 0.5})

@@ -8,7 +8,7 @@ import warnings as _warnings
 
 from . import model_zoo  # noqa: E402,F401,I001  (the built-in families register themselves; imports no transformers)
 from .config import TangoConfig
-from .engine.budgets import exact_keep_count
+from .engine.budgets import exact_keep_count, pre_llm_retention
 from .engine.types import PrunePlan, VisualTokens
 from .integration.adapter import ModelAdapter, get_adapter, list_adapters, register_adapter, unregister_adapter
 from .integration.api import TangoHandle, disable, enable, enabled, get_handle
@@ -79,4 +79,5 @@ __all__ = [
     "list_presets",
     "timestamps_from_metadata",
     "exact_keep_count",
+    "pre_llm_retention",
 ]

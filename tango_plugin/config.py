@@ -164,6 +164,17 @@ def _check_int(name: str, value: Any, low: int) -> int:
     return n
 
 
+def real_in_range(name: str, value: Any, low: float, high: float, low_open: bool = False) -> float:
+    """`value` (any real scalar: Python, numpy, 0-d tensor) as a plain float in [low, high] (or (low, high]), else a
+    `ValueError` naming `name`, the value and the range; the coercion every `TangoConfig` field uses."""
+    return _check_range(name, value, low, high, low_open)
+
+
+def integer_at_least(name: str, value: Any, low: int) -> int:
+    """`value` (an integer scalar) as a plain int >= low, else a `ValueError` naming `name`, the value and `low`."""
+    return _check_int(name, value, low)
+
+
 def _range(low: float, high: float, low_open: bool = False) -> Check:
     return lambda name, value: _check_range(name, value, low, high, low_open)
 
@@ -468,24 +479,6 @@ class TangoConfig:
         data = dict(get_preset(name))
         data.update(overrides)
         return cls.from_dict(data)
-
-    @staticmethod
-    def pre_llm_retention(target_ratio: float, num_layers: int, intra_llm_layer: int,
-                          intra_llm_ratio: float = 0.5) -> float:
-        """Pre-LLM retention that makes the layer-averaged token count equal `target_ratio` (docs/algorithm.md §6).
-
-        `min(1, num_layers * r / (K + (num_layers - K) * p))`; the reference's run scripts print it with 6
-        significant digits (r = 0.1, 28 layers, K = 18, p = 0.5 -> 0.121739, the `llava-video` preset).
-        """
-        target_ratio = _check_range("target_ratio", target_ratio, 0.0, 1.0, low_open=True)
-        num_layers = _check_int("num_layers", num_layers, 2)
-        layer = _as_int(intra_llm_layer)
-        if layer is None or not 1 <= layer < num_layers:
-            raise ValueError(f"intra_llm_layer={intra_llm_layer!r} is not allowed; expected an integer in "
-                             f"[1, {num_layers - 1}] (below num_layers={num_layers})")
-        intra_llm_ratio = _check_range("intra_llm_ratio", intra_llm_ratio, 0.0, 1.0, low_open=True)
-        layers_seen = layer + (num_layers - layer) * intra_llm_ratio
-        return min(1.0, num_layers * target_ratio / layers_seen)
 
     @staticmethod
     def help() -> dict:

@@ -52,19 +52,19 @@ def test_bad_intra_llm_fields_name_field_and_value(field, value):
 @pytest.mark.parametrize("target,expected", [(0.1, "0.121739"), (0.15, "0.182609"), (0.2, "0.243478")])
 def test_pre_llm_retention_reproduces_the_run_scripts(target, expected):
     # docs/algorithm.md §6: the run scripts print 28 r / 23 with six significant digits
-    assert f"{tango.TangoConfig.pre_llm_retention(target, 28, 18, 0.5):.6g}" == expected
-    assert tango.TangoConfig.pre_llm_retention(0.9, 28, 18, 0.5) == 1.0  # capped at 1
+    assert f"{tango.pre_llm_retention(target, 28, 18, 0.5):.6g}" == expected
+    assert tango.pre_llm_retention(0.9, 28, 18, 0.5) == 1.0  # capped at 1
 
 
 def test_pre_llm_retention_bad_layer():
     with pytest.raises(ValueError, match="intra_llm_layer=28"):
-        tango.TangoConfig.pre_llm_retention(0.1, 28, 28)
+        tango.pre_llm_retention(0.1, 28, 28)
 
 
 def test_llava_video_preset_carries_the_intra_llm_stage():
     cfg = tango.TangoConfig.from_preset("llava-video")
     assert (cfg.intra_llm_layer, cfg.intra_llm_ratio) == (18, 0.5)
-    assert f"{tango.TangoConfig.pre_llm_retention(0.1, 28, cfg.intra_llm_layer, 0.5):.6g}" == \
+    assert f"{tango.pre_llm_retention(0.1, 28, cfg.intra_llm_layer, 0.5):.6g}" == \
         f"{cfg.retention_ratio:.6g}"
 
 

@@ -174,8 +174,8 @@ def test_other_real_scalars_are_accepted():
     assert type(cfg.alpha) is float
     assert (cfg.num_neighbors, cfg.max_block_elements, cfg.intra_llm_layer) == (3, 4096, 4)
     assert all(type(v) is int for v in (cfg.num_neighbors, cfg.max_block_elements, cfg.intra_llm_layer))
-    assert tp.TangoConfig.pre_llm_retention(np.float32(0.1), np.int64(28), np.int64(18)) == \
-        tp.TangoConfig.pre_llm_retention(0.1, 28, 18)
+    assert tp.pre_llm_retention(np.float32(0.1), np.int64(28), np.int64(18)) == \
+        tp.pre_llm_retention(0.1, 28, 18)
 
 
 @pytest.mark.parametrize("value,match", [

@@ -6,6 +6,8 @@ import math
 import numbers
 from typing import Tuple
 
+from ..config import integer_at_least, real_in_range
+
 
 def frame_keep_count(tokens_per_frame: int, retention_ratio: float) -> int:
     """Tokens one frame keeps under a per-frame budget: ceil(L * r), at least one (the simple baselines)."""
@@ -83,5 +85,32 @@ def plain_keep_ceiling(num_frames: int, tokens_per_frame: int, retention_ratio: 
     return min(T * L, max(L, math.ceil(float(retention_ratio) * T * L) + 2 * T))
 
 
+def pre_llm_retention(target_ratio: float, num_layers: int, intra_llm_layer: int,
+                      intra_llm_ratio: float = 0.5) -> float:
+    """Pre-LLM retention that makes the layer-averaged token count equal `target_ratio` when the intra-LLM stage
+    keeps `intra_llm_ratio` of the tokens from layer `intra_llm_layer` on (docs/algorithm.md §6).
+
+    `min(1, num_layers * r / (K + (num_layers - K) * p))`; the reference's run scripts print it with 6 significant
+    digits (r = 0.1, 28 layers, K = 18, p = 0.5 -> 0.121739, the `llava-video` preset).
+
+    Example:
+        ```python
+        >>> round(pre_llm_retention(0.1, 28, 18, 0.5), 6)
+        0.121739
+        ```
+    """
+    r = real_in_range("target_ratio", target_ratio, 0.0, 1.0, low_open=True)
+    n = integer_at_least("num_layers", num_layers, 2)
+    try:
+        k = integer_at_least("intra_llm_layer", intra_llm_layer, 1)
+    except ValueError:
+        k = 0
+    if not 1 <= k < n:
+        raise ValueError(f"intra_llm_layer={intra_llm_layer!r} is not allowed; expected an integer in [1, {n - 1}] "
+                         f"(below num_layers={n})")
+    p = real_in_range("intra_llm_ratio", intra_llm_ratio, 0.0, 1.0, low_open=True)
+    return min(1.0, n * r / (k + (n - k) * p))
+
+
 __all__ = ["frame_keep_count", "frame_budgets", "segment_budgets", "adjusted_ratio", "exact_keep_count",
-           "plain_keep_ceiling"]
+           "plain_keep_ceiling", "pre_llm_retention"]
