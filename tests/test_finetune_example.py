@@ -4,22 +4,17 @@ load back into a fresh model with the same outputs."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import pathlib
 import warnings
 
 import pytest
+from scripts import load_script
 
 pytest.importorskip("peft")
-EXAMPLE = pathlib.Path(__file__).resolve().parents[1] / "examples" / "finetune_lora.py"
 
 
 def _example():
-    spec = importlib.util.spec_from_file_location("finetune_lora", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("examples/finetune_lora.py", "finetune_lora")
 
 
 def test_finetune_example_trains_saves_and_reloads(tmp_path, capsys):

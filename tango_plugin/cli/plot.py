@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 # distinguishable on white, in order (the first is Tango's when it is listed first)
 PALETTE = [(214, 39, 40), (31, 119, 180), (44, 160, 44), (255, 127, 14), (148, 103, 189), (140, 86, 75),
            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (0, 0, 0), (102, 51, 153),
-           (0, 128, 128), (205, 92, 92)]
+           (0, 128, 128), (205, 92, 92), (128, 128, 0), (255, 0, 255), (70, 130, 180), (210, 180, 140)]
 
 Series = Dict[str, List[Tuple[float, float]]]  # strategy -> [(ratio, value)]
 
