@@ -34,7 +34,7 @@ def line_panels(path: str, panels: Dict[str, Series], *, x_label: str = "retenti
     pw, ph = panel_size
     legend_rows = -(-len(names) // 4)
     top = 28 if title else 8
-    img = Image.new("RGB", (cols * pw, top + rows * ph + 18 * legend_rows + 12), "white")
+    img = Image.new("RGB", (cols * pw, top + rows * ph + 18 * legend_rows + 28), "white")
     draw = ImageDraw.Draw(img)
     if title:
         draw.text((8, 8), title, fill="black")
@@ -77,7 +77,8 @@ def line_panels(path: str, panels: Dict[str, Series], *, x_label: str = "retenti
         lx, row_y = 8 + (i % 4) * (cols * pw // 4), ly + (i // 4) * 18
         draw.line([lx, row_y + 7, lx + 22, row_y + 7], fill=colour[name], width=3)
         draw.text((lx + 28, row_y), name, fill="black")
-    draw.text((cols * pw - 8 - 6 * len(y_label), ly - 2 + 18 * legend_rows), y_label, fill=(120, 120, 120))
+    label = "y: " + y_label
+    draw.text((cols * pw - 8 - 6 * len(label), ly + 2 + 18 * legend_rows), label, fill=(120, 120, 120))
     img.save(path)
     return path
 
