@@ -129,17 +129,26 @@ def test_screened_assignment_equals_the_whole_matrix_oracle(name):
 
 
 def test_equidistant_sets_overflow_the_candidate_lists_and_stay_exact(monkeypatch):
-    calls = []
-    original = dpc._screened_knn
+    calls, caps = [], []
+    original, original_candidates = dpc._screened_knn, dpc._tile_candidates
 
     def spy(ps, kk, tile, exact_sizes=False):
         calls.append(exact_sizes)
         return original(ps, kk, tile, exact_sizes)
 
+    def spy_candidates(mask, A, cap, counts):
+        caps.append(cap)
+        return original_candidates(mask, A, cap, counts)
+
     monkeypatch.setattr(dpc, "_screened_knn", spy)
+    monkeypatch.setattr(dpc, "_tile_candidates", spy_candidates)
     x = _all_equidistant(150, 160, 0)
     assert torch.equal(dpc.dpc_knn(x[None], 20, 5, max_block_elements=TILE_ELEMENTS)[0], _oracle_centres(x, 20, 5))
-    assert calls == [False, True]  # every entry is a candidate: the tile lists were full, the pass was redone
+    # every entry is a candidate: the tile lists were full, and the full tiles alone were taken again whole (cap
+    # None) after the pass, instead of a second pass over every tile
+    assert calls == [False]
+    capped = [c for c in caps if c is not None]
+    assert capped and caps[:len(capped)] == capped and 0 < caps.count(None) <= len(capped)
 
 
 @pytest.mark.parametrize("scale", [1e-6, 1.0, 1e6])

@@ -20,7 +20,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from . import scratch, screening
+from . import scratch, screening, threads
 from .screening import PointSet
 
 # Side of the distance tiles: large enough for efficient matrix products, small enough that the
@@ -65,7 +65,7 @@ def _neighbour_delta(rho: torch.Tensor, knn_d: torch.Tensor, knn_i: torch.Tensor
 
 
 def _dpc_full(x: torch.Tensor, cluster_num: int, k: int) -> torch.Tensor:
-    return _dpc_of_distances(torch.cdist(x, x), cluster_num, k)
+    return _dpc_of_distances(_cdist(x, x), cluster_num, k)
 
 
 def _dpc_of_distances(dist: torch.Tensor, cluster_num: int, k: int) -> torch.Tensor:
@@ -102,7 +102,14 @@ def _augment(x: torch.Tensor, name: str):
 
 
 def _distances(rows_aug: torch.Tensor, cols_aug: torch.Tensor) -> torch.Tensor:
-    return (rows_aug @ cols_aug.T).clamp_min_(0).sqrt_()
+    with threads.wide(rows_aug.numel() * cols_aug.shape[0]):
+        return (rows_aug @ cols_aug.T).clamp_min_(0).sqrt_()
+
+
+def _cdist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """`torch.cdist(x, y)`, on the caller's threads when the product is large (engine/threads.py)."""
+    with threads.wide(x.numel() * y.shape[-2]):
+        return torch.cdist(x, y)
 
 
 class FrameOperands:
@@ -136,7 +143,8 @@ class FrameOperands:
 def _cdist_product(rows: torch.Tensor, cols: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """`torch.cdist` from its operands (1, n, D + 2), (1, m, D + 2): the same batch-1 product, clamp and root (into
     `out` if given)."""
-    return torch.matmul(rows, cols.mT, out=out).clamp_min_(0).sqrt_()
+    with threads.wide(rows.numel() * cols.shape[-2]):
+        return torch.matmul(rows, cols.mT, out=out).clamp_min_(0).sqrt_()
 
 
 def cluster_frames(ops: FrameOperands, members: torch.Tensor, cluster_num: int, k: int,
@@ -177,7 +185,7 @@ def cluster_small(x: torch.Tensor, cluster_num: int, k: int) -> Tuple[torch.Tens
     """`dpc_knn` then `nearest_anchor` (anchors in density order) for B sets of at most CDIST_DIRECT_MAX points, from
     one `torch.cdist`: on sets that small it computes every pair on its own (no matrix product), so the distances to
     the anchors are columns of the set's own distance matrix, bit for bit."""
-    dist = torch.cdist(x, x)
+    dist = _cdist(x, x)
     centers = _dpc_of_distances(dist, cluster_num, k)
     to_anchors = torch.gather(dist, 2, centers[:, None, :].expand(-1, x.shape[1], -1))
     return centers, to_anchors.argmin(dim=-1)
@@ -327,6 +335,19 @@ def _tile_candidates(mask: torch.Tensor, A: torch.Tensor, cap: Optional[int], co
     return r, c, A[r, c].masked_fill_(padding, float("inf"))
 
 
+def _add_candidates(rows: list, cols: list, vals: list, A: torch.Tensor, limit: torch.Tensor, ra: slice, rb: slice,
+                    per_row: Optional[int], counts: list) -> None:
+    """The entries of tile A (rows ra x columns rb of the upper triangle) under their row's limit, both ways round
+    (an off-diagonal tile also lists each entry under its column's limit, as the pair (column, row)); at most
+    `per_row` per row on average without a host read (`_tile_candidates`), or all of them (`per_row` None)."""
+    na, nb = ra.stop - ra.start, rb.stop - rb.start
+    r, c, v = _tile_candidates(A <= limit[ra, None], A, None if per_row is None else per_row * na, counts)
+    rows.append(r + ra.start), cols.append(c + rb.start), vals.append(v)
+    if rb.start != ra.start:
+        r, c, v = _tile_candidates(A <= limit[None, rb], A, None if per_row is None else per_row * nb, counts)
+        rows.append(c + rb.start), cols.append(r + ra.start), vals.append(v)
+
+
 def _knn_limit(uppers: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
     """Per row, the largest screened value a candidate for the k + 1 nearest can have: its interval must reach
     below the (k + 1)-th upper end."""
@@ -346,9 +367,10 @@ def _screened_knn(ps: PointSet, kk: int, tile: int, exact_sizes: bool = False):
     bound = ps.row_bound()
     bound_all = bound.max()
     uppers = torch.full((M, kk), float("inf"), device=dev)
-    rows, cols, vals, counts = [], [], [], []
+    rows, cols, vals, counts, owners = [], [], [], [], []
     top = torch.tensor(float("-inf"), device=dev)
-    for ra, rb in _tiles(M, tile):
+    tiles = list(_tiles(M, tile))
+    for t, (ra, rb) in enumerate(tiles):
         na, nb = ra.stop - ra.start, rb.stop - rb.start
         A = screening.approx_sq(ps, ra, ps, rb)
         _keep_smallest(uppers, ra, _group_minima(A), kk)
@@ -356,20 +378,24 @@ def _screened_knn(ps: PointSet, kk: int, tile: int, exact_sizes: bool = False):
             _keep_smallest(uppers, rb, _group_minima(A.T.contiguous()) if na % GROUP else
                            A.view(na // GROUP, GROUP, nb).amin(dim=1).T, kk)
         limit = _knn_limit(uppers, bound)  # this row's candidates so far: a <= limit
-        r, c, v = _tile_candidates(A <= limit[ra, None], A, None if exact_sizes else CANDIDATES_PER_ROW * na,
-                                   counts)
-        rows.append(r + ra.start), cols.append(c + rb.start), vals.append(v)
-        if rb.start != ra.start:
-            r, c, v = _tile_candidates(A <= limit[None, rb], A, None if exact_sizes else CANDIDATES_PER_ROW * nb,
-                                       counts)
-            rows.append(c + rb.start), cols.append(r + ra.start), vals.append(v)
+        _add_candidates(rows, cols, vals, A, limit, ra, rb, None if exact_sizes else CANDIDATES_PER_ROW, counts)
+        owners.extend([t] * (len(counts) - len(owners)))
         top = torch.maximum(top, A.max())
         if len(vals) >= 2 * COMPACT_EVERY:  # drop what the current limits already exclude (bounded memory)
             rows, cols, vals = _compact(rows, cols, vals, limit)
-    if counts and bool(torch.stack(counts).any()):
-        return _screened_knn(ps, kk, tile, exact_sizes=True)  # a tile had more candidates than it kept
-    rows, cols, _ = _compact(rows, cols, vals, _knn_limit(uppers, bound))
+    limit = _knn_limit(uppers, bound)
+    # tiles that had more candidates than they kept (near-duplicate points: many near-ties) are taken again, whole,
+    # under the final limits (only lower than the limits they were taken under): every entry under the final
+    # limits is then listed, as in one pass with exact sizes, with no second pass over the other tiles
+    overflowed = sorted({t for t, full in zip(owners, torch.stack(counts).tolist()) if full}) if counts else []
+    for t in overflowed:
+        ra, rb = tiles[t]
+        _add_candidates(rows, cols, vals, screening.approx_sq(ps, ra, ps, rb), limit, ra, rb, None, [])
+    rows, cols, _ = _compact(rows, cols, vals, limit)
     rows, cols = rows[0], cols[0]
+    if overflowed:  # an overflowed tile's first entries are listed twice
+        keys = torch.unique(rows * M + cols)
+        rows, cols = keys // M, keys % M
     lists, _, d = _pair_lists(rows, cols, M, _pair_distances(ps, rows, cols))
     knn_d, knn_i = screening.sorted_by_distance(d, lists)
     # the largest canonical distance is at least this (the largest screened value minus the bound)
@@ -580,8 +606,8 @@ def nearest_anchor(points: torch.Tensor, anchors: torch.Tensor, max_block_elemen
     rows = max(1, max_block_elements // max(1, B * m))
     points, anchors = points.float(), anchors.float()
     if rows >= n:
-        return torch.cdist(points, anchors).argmin(dim=-1)
-    return torch.cat([torch.cdist(points[:, a:a + rows], anchors).argmin(dim=-1) for a in range(0, n, rows)], dim=1)
+        return _cdist(points, anchors).argmin(dim=-1)
+    return torch.cat([_cdist(points[:, a:a + rows], anchors).argmin(dim=-1) for a in range(0, n, rows)], dim=1)
 
 
 def merge_clusters(sources: torch.Tensor, assign: torch.Tensor, anchors: torch.Tensor, beta: float) -> torch.Tensor:

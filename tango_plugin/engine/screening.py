@@ -25,7 +25,7 @@ from typing import Optional
 
 import torch
 
-from . import scratch
+from . import scratch, threads
 
 _WARNED: set = set()
 U32 = 2.0 ** -24  # unit roundoff of float32
@@ -252,7 +252,9 @@ def approx_sq(rows: PointSet, ra, cols: PointSet, rb) -> torch.Tensor:
 
 def screened_block(r: torch.Tensor, r_sq: torch.Tensor, c: torch.Tensor, c_sq: torch.Tensor) -> torch.Tensor:
     """`approx_sq` of screening rows `r` (n, D) and `c` (m, D) with their float32 squared norms."""
-    S = torch.mm(r, c.T, out=scratch.take("screen.product", (r.shape[0], c.shape[0]), r.dtype, r.device))
+    out = scratch.take("screen.product", (r.shape[0], c.shape[0]), r.dtype, r.device)
+    with threads.wide(r.shape[0] * c.shape[0] * r.shape[1]):
+        S = torch.mm(r, c.T, out=out)
     A = torch.add(r_sq[:, None], c_sq[None, :], out=scratch.take("screen.block", S.shape, torch.float32, r.device))
     return A.sub_(S, alpha=2)  # a bfloat16 S is widened on the fly (exact), no float32 copy
 

@@ -31,6 +31,19 @@ def _inv_freq(size: int, base: float, device) -> torch.Tensor:
     return 1.0 / (base ** (torch.arange(0, size, 2, dtype=torch.float, device=device) / size))
 
 
+def _broadcast(a: Tuple[int, ...], b: Tuple[int, ...]) -> Tuple[int, ...]:
+    """The broadcast shape of two shapes (`torch.broadcast_shapes` imports torch._refs, and with it sympy: about
+    0.35 s on the first call of a process)."""
+    n = max(len(a), len(b))
+    a, b = (1,) * (n - len(a)) + tuple(a), (1,) * (n - len(b)) + tuple(b)
+    out = []
+    for x, y in zip(a, b):
+        if x != y and 1 not in (x, y):
+            raise RuntimeError(f"shapes {a} and {b} do not broadcast")
+        out.append(y if x == 1 else x)
+    return tuple(out)
+
+
 def _rotate_(x: torch.Tensor, angles: torch.Tensor) -> None:
     """Rotate-half RoPE of `x` (..., d) in place; `angles` (..., d/2) broadcasts against x's leading dims.
 
@@ -40,7 +53,7 @@ def _rotate_(x: torch.Tensor, angles: torch.Tensor) -> None:
     half = x.shape[-1] // 2
     cos, sin = angles.cos(), angles.sin()
     x1, x2 = x[..., :half], x[..., half:]
-    shape = torch.broadcast_shapes(x1.shape, sin.shape)  # the products' temporaries live in scratch buffers
+    shape = _broadcast(x1.shape, sin.shape)  # the products' temporaries live in scratch buffers
     x1_sin = torch.mul(x1, sin, out=scratch.take("rope.x1_sin", shape, x.dtype, x.device))
     x2_sin = torch.mul(x2, sin, out=scratch.take("rope.x2_sin", shape, x.dtype, x.device))
     x1.mul_(cos).sub_(x2_sin)

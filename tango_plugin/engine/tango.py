@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import TangoConfig
-from . import scratch
+from . import scratch, threads
 from .budgets import adjusted_ratio, frame_budgets, segment_budgets
 from .dpc import (
     CDIST_DIRECT_MAX,
@@ -111,7 +111,8 @@ def _gathered(flat: torch.Tensor, idx: torch.Tensor, name: "str | None" = None) 
     if name is None or (flat.requires_grad and torch.is_grad_enabled()):
         return torch.index_select(flat, 0, idx)
     out = scratch.take(name, (idx.numel(), flat.shape[1]), flat.dtype, flat.device)
-    return torch.index_select(flat.detach(), 0, idx, out=out)
+    with threads.wide(out.numel(), threads.WIDE_MIN_ELEMENTS):
+        return torch.index_select(flat.detach(), 0, idx, out=out)
 
 
 def _compact_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -341,11 +342,12 @@ class _Video:
                 torch.index_select(x.view(T * L, D), 0, (frame_ids[:, None] * L + cells).flatten(),
                                    out=raw.view(-1, D))
             src = out.copy_(raw) if raw is not out else out
-        # F.normalize(src, dim=-1): the same norm, clamp and division
-        torch.div(src, src.norm(2, -1, keepdim=True).clamp_min_(1e-12), out=out)
         cells = slice(None) if cells is None else cells
-        return rope_tokens_(out, self.t_pos[frames], self.rows[cells], self.cols[cells], self.cfg.base_time,
-                            self.cfg.base_space)
+        with threads.wide(out.numel(), threads.WIDE_MIN_ELEMENTS):
+            # F.normalize(src, dim=-1): the same norm, clamp and division
+            torch.div(src, src.norm(2, -1, keepdim=True).clamp_min_(1e-12), out=out)
+            return rope_tokens_(out, self.t_pos[frames], self.rows[cells], self.cols[cells], self.cfg.base_time,
+                                self.cfg.base_space)
 
 
 def _token_similarity(feats: torch.Tensor, frames_per_chunk: int = 4) -> torch.Tensor:
@@ -450,7 +452,7 @@ def tango_prune(tokens: VisualTokens, cfg: TangoConfig) -> PrunePlan:
         tokens: the video's tokens (see `VisualTokens`).
         cfg: the run's settings.
     """
-    with scratch.session():
+    with scratch.session(), threads.call_threads():
         plan = _tango_prune(tokens, cfg, _Deferred())
         if plan is None:
             plan = _tango_prune(tokens, cfg, None)

@@ -1,5 +1,6 @@
 """Test material for tango_plugin and for users' own adapters: no downloads, CPU only.
 
+* `ar1_video`: AR(1) token trajectories (near-duplicate static tokens, moving ones, a few cuts; issue 24's input).
 * `synthetic_video`: generated visual tokens (features, saliency, grid, times) with scenes, static background and
   a moving salient object, for the engine and the strategies (torch only).
 * `build_tokenizer`, `build_model`, `video_inputs`, `VideoSpec`, `ImageSpec`: tiny random Video LLMs of every
@@ -22,7 +23,7 @@ from __future__ import annotations
 import importlib
 
 from . import tiny_glm4v  # noqa: F401  (registers the tiny GLM-4.1V recipe; torch only at import)
-from .synthetic import SyntheticVideo, synthetic_video
+from .synthetic import SyntheticVideo, ar1_video, synthetic_video
 from .tiny_internvl import MODEL_TYPE as _INTERNVL  # noqa: F401  (registers the tiny InternVL3 recipe; torch only)
 
 _MODEL_HALF = ("build_tokenizer", "build_model", "build_sized_model", "video_inputs", "VideoSpec", "ImageSpec",
@@ -36,4 +37,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'tango_plugin.testing' has no attribute {name!r}")
 
 
-__all__ = ["SyntheticVideo", "synthetic_video", *_MODEL_HALF]
+__all__ = ["SyntheticVideo", "synthetic_video", "ar1_video", *_MODEL_HALF]

@@ -73,3 +73,44 @@ def synthetic_video(num_frames: int = 32, grid_hw: Tuple[int, int] = (14, 14), d
     timestamps = torch.arange(num_frames, dtype=torch.float64) / fps
     return SyntheticVideo(features=feats.to(dtype), saliency=saliency, grid_hw=(H, W), timestamps=timestamps,
                           frame_embeddings=feats.mean(dim=1).to(dtype), scene_of_frame=scene)
+
+
+def ar1_video(num_frames: int = 32, grid_hw: Tuple[int, int] = (14, 14), dim: int = 896, num_cuts: int = 3,
+              moving_fraction: float = 0.3, static_corr: float = 0.99, moving_corr: float = 0.5, fps: float = 1.0,
+              seed: int = 0, dtype: torch.dtype = torch.float32) -> SyntheticVideo:
+    """AR(1) token trajectories with a few scene cuts and random saliency (near-duplicate static tokens).
+
+    Every token follows x_t = c x_{t-1} + sqrt(1 - c^2) e_t with unit-variance Gaussian e_t (so each frame has unit
+    variance per dim): c = `static_corr` for the static tokens, `moving_corr` for a random `moving_fraction` of the
+    grid (drawn anew per scene). At each of the `num_cuts` cuts (at distinct random frames) every token starts
+    afresh. Saliency is a softmax of Gaussian logits per frame, unrelated to the features. Consecutive static
+    tokens are near-duplicates (cosine about `static_corr`), which makes distance near-ties common in large pools.
+    """
+    if num_frames < 1 or num_cuts < 0 or not 0.0 <= moving_fraction <= 1.0:
+        raise ValueError(f"need num_frames >= 1, num_cuts >= 0 and moving_fraction in [0, 1]; got "
+                         f"{num_frames}, {num_cuts}, {moving_fraction}")
+    if not (-1.0 < static_corr < 1.0 and -1.0 < moving_corr < 1.0):
+        raise ValueError(f"correlations must lie in (-1, 1); got {static_corr}, {moving_corr}")
+    g = torch.Generator().manual_seed(seed)
+    H, W = grid_hw
+    L = H * W
+    cuts = torch.randperm(max(0, num_frames - 1), generator=g)[:num_cuts] + 1  # a cut starts a scene at frame f
+    starts = torch.zeros(num_frames, dtype=torch.bool)
+    starts[0] = True
+    starts[cuts] = True
+    scene = torch.cumsum(starts.long(), 0) - 1
+    feats = torch.empty(num_frames, L, dim)
+    corr = torch.empty(L, 1)
+    x = torch.empty(L, dim)
+    for f in range(num_frames):
+        if starts[f]:
+            moving = torch.rand(L, generator=g) < moving_fraction
+            corr[:, 0] = torch.where(moving, moving_corr, static_corr)
+            x = torch.randn(L, dim, generator=g)
+        else:
+            x = corr * x + torch.sqrt(1 - corr * corr) * torch.randn(L, dim, generator=g)
+        feats[f] = x
+    saliency = torch.softmax(torch.randn(num_frames, L, generator=g), dim=-1)
+    timestamps = torch.arange(num_frames, dtype=torch.float64) / fps
+    return SyntheticVideo(features=feats.to(dtype), saliency=saliency, grid_hw=(H, W), timestamps=timestamps,
+                          frame_embeddings=feats.mean(dim=1).to(dtype), scene_of_frame=scene)
