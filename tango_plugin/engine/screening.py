@@ -195,7 +195,9 @@ class PointSet:
                 self.resid[a:a + 1024] = torch.linalg.vector_norm(e, dim=1) * (1 + self.sq_err)
         self._beta_screen = 0.0 if dtype == torch.float32 else UNIT_ROUNDOFF[dtype] / (1 - UNIT_ROUNDOFF[dtype])
         # flushed subnormals (bfloat16 dot instructions flush them): each input component or product loses at
-        # most 2**-126 times its partner, so per pair at most 2**-126 (sqrt(D) (n_i + n_j) + D); doubled for a
+        # most 2**-126 times its partner, so a dot S loses at most 2**-126 (sqrt(D) (n_i + n_j) + D); the squared
+        # distance q_i + q_j - 2 S twice that, 2**-125 (sqrt(D) (n_i + n_j) + D), which 2**-124 D (1 + n_i + n_j)
+        # covers with a factor 2 to spare (sqrt(D) <= D). `_bound` multiplies this by (1 + n_i + n_j).
         self._abs = 2.0 ** -124 * self.D
         self._self_bound: Optional[torch.Tensor] = None
         self.knn: Optional[torch.Tensor] = None  # (M, k + 1) exact nearest lists, once DPC-KNN has run
