@@ -5,6 +5,7 @@ call (no sympy import)."""
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -61,6 +62,7 @@ def test_thread_count_rule():
 def test_call_threads_narrows_and_restores():
     before = torch.get_num_threads()
     torch.set_num_threads(2)
+    threads.set_policy("size")
     try:
         with threads.call_threads():
             assert torch.get_num_threads() == 1 and threads.caller_threads() == 2
@@ -79,8 +81,47 @@ def test_call_threads_narrows_and_restores():
             raise RuntimeError("restored on errors too")
         assert torch.get_num_threads() == 2
     finally:
-        threads.set_policy("size")
+        threads.set_policy("auto")
         torch.set_num_threads(before)
+
+
+def test_auto_narrows_only_when_the_machine_was_busy(monkeypatch):
+    """"auto": the other processes' measured cores decide; unmeasured means narrow."""
+    assert threads.free_for_caller(0.1, 2, 2) and not threads.free_for_caller(0.9, 2, 2)
+    assert not threads.free_for_caller(None, 2, 2)
+    assert threads.free_for_caller(5.9, 2, 8) and not threads.free_for_caller(6.5, 2, 8)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    monkeypatch.setattr(threads, "_cpus", lambda: 2)
+    try:
+        threads.set_policy("auto")
+        for others, want in ((0.0, 2), (0.9, 1), (None, 1)):
+            monkeypatch.setattr(threads._LOAD, "sample", lambda others=others: others)
+            with threads.call_threads():
+                assert torch.get_num_threads() == want, others
+                with threads.wide(threads.WIDE_MIN_MACS):  # a large operation always gets the caller's threads
+                    assert torch.get_num_threads() == 2
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_machine_load_counts_other_processes_not_this_one():
+    """Busy work in this process between two samples is not counted as the machine being busy."""
+    load = threads._MachineLoad()
+    if load._machine_busy() is None:
+        pytest.skip("no /proc/stat here")
+    load.sample()
+    time.sleep(0.3)
+    resting = load.sample()  # whatever the other processes do anyway
+    deadline = time.monotonic() + 0.3
+    x = 0
+    while time.monotonic() < deadline:  # this process keeps one core busy
+        x += 1
+    working = load.sample()
+    assert resting is not None and working is not None
+    assert working < resting + 0.5  # our own core of work is not counted as the machine being busy
+    assert load.sample() == working  # an interval under MIN_INTERVAL reuses the last measurement
 
 
 def _plan(v, **kw):
@@ -99,12 +140,12 @@ def test_plans_do_not_depend_on_threads_or_policy(make):
     try:
         for n in (1, 2):
             torch.set_num_threads(n)
-            for policy in ("size", "caller"):
+            for policy in ("size", "caller", "auto"):
                 threads.set_policy(policy)
                 plans.append(_plan(v))
                 plans.append(_plan(v, max_block_elements=1 << 16))
     finally:
-        threads.set_policy("size")
+        threads.set_policy("auto")
         torch.set_num_threads(before)
     for i, p in enumerate(plans):  # even: the default block size, odd: the small one
         q = plans[i % 2]
