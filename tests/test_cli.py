@@ -8,13 +8,25 @@ from tango_plugin.cli import main
 from tango_plugin.testing import synthetic_video
 
 
-def test_demo_engine_part_writes_pngs(tmp_path, capsys):
+def test_demo_engine_part_writes_pngs(tmp_path, capsys, monkeypatch):
+    import re
+
+    from tango_plugin.cli import demo
+
+    calls = []
+    real = demo.prune_video_tokens
+    monkeypatch.setattr(demo, "prune_video_tokens", lambda *a: calls.append(a[-1].strategy) or real(*a))
     assert main(["demo", "--no-model", "--frames", "6", "--grid", "4", "--dim", "24", "--out", str(tmp_path)]) == 0
     text = capsys.readouterr().out
     for name in ("tango", "topk", "uniform"):
         png = (tmp_path / f"kept_{name}.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and b"IDAT" in png and b"IEND" in png
         assert f"| {name}" in text
+        assert calls.count(name) == 4  # a first call, then the 3 warm calls the table's median is taken from
+    # warm times in the table, the one-time start-up of each strategy on its own line
+    assert "| warm ms |" in text
+    startup = re.search(r"One-time start-up.*?: (tango \d+ ms), (topk \d+ ms), (uniform \d+ ms)\.", text)
+    assert startup is not None, text
 
 
 def test_saliency_picture_opens_with_pil_and_marks_kept_tokens(tmp_path):

@@ -189,6 +189,31 @@ def test_max_length_counts_the_callers_prompt(name):
 
 
 # ----------------------------------------------------------------------------------------------- multi-turn
+NEXT_TURN = "<|im_end|>\n<|im_start|>user\nand then?<|im_end|>\n<|im_start|>assistant\n"
+
+
+def _token_types_for(inputs: dict, ids: torch.Tensor) -> dict:
+    """`mm_token_type_ids` of `inputs` extended with text (0) up to `ids`' length, for the models that take it."""
+    if "mm_token_type_ids" not in inputs:
+        return {}
+    types = inputs["mm_token_type_ids"]
+    pad = torch.zeros(1, ids.shape[1] - inputs["input_ids"].shape[1], dtype=types.dtype)
+    return {"mm_token_type_ids": torch.cat([types, pad], dim=1)}
+
+
+def _two_turns(model, tok, inputs: dict, keep: tuple = ()):
+    """Generate 3 tokens, append a user turn and continue 3 more from the returned cache (keeping the `keep` inputs,
+    no pixels). Returns (the second call's input ids, its output)."""
+    turn = tok([NEXT_TURN], return_tensors="pt").input_ids
+    first = model.generate(**inputs, max_new_tokens=3, do_sample=False, return_dict_in_generate=True)
+    ids = torch.cat([first.sequences, turn], dim=1)
+    kw = {k: v for k, v in inputs.items() if k in keep}
+    kw.update(attention_mask=torch.ones_like(ids), **_token_types_for(inputs, ids))
+    second = model.generate(input_ids=ids, past_key_values=first.past_key_values, max_new_tokens=3, do_sample=False,
+                            **kw)
+    return ids, second
+
+
 @pytest.mark.parametrize("name", NAMES)
 @torch.no_grad()
 def test_continuation_from_the_returned_cache(name):
@@ -197,20 +222,9 @@ def test_continuation_from_the_returned_cache(name):
     model = t.model()
     tok = t.tokenizer()
     inputs = t.single(model)
-    turn = tok(["<|im_end|>\n<|im_start|>user\nand then?<|im_end|>\n<|im_start|>assistant\n"],
-               return_tensors="pt").input_ids
 
     def two_turns():
-        first = model.generate(**inputs, max_new_tokens=3, do_sample=False, return_dict_in_generate=True)
-        ids = torch.cat([first.sequences, turn], dim=1)
-        kw = {"attention_mask": torch.ones_like(ids)}
-        if "mm_token_type_ids" in inputs:
-            kw["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"],
-                                                 torch.zeros(1, ids.shape[1] - inputs["input_ids"].shape[1],
-                                                             dtype=inputs["mm_token_type_ids"].dtype)], dim=1)
-        second = model.generate(input_ids=ids, past_key_values=first.past_key_values, max_new_tokens=3,
-                                do_sample=False, **kw)
-        return ids, second
+        return _two_turns(model, tok, inputs)
 
     ids, ref = two_turns()
     with tango.enabled(model, cfg(1.0), **t.options):
@@ -219,11 +233,8 @@ def test_continuation_from_the_returned_cache(name):
     with tango.enabled(model, cfg(0.25), **t.options):
         ids, cont = two_turns()
         # the same conversation in one fresh call: the video is pruned the same way, so greedy agrees
-        fresh_inputs = dict(inputs, input_ids=ids, attention_mask=torch.ones_like(ids))
-        if "mm_token_type_ids" in inputs:
-            fresh_inputs["mm_token_type_ids"] = torch.cat(
-                [inputs["mm_token_type_ids"], torch.zeros(1, ids.shape[1] - inputs["input_ids"].shape[1],
-                                                          dtype=inputs["mm_token_type_ids"].dtype)], dim=1)
+        fresh_inputs = dict(inputs, input_ids=ids, attention_mask=torch.ones_like(ids),
+                            **_token_types_for(inputs, ids))
         fresh = model.generate(**fresh_inputs, max_new_tokens=3, do_sample=False)
         with pytest.raises(ValueError, match="start with exactly the sequences"):
             model.generate(input_ids=ids[:, 1:], past_key_values=copy.deepcopy(
@@ -402,21 +413,9 @@ def test_continuation_keeping_the_image_grid_without_pixels(name, ratio):
     model = t.model()
     tok = t.tokenizer()
     inputs = t.inputs(model, [[tiny.ImageSpec()]], ["what is in this picture?"])
-    turn = tok(["<|im_end|>\n<|im_start|>user\nand then?<|im_end|>\n<|im_start|>assistant\n"],
-               return_tensors="pt").input_ids
 
-    def two_turns():
-        first = model.generate(**inputs, max_new_tokens=3, do_sample=False, return_dict_in_generate=True)
-        ids = torch.cat([first.sequences, turn], dim=1)
-        kw = {k: v for k, v in inputs.items() if k in ("image_grid_thw", "image_sizes")}  # kept, no pixels
-        kw["attention_mask"] = torch.ones_like(ids)
-        if "mm_token_type_ids" in inputs:
-            kw["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"],
-                                                 torch.zeros(1, ids.shape[1] - inputs["input_ids"].shape[1],
-                                                             dtype=inputs["mm_token_type_ids"].dtype)], dim=1)
-        second = model.generate(input_ids=ids, past_key_values=first.past_key_values, max_new_tokens=3,
-                                do_sample=False, **kw)
-        return ids, second
+    def two_turns():  # image_grid_thw / image_sizes kept, no pixels
+        return _two_turns(model, tok, inputs, keep=("image_grid_thw", "image_sizes"))
 
     with torch.no_grad():
         ids, ref = two_turns()

@@ -32,10 +32,13 @@ class _Started:
         pass
 
 
-def _two_inputs(t, model):
+def _fresh_with_two_inputs(name):
+    """A fresh tiny model of adapter `name`, its tester and two different single-video inputs."""
+    t = TESTERS[name]
+    model = t.fresh_model()
     a = t.single(model, frames=8, seed=1, prompt="what happens?")
     b = t.single(model, frames=8, seed=2, prompt="describe it")
-    return a, b
+    return t, model, a, b
 
 
 def _run(threads):
@@ -60,9 +63,7 @@ def _run(threads):
 
 @pytest.mark.parametrize("name", sorted(TESTERS))
 def test_forward_during_another_threads_generate_is_pruned_and_exact(name):
-    t = TESTERS[name]
-    model = t.fresh_model()
-    a, b = _two_inputs(t, model)
+    t, model, a, b = _fresh_with_two_inputs(name)
     handle = tango.enable(model, CFG, **t.options)
     with torch.no_grad():
         ref_logits = model(**b).logits
@@ -91,9 +92,7 @@ def test_forward_during_another_threads_generate_is_pruned_and_exact(name):
 
 @pytest.mark.parametrize("name", sorted(TESTERS))
 def test_two_threads_generating_on_one_model_each_get_their_serial_tokens(name):
-    t = TESTERS[name]
-    model = t.fresh_model()
-    a, b = _two_inputs(t, model)
+    t, model, a, b = _fresh_with_two_inputs(name)
     handle = tango.enable(model, CFG, **t.options)
     with torch.no_grad():
         ref = {"a": gen(model, a, n=6), "b": gen(model, b, n=6)}
@@ -116,9 +115,7 @@ def test_two_threads_generating_on_one_model_each_get_their_serial_tokens(name):
 
 @pytest.mark.parametrize("name", ["qwen2_vl", "llava_onevision"])
 def test_the_intra_llm_stage_runs_one_generate_at_a_time_and_leaves_other_threads_alone(name):
-    t = TESTERS[name]
-    model = t.fresh_model()
-    a, b = _two_inputs(t, model)
+    t, model, a, b = _fresh_with_two_inputs(name)
     cfg = tango.TangoConfig(retention_ratio=0.5, intra_llm_layer=1, intra_llm_ratio=0.5)
     handle = tango.enable(model, cfg, **t.options)
     with torch.no_grad(), pytest.warns(UserWarning, match="intra_llm_layer is applied in generate only"):

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tango_plugin.testing.clips import write_clip
+
 ROOT = Path(__file__).resolve().parents[1]
 FRAMES, FPS = 20, 5  # the generated clip: 4 s at 5 fps, every frame different
 SIDE = 112
@@ -76,19 +78,7 @@ def vk():
 
 
 def _write_clip(path: Path) -> str:
-    import av
-
-    base = np.random.default_rng(0).integers(0, 255, (SIDE, SIDE, 3), dtype=np.uint8)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=FPS)
-        stream.width = stream.height = SIDE
-        stream.pix_fmt = "yuv420p"
-        for i in range(FRAMES):
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.roll(base, 4 * i, axis=1), format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return str(path)
+    return write_clip(str(path), FRAMES, FPS, side=SIDE, seed=0)
 
 
 QWEN_TEMPLATE = (

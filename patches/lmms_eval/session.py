@@ -45,6 +45,16 @@ from .._session import HarnessSession, video_entry
 from .._session import ProcessorProxy as BaseProcessorProxy
 
 
+def _loguru(level: str, text: str) -> None:
+    """`text` through lmms-eval's logger (its INFO and WARNING lines reach the console)."""
+    try:
+        from loguru import logger
+    except ImportError:  # pragma: no cover - lmms-eval always has loguru
+        print(text, file=sys.stderr)
+        return
+    getattr(logger, level)(text)
+
+
 class ProcessorProxy(BaseProcessorProxy):
     """Wraps a wrapper's processor: traces the frames of each video it is given, calls it on plain tensors and adds
     a `FrameTimes` to the output. Every other attribute is the processor's own."""
@@ -109,7 +119,7 @@ class TangoSession(HarnessSession):
             text = str(w.message)
             if text.startswith("tango_plugin:"):
                 notes.append(text)
-                self._log(text)
+                self.log(text)
             else:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         if carrier is not None:
@@ -146,25 +156,11 @@ class TangoSession(HarnessSession):
         self.log_info(self.run_line())
 
     def log(self, text: str) -> None:
-        self._log(text)
+        _loguru("warning", text)
 
     @staticmethod
     def log_info(text: str) -> None:
-        try:
-            from loguru import logger  # lmms-eval's logger: its INFO lines reach the console
-
-            logger.info(text)
-        except ImportError:  # pragma: no cover - lmms-eval always has loguru
-            print(text, file=sys.stderr)
-
-    @staticmethod
-    def _log(text: str) -> None:
-        try:
-            from loguru import logger  # lmms-eval's logger: its WARNING lines reach the console
-
-            logger.warning(text)
-        except ImportError:  # pragma: no cover - lmms-eval always has loguru
-            print(text, file=sys.stderr)
+        _loguru("info", text)
 
     # -------------------------------------------------------------------------------------- report
     def record(self, carrier: FrameTimes, notes: Sequence[str] = ()) -> None:

@@ -149,7 +149,8 @@ def call_threads() -> Iterator[None]:
     narrowed = _LOCAL.depth == 1 and _POLICY[0] != "caller" and _LOCAL.caller > 1
     if narrowed and _POLICY[0] == "auto":
         narrowed = not free_for_caller(_LOAD.sample(), _LOCAL.caller, _cpus())
-    _LOCAL.narrowed = narrowed if _LOCAL.depth == 1 else _LOCAL.narrowed
+    if _LOCAL.depth == 1:  # a nested call keeps the outermost call's choice
+        _LOCAL.narrowed = narrowed
     if narrowed:
         torch.set_num_threads(1)
     try:
