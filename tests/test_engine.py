@@ -6,10 +6,9 @@ import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import tango_plugin as tp
-from tango_plugin.engine.dpc import _dpc_full, dpc_knn, merge_clusters, nearest_anchor
+from tango_plugin.engine.dpc import merge_clusters
 from tango_plugin.engine.segmentation import fastvid_segments, holitom_segments
 from tango_plugin.engine.strope import apply_strope_, strope_sections
 from tango_plugin.engine.tango import adjusted_ratio, frame_budgets, segment_budgets
@@ -102,7 +101,7 @@ def test_holitom_matches_literal_dp(seed):
 def test_static_counts_on_the_device_equal_a_literal_count(seed):
     """The per-token part of the segmentation runs on the input's device: static[s, w] counts the tokens similar
     over every pair of the window [s, s + w]."""
-    from tango_plugin.engine.segmentation import _static_counts
+    from tango_plugin.engine.segmentation import static_counts
 
     g = torch.Generator().manual_seed(seed)
     similar = torch.rand(11, 7, generator=g) > 0.3
@@ -111,7 +110,7 @@ def test_static_counts_on_the_device_equal_a_literal_count(seed):
     for s in range(T - 1):
         for w in range(T - s):
             want[s, w] = int(similar[s:s + w].all(dim=0).sum())
-    assert torch.equal(_static_counts(similar), want)
+    assert torch.equal(static_counts(similar), want)
 
 
 def test_holitom_max_window():
@@ -165,30 +164,6 @@ def test_merge_weights_on_hand_made_cluster():
     assert torch.equal(merged[0, 1], anchors[0, 1])  # a singleton stays unchanged
     merged = merge_clusters(sources, assign, anchors, beta=0.1)  # w = max(1/3, 0.1)
     assert torch.allclose(merged[0, 0], anchors[0, 0] / 3 + 2 * mean / 3)
-
-
-def test_nearest_anchor_ties_go_to_first_anchor():
-    pts = torch.tensor([[[0.0, 0.0]]])
-    anchors = torch.tensor([[[1.0, 0.0], [-1.0, 0.0]]])
-    assert nearest_anchor(pts, anchors).item() == 0
-
-
-@pytest.mark.parametrize("M,D", [(300, 16), (777, 40)])
-def test_tiled_dpc_equals_full_matrix(M, D):
-    g = torch.Generator().manual_seed(M)
-    x = torch.nn.functional.normalize(torch.randn(1, M, D, generator=g), dim=-1)
-    full = _dpc_full(x, 40, 7)
-    tiled = dpc_knn(x, 40, 7, max_block_elements=64 * 64)  # 64-point tiles
-    assert torch.equal(full, tiled)
-
-
-def test_dpc_tie_break_is_deterministic():
-    x = torch.zeros(1, 10, 4)
-    x[0, 5:] = 1.0  # two groups of exact duplicates: every density is tied
-    first = dpc_knn(x, 3, 2)
-    for _ in range(3):
-        assert torch.equal(dpc_knn(x, 3, 2), first)
-    assert first[0, 0].item() == 0  # the lowest index wins a tie
 
 
 # ------------------------------------------------------------------------------------------ whole video
@@ -356,24 +331,6 @@ def test_256_frames_of_3584_dims_stay_memory_bounded():
     assert 0.09 * 256 * 196 < res.kept_indices.numel() < 0.12 * 256 * 196
 
 
-def test_duplicate_salient_picks_keep_per_frame_pools(monkeypatch):
-    """Degenerate ties can make two clusters keep the same token; frames then have pools of different sizes."""
-    import tango_plugin.engine.tango as engine
-
-    def picks(roped, scores, k_s, cfg, per_item=False, ops=None):
-        out = torch.arange(k_s).expand(scores.shape[0], -1).clone()
-        out[0, 1] = 0  # frame 0 keeps token 0 twice
-        return out
-
-    monkeypatch.setattr(engine, "_select_salient", picks)
-    torch.manual_seed(0)  # unseeded inputs made the context pools' sizes differ now and then
-    feats, sal = torch.randn(3, 16, 12), torch.rand(3, 16)
-    res = tp.prune_video_tokens(feats, sal, (4, 4), config=tp.TangoConfig(retention_ratio=0.25, context_ratio=0.5))
-    per_frame = torch.bincount(res.kept_indices // 16, minlength=3).tolist()
-    assert per_frame == [4, 4, 4]  # frame 0: token 0 twice + 2 context tokens from a pool one larger
-    assert res.kept_indices.tolist().count(0) == 2
-
-
 def test_intra_llm_merge_hand_made():
     from tango_plugin.engine.intra_llm import intra_llm_keep_count, intra_llm_merge
 
@@ -391,51 +348,6 @@ def test_intra_llm_merge_hand_made():
     assert kept.numel() == 0 and new.shape == (0, 2)
 
 
-def test_frame_operands_give_cdist_bits():
-    """The single-frame path's shared operands: any row subset's product is `torch.cdist`'s, bit for bit, for the
-    whole matrix (self entries included) and for the assignment to a few of the set's rows."""
-    from tango_plugin.engine.dpc import FrameOperands, _cdist_product
-
-    g = torch.Generator().manual_seed(3)
-    x = F.normalize(torch.randn(3, 196, 3584, generator=g), dim=-1) * torch.rand(3, 196, 1, generator=g) * 3
-    x[0, 7] = x[0, 5]  # a duplicate row: its distance is exactly 0 in both
-    ops = FrameOperands(x)
-    for M in (26, 40, 150, 196):
-        for b in range(3):
-            members = torch.randperm(196, generator=g)[:M]
-            members[:2] = torch.tensor([5, 7])
-            pts = x[b, members][None]
-            rows, cols = ops.set_operands(b, members)
-            assert torch.equal(_cdist_product(rows, cols), torch.cdist(pts, pts))
-            for A in (1, 2, 17):
-                pick = torch.randperm(M, generator=g)[:A]
-                got = _cdist_product(rows, cols[0, pick][None])
-                assert torch.equal(got, torch.cdist(pts, pts[:, pick]))
-
-
-def test_cluster_frames_equals_the_per_item_calls():
-    from tango_plugin.engine.dpc import FrameOperands, cluster_frames
-
-    g = torch.Generator().manual_seed(4)
-    x = F.normalize(torch.randn(4, 169, 256, generator=g), dim=-1)
-    members = torch.stack([torch.randperm(169, generator=g)[:120].sort().values for _ in range(4)])
-    pts = torch.stack([x[b, members[b]] for b in range(4)])
-    for ascending in (False, True):
-        centers, assign = cluster_frames(FrameOperands(x), members, 12, 7, ascending_anchors=ascending)
-        want = dpc_knn(pts, 12, 7, per_item=True)
-        anchors = want.sort(dim=1).values if ascending else want
-        assert torch.equal(centers, want)
-        anchor_pts = torch.stack([pts[b, anchors[b]] for b in range(4)])
-        assert torch.equal(assign, nearest_anchor(pts, anchor_pts, per_item=True))
-    # one frame whose set is every row, out of order (candidates in score order), and the whole frame in order
-    for members, pts in ((torch.randperm(169, generator=g)[None], None), (None, x[:1])):
-        pts = x[0, members[0]][None] if pts is None else pts
-        centers, assign = cluster_frames(FrameOperands(x[:1]), members, 12, 7, ascending_anchors=False)
-        want = dpc_knn(pts, 12, 7, per_item=True)
-        assert torch.equal(centers, want)
-        assert torch.equal(assign, nearest_anchor(pts, pts[:, want[0]], per_item=True))
-
-
 def test_single_frames_in_chunks_give_the_same_plan(monkeypatch):
     """The single-frame path runs a few frames at a time (bounded temporaries); any chunk size, the same bits."""
     import tango_plugin.engine.tango as engine
@@ -448,19 +360,3 @@ def test_single_frames_in_chunks_give_the_same_plan(monkeypatch):
         plans.append(tp.prune_video_tokens(v.features, v.saliency, v.grid_hw, v.timestamps, cfg))
     for p in plans[1:]:
         assert torch.equal(p.kept_indices, plans[0].kept_indices) and torch.equal(p.features, plans[0].features)
-
-
-@pytest.mark.parametrize("retention,context", [(0.8, 0.0), (0.5, 0.4), (0.1, 0.4)])
-def test_single_frame_shared_operands_give_the_per_set_plan(monkeypatch, retention, context):
-    """The single-frame path's `cluster_frames` against the per-set `dpc_knn` / `nearest_anchor` calls, also when
-    the salient candidates are every token of the frame in score order (retention 0.8, no context)."""
-    import tango_plugin.engine.tango as engine
-
-    g = torch.Generator().manual_seed(6)
-    feats, sal = torch.randn(3, 49, 64, generator=g), torch.rand(3, 49, generator=g)
-    cfg = tp.TangoConfig(retention_ratio=retention, context_ratio=context)
-    shared = tp.prune_video_tokens(feats[:1], sal[:1], (7, 7), None, cfg)
-    monkeypatch.setattr(engine, "cluster_frames_applies", lambda *a: False)
-    per_set = tp.prune_video_tokens(feats[:1], sal[:1], (7, 7), None, cfg)
-    assert torch.equal(shared.kept_indices, per_set.kept_indices)
-    assert torch.equal(shared.features, per_set.features)

@@ -15,6 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import tango_plugin as tango
 from tango_plugin.engine import tango as engine
+from tango_plugin.engine import trace
 from tango_plugin.testing import synthetic
 
 HOST_OPS = ("aten._local_scalar_dense", "aten.nonzero", "aten.masked_select", "aten._unique2", "aten.unique_dim",
@@ -98,7 +99,8 @@ def test_the_per_segment_path_would_be_counted(monkeypatch):
         tokens = tango.VisualTokens(features=v.features, saliency=v.saliency, grid_hw=v.grid_hw,
                                     timestamps=v.timestamps)
         cfg = tango.TangoConfig(retention_ratio=0.1, distance_screen="off")
-        counts.append(sum(host_reads(lambda: engine._tango_prune(tokens, cfg, None), monkeypatch).values()))
+        per_segment = lambda: engine.tango_prune(tokens, cfg, host_reads="per-segment")  # noqa: E731
+        counts.append(sum(host_reads(per_segment, monkeypatch).values()))
     assert counts[1] > counts[0] + 6
 
 
@@ -110,23 +112,39 @@ def test_sync_free_path_gives_the_per_segment_plan(seed, scenes, dynamic):
     tokens = tango.VisualTokens(features=v.features, saliency=v.saliency, grid_hw=v.grid_hw, timestamps=v.timestamps)
     for ratio in (0.1, 0.3):
         cfg = tango.TangoConfig(retention_ratio=ratio)
-        fast = engine._tango_prune(tokens, cfg, engine._Deferred())
-        slow = engine._tango_prune(tokens, cfg, None)
-        assert fast is not None
+        with trace.recorded() as events:
+            fast = engine.tango_prune(tokens, cfg)
+        slow = engine.tango_prune(tokens, cfg, host_reads="per-segment")
+        assert events[-1] == "path deferred"
         assert torch.equal(fast.kept_indices, slow.kept_indices) and torch.equal(fast.features, slow.features)
 
 
 def test_repeated_picks_fall_back_to_the_per_segment_path(monkeypatch):
-    def picks(roped, scores, k_s, cfg, per_item=False, ops=None):
-        out = torch.arange(k_s).expand(scores.shape[0], -1).clone()
-        out[0, 1] = 0  # a degenerate tie: frame 0 keeps token 0 twice
-        return out
+    real = engine.cluster
 
-    monkeypatch.setattr(engine, "_select_salient", picks)
+    def degenerate(sets, cluster_num, k, anchor_order, **kw):  # a repeated centre in an empty group
+        centres, assign = real(sets, cluster_num, k, anchor_order, **kw)
+        if anchor_order == "density" and cluster_num > 1:
+            centres, assign = centres.clone(), assign.clone()
+            centres[0, :2] = 0
+            assign[0] = 0
+        return centres, assign
+
+    monkeypatch.setattr(engine, "cluster", degenerate)
     torch.manual_seed(0)
     tokens = tango.VisualTokens(features=torch.randn(3, 16, 12), saliency=torch.rand(3, 16), grid_hw=(4, 4))
-    cfg = tango.TangoConfig(retention_ratio=0.25, context_ratio=0.5)
-    assert engine._tango_prune(tokens, cfg, engine._Deferred()) is None  # the deferred check caught it
-    plan = engine.tango_prune(tokens, cfg)
-    assert torch.equal(plan.kept_indices, engine._tango_prune(tokens, cfg, None).kept_indices)
-    assert plan.kept_indices.tolist().count(0) == 2
+    cfg = tango.TangoConfig(retention_ratio=0.5, context_ratio=0.5)
+    with trace.recorded() as events:
+        plan = engine.tango_prune(tokens, cfg)
+    assert events[-1] == "path per-segment"  # the deferred check caught the repeat
+    assert torch.equal(plan.kept_indices, engine.tango_prune(tokens, cfg, host_reads="per-segment").kept_indices)
+    # frame 0 keeps a token twice, and its context pool is one larger than the others': kept per frame
+    first = plan.kept_indices[plan.kept_indices < 16].tolist()
+    assert len(first) - len(set(first)) == 1
+    assert torch.bincount(plan.kept_indices // 16, minlength=3).tolist() == [8, 8, 8]
+
+
+def test_host_reads_is_validated():
+    tokens = tango.VisualTokens(features=torch.randn(2, 4, 8), saliency=torch.rand(2, 4), grid_hw=(2, 2))
+    with pytest.raises(ValueError, match=r"host_reads='never': allowed \('deferred', 'per-segment'\)"):
+        engine.tango_prune(tokens, tango.TangoConfig(), host_reads="never")

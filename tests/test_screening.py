@@ -12,7 +12,9 @@ import pytest
 import torch
 
 import tango_plugin as tango
-from tango_plugin.engine import dpc, screening
+from tango_plugin.engine import dpc, dpc_screened, screening, trace
+from tango_plugin.engine.clustering import PointSets, assign_to_members, cluster
+from tango_plugin.engine.dpc_tiled import tiled_centres
 from tango_plugin.engine.screening import PointSet
 from tango_plugin.testing import synthetic
 
@@ -33,11 +35,16 @@ def _oracle_centres(x: torch.Tensor, cluster_num: int, k: int) -> torch.Tensor:
     M = d.shape[0]
     idx = torch.arange(M)
     knn_d, _ = screening.sorted_by_distance(d, idx[None].expand(M, M).contiguous())
-    rho = dpc._density(knn_d[:, :min(k + 1, M)])
-    denser = dpc._denser(rho[None, :], idx[None, :], rho[:, None], idx[:, None])
+    rho = dpc.density(knn_d[:, :min(k + 1, M)])
+    denser = dpc.denser(rho[None, :], idx[None, :], rho[:, None], idx[:, None])
     delta = torch.where(denser, d, torch.full_like(d, float("inf"))).min(dim=1).values
     delta[torch.isinf(delta)] = d.max()
     return dpc.stable_topk(rho * delta, cluster_num)
+
+
+def _centres(x: torch.Tensor, cluster_num: int, k: int, screen: str = "auto") -> torch.Tensor:
+    """The seam's centres of one set (M, D) in tiles of 64 points: the screened route."""
+    return cluster(PointSets(x[None]), cluster_num, k, None, max_block_elements=TILE_ELEMENTS, screen=screen)[0][0]
 
 
 def _oracle_assignment(points: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
@@ -112,43 +119,31 @@ def test_screened_centres_equal_the_whole_matrix_oracle(name, seed):
     x = SETS[name](seed)
     want = _oracle_centres(x.float(), 40, 5)
     for screen in ("bfloat16", "float32"):
-        got = dpc.dpc_knn(x[None], 40, 5, max_block_elements=TILE_ELEMENTS, screen=screen)[0]
-        assert torch.equal(got, want), (name, screen)
+        assert torch.equal(_centres(x, 40, 5, screen), want), (name, screen)
 
 
 @pytest.mark.parametrize("name", sorted(SETS))
 def test_screened_assignment_equals_the_whole_matrix_oracle(name):
     x = SETS[name](3).float()
-    anchors = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(4))[:37]]
-    anchors = torch.cat([anchors, anchors[:5]])  # repeated anchors: exact ties, the first one wins
-    want = _oracle_assignment(x, anchors)
+    members = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(4))[:37]
+    members = torch.cat([members, members[:5]])  # repeated anchors: exact ties, the first one wins
+    want = _oracle_assignment(x, x[members])
     for screen in ("bfloat16", "float32"):
-        got = dpc.nearest_anchor(x[None], anchors[None], max_block_elements=TILE_ELEMENTS, screen=screen)[0]
+        got = assign_to_members(PointSets(x[None]), members[None], max_block_elements=TILE_ELEMENTS, screen=screen)[0]
         assert torch.equal(got, want), (name, screen)
     assert int(want.max()) < 37  # the repeats never win a tie
 
 
-def test_equidistant_sets_overflow_the_candidate_lists_and_stay_exact(monkeypatch):
-    calls, caps = [], []
-    original, original_candidates = dpc._screened_knn, dpc._tile_candidates
-
-    def spy(ps, kk, tile, exact_sizes=False):
-        calls.append(exact_sizes)
-        return original(ps, kk, tile, exact_sizes)
-
-    def spy_candidates(mask, A, cap, counts):
-        caps.append(cap)
-        return original_candidates(mask, A, cap, counts)
-
-    monkeypatch.setattr(dpc, "_screened_knn", spy)
-    monkeypatch.setattr(dpc, "_tile_candidates", spy_candidates)
+def test_equidistant_sets_overflow_the_candidate_lists_and_stay_exact():
     x = _all_equidistant(150, 160, 0)
-    assert torch.equal(dpc.dpc_knn(x[None], 20, 5, max_block_elements=TILE_ELEMENTS)[0], _oracle_centres(x, 20, 5))
-    # every entry is a candidate: the tile lists were full, and the full tiles alone were taken again whole (cap
-    # None) after the pass, instead of a second pass over every tile
-    assert calls == [False]
-    capped = [c for c in caps if c is not None]
-    assert capped and caps[:len(capped)] == capped and 0 < caps.count(None) <= len(capped)
+    with trace.recorded() as events:
+        assert torch.equal(_centres(x, 20, 5), _oracle_centres(x, 20, 5))
+    # every entry is a candidate: the tile lists were full, and the full tiles alone (not every tile) were taken
+    # again, whole, after the pass
+    retaken = [e for e in events if e.startswith("screened tiles-retaken")]
+    assert len(retaken) == 1
+    n, total = map(int, retaken[0].split()[-1].split("/"))
+    assert 0 < n < total
 
 
 @pytest.mark.parametrize("scale", [1e-6, 1.0, 1e6])
@@ -177,22 +172,22 @@ def test_the_canonical_kernel_self_test_passes_here_and_a_failing_one_falls_back
     for dim in (32, 515, 3584):
         assert screening.canonical_kernel_ok("cpu", torch.get_num_threads(), dim)
     x = _clustered(300, 32, 0)
-    tiled = dpc._dpc_tiled(x, 30, 5, 64, TILE_ELEMENTS)
+    tiled = tiled_centres(x, 30, 5, 64, TILE_ELEMENTS)
     monkeypatch.setattr(screening, "canonical_kernel_ok", lambda *a: False)
     monkeypatch.setattr(screening, "_WARNED", set())
     with pytest.warns(UserWarning, match="failed its self-test on cpu at dim 32; point sets larger than one tile use"):
-        assert dpc.screened_points(x, "auto", 64) is None
-    assert torch.equal(dpc.dpc_knn(x[None], 30, 5, max_block_elements=TILE_ELEMENTS)[0], tiled)
+        assert dpc_screened.screened_points(x, "auto", 64) is None
+    assert torch.equal(_centres(x, 30, 5), tiled)
 
 
 def test_values_the_bound_does_not_cover_take_the_float32_tiles():
     x = _clustered(300, 32, 0) * 1e20  # squared norms beyond float32
-    assert dpc.screened_points(x, "bfloat16", 64) is None
+    assert dpc_screened.screened_points(x, "bfloat16", 64) is None
     x = _clustered(300, 32, 0)
     x[3, 4] = float("nan")
-    assert dpc.screened_points(x, "bfloat16", 64) is None
-    assert dpc.screened_points(_clustered(300, 32, 0), "off", 64) is None
-    assert dpc.screened_points(_clustered(60, 32, 0), "bfloat16", 64) is None  # one tile: the full matrix
+    assert dpc_screened.screened_points(x, "bfloat16", 64) is None
+    assert dpc_screened.screened_points(_clustered(300, 32, 0), "off", 64) is None
+    assert dpc_screened.screened_points(_clustered(60, 32, 0), "bfloat16", 64) is None  # one tile: the full matrix
 
 
 def test_screen_dtype_choices():
@@ -232,13 +227,13 @@ def test_whole_engine_plans_are_the_same_for_every_screen(seed):
         assert torch.equal(plans[screen].features, plans["auto"].features), screen
 
 
-def test_the_screened_path_is_taken_on_a_long_segment(monkeypatch):
-    seen = []
-    original = dpc._dpc_screened
-    monkeypatch.setattr(dpc, "_dpc_screened", lambda ps, *a: seen.append(ps.x.shape[0]) or original(ps, *a))
+def test_the_screened_path_is_taken_on_a_long_segment():
     v = _video(20, 0)
-    tango.prune_video_tokens(v.features, v.saliency, v.grid_hw, v.timestamps, tango.TangoConfig(retention_ratio=0.1))
-    assert seen and seen[0] > dpc.TILE
+    with trace.recorded() as events:
+        tango.prune_video_tokens(v.features, v.saliency, v.grid_hw, v.timestamps,
+                                 tango.TangoConfig(retention_ratio=0.1))
+    assert "screened" in trace.routes(events)
+    assert any(e.startswith("screened listed") for e in events)
 
 
 def test_min_candidates_keeps_every_column_that_could_be_the_minimum():
@@ -254,24 +249,21 @@ def test_min_candidates_keeps_every_column_that_could_be_the_minimum():
 
 
 @pytest.mark.parametrize("name", ["duplicates", "equidistant", "clustered", "coherent-rounding", "mixed-norms"])
-def test_assignment_from_the_nearest_lists_equals_the_whole_matrix_oracle(name, monkeypatch):
-    """The pool's own anchors (the `_merge_context` flow): points whose exact k + 1 nearest lists hold an anchor are
+def test_assignment_from_the_nearest_lists_equals_the_whole_matrix_oracle(name):
+    """The pool's own anchors (the context merge): points whose exact k + 1 nearest lists hold an anchor are
     answered from the lists, the others screened against every anchor. Both kinds occur here, and the whole
     assignment equals the oracle's, ties included (duplicates, all-equidistant)."""
     x = SETS[name](5).float()
-    screened_rows = []
-    original = dpc._nearest_anchor_screened
-    monkeypatch.setattr(dpc, "_nearest_anchor_screened",
-                        lambda pts, anc, mbe: screened_rows.append(pts.x.shape[0]) or original(pts, anc, mbe))
     for screen in ("bfloat16", "float32"):
-        points = dpc.screened_points(x, screen, 64)
-        centres = dpc.dpc_knn(x[None], 40, 5, max_block_elements=TILE_ELEMENTS, screen=screen, points=points)
-        anchors = centres.sort(dim=1).values
-        got = dpc.nearest_anchor(x[None], x[anchors[0]][None], TILE_ELEMENTS, screen=screen, point_set=points,
-                                 anchor_index=anchors)[0]
-        assert torch.equal(got, _oracle_assignment(x, x[anchors[0]])), screen
+        with trace.recorded() as events:
+            centres, got = cluster(PointSets(x[None]), 40, 5, "ascending", max_block_elements=TILE_ELEMENTS,
+                                   screen=screen)
+        anchors = centres[0].sort().values
+        assert torch.equal(got[0], _oracle_assignment(x, x[anchors])), screen
+        listed = [e for e in events if e.startswith("screened listed")]
+        n, total = map(int, listed[0].split()[-1].split("/"))
         if name != "equidistant":  # there every list holds the lowest indices, anchors among them
-            assert 0 < screened_rows.pop() < x.shape[0]  # some points answered from the lists, some screened
+            assert 0 < n < total  # some points answered from the lists, some screened
 
 
 def test_peaks_are_screened_only_against_denser_points(monkeypatch):
@@ -281,9 +273,9 @@ def test_peaks_are_screened_only_against_denser_points(monkeypatch):
     original = screening.screened_block
     monkeypatch.setattr(screening, "screened_block", lambda r, rs, c, cs: widths.append((r.shape[0], c.shape[0]))
                         or original(r, rs, c, cs))
-    monkeypatch.setattr(dpc, "PEAK_BLOCK", 4)
+    monkeypatch.setattr(dpc_screened, "PEAK_BLOCK", 4)
     x = SETS["clustered"](0).float()
-    got = dpc.dpc_knn(x[None], 40, 5, max_block_elements=TILE_ELEMENTS, screen="bfloat16")[0]
+    got = _centres(x, 40, 5, "bfloat16")
     assert torch.equal(got, _oracle_centres(x, 40, 5))
     peak_blocks = [w for r, w in widths if r <= 4]
     assert peak_blocks and min(peak_blocks) < max(peak_blocks) <= x.shape[0], peak_blocks
@@ -293,11 +285,9 @@ def test_peaks_are_screened_only_against_denser_points(monkeypatch):
 def test_peaks_with_more_candidates_than_the_window_are_widened(name, monkeypatch):
     """A peak whose candidate window is full may have more candidates (near-ties): it is screened again with the
     window widened until complete, and the centres still equal the oracle's."""
-    widened = []
-    original = screening.min_candidates
-    monkeypatch.setattr(screening, "min_candidates",
-                        lambda A, b, w, widen=True: widened.append(widen) or original(A, b, w, widen))
-    monkeypatch.setattr(dpc, "PEAK_CANDIDATES", 1)
+    monkeypatch.setattr(dpc_screened, "PEAK_CANDIDATES", 1)
     x = SETS[name](2).float()
-    got = dpc.dpc_knn(x[None], 40, 5, max_block_elements=TILE_ELEMENTS, screen="bfloat16")[0]
-    assert True in widened and torch.equal(got, _oracle_centres(x, 40, 5))
+    with trace.recorded() as events:
+        got = _centres(x, 40, 5, "bfloat16")
+    assert any(e.startswith("screened peaks-widened") for e in events)
+    assert torch.equal(got, _oracle_centres(x, 40, 5))

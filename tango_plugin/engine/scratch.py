@@ -14,12 +14,19 @@ Rules that keep this safe:
 * buffers are per thread and per call: `session()` keeps them for the next call of the same thread up to
   `keep_limit()` bytes in all (default 1 GiB) and frees them beyond it; `release()` frees them now;
 * only the CPU uses them: CUDA's caching allocator already reuses memory, so there `take` is `torch.empty`.
+
+The first rule is checked, not only stated: under `poisoned()` (or with ``TANGO_SCRATCH_POISON=1`` in the
+environment) every `take` hands out a fresh buffer filled with 0xFF bytes and fills the name's previous buffer the
+same way. A view still used after its name was taken again, or read before it was written, then holds NaN (float)
+or -1 (integer) values, and the plan changes or an index error is raised: the tests run the engine this way and
+compare its plans with a normal run (tests/test_clustering.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 import threading
 from typing import Dict, Iterator, Sequence
 
@@ -32,6 +39,7 @@ class _Buffers(threading.local):
     def __init__(self) -> None:
         self.by_name: Dict[str, torch.Tensor] = {}
         self.depth = 0
+        self.poison = os.environ.get("TANGO_SCRATCH_POISON", "") not in ("", "0")
 
 
 _LOCAL = _Buffers()
@@ -46,11 +54,27 @@ def take(name: str, shape: Sequence[int], dtype: torch.dtype, device: torch.devi
     numel = math.prod(shape)
     nbytes = numel * dtype.itemsize
     buf = _LOCAL.by_name.get(name)
-    if buf is None or buf.numel() < nbytes:
+    if _LOCAL.poison:
+        if buf is not None:
+            buf.fill_(0xFF)  # the previous view of this name is dead: make any later use of it visible
+        buf = torch.full((max(nbytes, 64),), 0xFF, dtype=torch.uint8)
+        _LOCAL.by_name[name] = buf
+    elif buf is None or buf.numel() < nbytes:
         _LOCAL.by_name.pop(name, None)  # free the old one first: the peak is the new size, not both
         buf = torch.empty(max(nbytes, 64), dtype=torch.uint8)
         _LOCAL.by_name[name] = buf
     return buf[:nbytes].view(dtype).view(tuple(shape))
+
+
+@contextlib.contextmanager
+def poisoned() -> Iterator[None]:
+    """Inside the block this thread's `take` poisons (see the module docstring): a debug mode for tests."""
+    outer = _LOCAL.poison
+    _LOCAL.poison = True
+    try:
+        yield
+    finally:
+        _LOCAL.poison = outer
 
 
 @contextlib.contextmanager

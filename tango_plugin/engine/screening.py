@@ -200,7 +200,6 @@ class PointSet:
         # covers with a factor 2 to spare (sqrt(D) <= D). `_bound` multiplies this by (1 + n_i + n_j).
         self._abs = 2.0 ** -124 * self.D
         self._self_bound: Optional[torch.Tensor] = None
-        self.knn: Optional[torch.Tensor] = None  # (M, k + 1) exact nearest lists, once DPC-KNN has run
 
     def subset(self, idx: torch.Tensor) -> "PointSet":
         self.ensure_sq64()

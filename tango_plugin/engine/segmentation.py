@@ -30,7 +30,7 @@ def holitom_segments(token_similarity: torch.Tensor, tau: float, max_window: int
     T = n_pairs + 1
     if T == 1:
         return [1]
-    static = _static_counts(token_similarity > tau).cpu().numpy()  # the one host read: a (T, T) table
+    static = static_counts(token_similarity > tau).cpu().numpy()  # the one host read: a (T, T) table
     dp = np.zeros(T + 1, dtype=np.int64)  # dp[i + 1] = best total over frames 0..i
     start = np.zeros(T, dtype=np.int64)
     for i in range(T):
@@ -48,7 +48,7 @@ def holitom_segments(token_similarity: torch.Tensor, tau: float, max_window: int
     return sizes[::-1]
 
 
-def _static_counts(similar: torch.Tensor) -> torch.Tensor:
+def static_counts(similar: torch.Tensor) -> torch.Tensor:
     """static[s, w] = number of tokens similar over all w pairs of the window [s, s + w] (w = 0..T-1), on the
     input's device: (T, T) int64 from the (T-1, L) mask of similar consecutive pairs.
 

@@ -16,21 +16,12 @@ import torch
 import torch.nn.functional as F
 
 from ..config import TangoConfig
-from . import scratch, threads
+from . import scratch, threads, trace
 from .budgets import adjusted_ratio, frame_budgets, segment_budgets
-from .dpc import (
-    CDIST_DIRECT_MAX,
-    FrameOperands,
-    cluster_frames,
-    cluster_frames_applies,
-    cluster_small,
-    dpc_knn,
-    merge_clusters,
-    nearest_anchor,
-    screened_points,
-    stable_topk,
-    tile_size,
-)
+from .clustering import PointSets, cluster
+from .distances import FrameOperands
+from .dpc import merge_clusters, stable_topk
+from .gather import gathered, rows_of
 from .segmentation import consecutive_similarity, fastvid_segments, holitom_segments
 from .strope import frame_times, rope_tokens_, strope_sections
 from .types import PrunePlan, VisualTokens
@@ -97,26 +88,8 @@ def _free_positions(free: torch.Tensor, count: int) -> torch.Tensor:
     return torch.sort((~free).to(torch.uint8), dim=1, stable=True).indices[:, :count]
 
 
-def _rows(x: torch.Tensor, idx: torch.Tensor, name: "str | None" = None) -> torch.Tensor:
-    """x[b, idx[b]] for (B, n, D) x and (B, k) idx -> (B, k, D); a row copy (index_select: about twice as fast as
-    advanced indexing on large row sets, the same values), in the scratch buffer `name` as `_gathered` says."""
-    B, n, D = x.shape
-    flat = (idx + torch.arange(B, device=idx.device)[:, None] * n).flatten()
-    return _gathered(x.reshape(B * n, D), flat, name).view(B, idx.shape[1], D)
-
-
-def _gathered(flat: torch.Tensor, idx: torch.Tensor, name: "str | None" = None) -> torch.Tensor:
-    """flat[idx] (rows of a 2-D tensor): in the scratch buffer `name` (a view, docs/algorithm.md §12), or a fresh
-    tensor when no name is given or autograd records the gather (the feature path of a training forward)."""
-    if name is None or (flat.requires_grad and torch.is_grad_enabled()):
-        return torch.index_select(flat, 0, idx)
-    out = scratch.take(name, (idx.numel(), flat.shape[1]), flat.dtype, flat.device)
-    with threads.wide(out.numel(), threads.WIDE_MIN_ELEMENTS):
-        return torch.index_select(flat.detach(), 0, idx, out=out)
-
-
 def _compact_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """`_rows(x, idx)` flattened to (B * k, D), written over x's own leading rows (x contiguous; its rows are dead
+    """`rows_of(x, idx)` flattened to (B * k, D), written over x's own leading rows (x contiguous; its rows are dead
     afterwards): a few frames at a time through a small buffer, so no second copy of a large pool is made.
     Safe because the rows written, up to (b + g) * k, end before the first row not yet read, (b + g) * n."""
     B, n, D = x.shape
@@ -124,18 +97,18 @@ def _compact_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     flat = x.view(B * n, D)
     g = max(1, FRAME_CHUNK_BYTES // max(1, k * D * x.element_size()))
     for b in range(0, B, g):
-        part = _rows(x[b:b + g], idx[b:b + g], "compact")
+        part = rows_of(x[b:b + g], idx[b:b + g], "compact")
         flat[b * k:b * k + part.shape[0] * k] = part.view(-1, D)
     return flat[:B * k]
 
 
 def _select_salient(roped: torch.Tensor, scores: torch.Tensor, k_s: int, cfg: TangoConfig,
-                    per_item: bool = False, ops: "_LazyOperands | None" = None) -> torch.Tensor:
+                    per_item: bool = False, frames: "FrameOperands | None" = None) -> torch.Tensor:
     """Diversity-driven salient pick per row: (B, n, D), (B, n) -> local indices (B, k_s).
 
     Take the top int(alpha * k_s) candidates by score, cluster them into k_s groups (DPC-KNN in ST-RoPE space,
-    nearest centre), and keep the best-scored member of each group (an empty group keeps its centre).
-    `ops` (single-frame path): the frames' shared distance operands.
+    nearest centre in density order), and keep the best-scored member of each group (an empty group keeps its
+    centre). `frames` (single-frame path): the frames' shared distance operands.
     """
     n = scores.shape[1]
     m = min(int(cfg.alpha * k_s), n)
@@ -144,17 +117,9 @@ def _select_salient(roped: torch.Tensor, scores: torch.Tensor, k_s: int, cfg: Ta
     if m <= target or m <= 1:
         return cand
     cand_scores = torch.gather(scores, 1, cand)
-    if ops is not None and cluster_frames_applies(m, cfg.max_block_elements):
-        centers, assign = cluster_frames(ops.get(), cand, target, cfg.num_neighbors, ascending_anchors=False)
-    elif m <= CDIST_DIRECT_MAX and roped.shape[0] * m * m <= cfg.max_block_elements:
-        centers, assign = cluster_small(_rows(roped, cand), target, cfg.num_neighbors)
-    else:
-        cand_roped = _rows(roped, cand)
-        centers = dpc_knn(cand_roped, target, cfg.num_neighbors, cfg.max_block_elements, per_item,
-                          cfg.distance_screen)  # (B, target)
-        anchors = _rows(cand_roped, centers)
-        assign = nearest_anchor(cand_roped, anchors, cfg.max_block_elements, per_item,
-                                cfg.distance_screen)  # (B, m)
+    sets = PointSets(frames=frames if frames is not None else FrameOperands(roped, "segment"), members=cand)
+    centers, assign = cluster(sets, target, cfg.num_neighbors, "density", per_item=per_item,
+                              max_block_elements=cfg.max_block_elements, screen=cfg.distance_screen)
     member = assign[..., None] == torch.arange(target, device=assign.device)  # (B, m, target)
     lowest = torch.finfo(cand_scores.dtype).min if cand_scores.is_floating_point() else -(2 ** 62)
     best = cand_scores[..., None].masked_fill(~member, lowest).argmax(dim=1)  # first best in candidate order
@@ -162,55 +127,31 @@ def _select_salient(roped: torch.Tensor, scores: torch.Tensor, k_s: int, cfg: Ta
     return torch.gather(cand, 1, rel)
 
 
-def _merge_context(feats: torch.Tensor, roped: torch.Tensor, num_anchors: int,
-                   cfg: TangoConfig, per_item: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Pick `num_anchors` anchors per row by DPC-KNN and merge the whole pool into them.
+def _merge_context(feats: torch.Tensor, sets: PointSets, num_anchors: int, cfg: TangoConfig,
+                   per_item: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Pick `num_anchors` anchors per pool by DPC-KNN and merge the whole pool into them.
 
     Args:
-        feats / roped: (B, P, D) raw and rotated features of each pool.
+        feats: (B, P, D) raw features of each pool; sets: the pools' clustering points (B sets of P).
 
     Returns:
         (anchor local indices (B, A), merged anchor features (B, A, D)). With `reference_merge_order` the merged
         features are laid out as the reference writes them (see `TangoConfig.reference_merge_order`).
     """
-    if roped.shape[0] == 1 and cluster_frames_applies(roped.shape[1], cfg.max_block_elements):
-        # one pool within a distance block: the reference's cdist products, from one set of operands
-        centers, assign = cluster_frames(FrameOperands(roped, "pool"), None, num_anchors, cfg.num_neighbors,
-                                         ascending_anchors=True)
-        return _merged(feats, centers, centers.sort(dim=1).values, assign, cfg)
-    # a large pool's operands (screening copy, canonical norms) are built once for the clustering and the assignment
-    points = (screened_points(roped[0], cfg.distance_screen, tile_size(cfg.max_block_elements), "pool.screen")
-              if roped.shape[0] == 1 else None)
-    centers = dpc_knn(roped, num_anchors, cfg.num_neighbors, cfg.max_block_elements, per_item,
-                      cfg.distance_screen, points)  # density order
-    ascending = centers.sort(dim=1).values
-    anchor_roped = _rows(roped, ascending)
-    assign = nearest_anchor(roped, anchor_roped, cfg.max_block_elements, per_item, cfg.distance_screen, points,
-                            ascending if points is not None else None)
-    return _merged(feats, centers, ascending, assign, cfg)
+    centers, assign = cluster(sets, num_anchors, cfg.num_neighbors, "ascending", per_item=per_item,
+                              max_block_elements=cfg.max_block_elements, screen=cfg.distance_screen)
+    return _merged(feats, centers, centers.sort(dim=1).values, assign, cfg)
 
 
 def _merged(feats: torch.Tensor, centers: torch.Tensor, ascending: torch.Tensor, assign: torch.Tensor,
             cfg: TangoConfig) -> Tuple[torch.Tensor, torch.Tensor]:
     """Merge each pool into its anchors (`centers` in density order, `ascending` sorted; `assign` into the sorted
     anchors): what `_merge_context` returns."""
-    merged = merge_clusters(feats, assign, _rows(feats, ascending), cfg.beta)
+    merged = merge_clusters(feats, assign, rows_of(feats, ascending), cfg.beta)
     if cfg.reference_merge_order:
         # the reference writes merged values (ascending anchor order) to the anchors in density order
         return centers, merged
     return ascending, merged
-
-
-class _LazyOperands:
-    """The single-frame path's `FrameOperands`, built on first use (sets of at most 25 points never need them)."""
-
-    def __init__(self, roped: torch.Tensor) -> None:
-        self.roped, self.ops = roped, None
-
-    def get(self) -> FrameOperands:
-        if self.ops is None:
-            self.ops = FrameOperands(self.roped)
-        return self.ops
 
 
 def _compress_frames(feats: torch.Tensor, roped: torch.Tensor, scores: torch.Tensor, ratio: float,
@@ -229,11 +170,11 @@ def _compress_frames(feats: torch.Tensor, roped: torch.Tensor, scores: torch.Ten
     k_s, k_c = frame_budgets(n, ratio, cfg.context_ratio)
     picked_idx, picked_feats = [], []
     free = torch.ones(B, n, dtype=torch.bool, device=feats.device)
-    ops = _LazyOperands(roped)  # every distance of the path is among one frame's rows
+    ops = FrameOperands(roped)  # every distance of the path is among one frame's rows (built on first use)
     if k_s > 0:
-        sal = _select_salient(roped, scores, k_s, cfg, per_item=True, ops=ops)  # the reference: one frame at a time
+        sal = _select_salient(roped, scores, k_s, cfg, per_item=True, frames=ops)  # the reference: one frame at a time
         picked_idx.append(sal)
-        picked_feats.append(_rows(feats, sal))
+        picked_feats.append(rows_of(feats, sal))
         free.scatter_(1, sal, False)
     if k_c > 0 and deferred is not None:
         if picked_idx:
@@ -269,7 +210,7 @@ def _ragged_frames(feats, picked_idx, picked_feats, rows):
 
 
 def _context_of_pools(feats, roped, free, pool_size: int, k_c: int, cfg: TangoConfig, known_size: bool = False,
-                      ops: "_LazyOperands | None" = None):
+                      ops: "FrameOperands | None" = None):
     """Context tokens of B pools of equal size: keep all if they fit the budget, else cluster and merge.
     `ops`: the frames' shared distance operands (each pool is clustered on its own, as `per_item`)."""
     B, _, D = feats.shape
@@ -281,13 +222,9 @@ def _context_of_pools(feats, roped, free, pool_size: int, k_c: int, cfg: TangoCo
     if pool_size == 0:
         return pool, feats[:, :0]
     if pool_size <= n_ctx:
-        return pool, _rows(feats, pool)
-    pool_feats = _rows(feats, pool, "pool.feats")
-    if ops is not None and cluster_frames_applies(pool_size, cfg.max_block_elements):
-        centers, assign = cluster_frames(ops.get(), pool, n_ctx, cfg.num_neighbors, ascending_anchors=True)
-        local, merged = _merged(pool_feats, centers, centers.sort(dim=1).values, assign, cfg)
-    else:
-        local, merged = _merge_context(pool_feats, _rows(roped, pool), n_ctx, cfg, per_item=True)
+        return pool, rows_of(feats, pool)
+    sets = PointSets(frames=ops if ops is not None else FrameOperands(roped, "frames.one"), members=pool)
+    local, merged = _merge_context(rows_of(feats, pool, "pool.feats"), sets, n_ctx, cfg, per_item=True)
     return torch.gather(pool, 1, local), merged
 
 
@@ -316,7 +253,7 @@ class _Video:
         T, L, D = self.feats.shape
         rows = ((torch.arange(start, start + n, device=cells.device) * L)[:, None] + cells).flatten()
         # the buffer of `roped`: the static cells' features are consumed before the segment's rotated ones
-        return _gathered(self.feats.reshape(T * L, D), rows, "roped").view(n, -1, D)
+        return gathered(self.feats.reshape(T * L, D), rows, "roped").view(n, -1, D)
 
     def roped(self, frames, cells=None, name: str = "roped") -> torch.Tensor:
         """(frames, cells, D) float32 clustering features in the scratch buffer `name` (a view: dead once `name`
@@ -426,8 +363,8 @@ def _segment(kept: _Kept, video: _Video, start: int, n: int, static: torch.Tenso
             kept.add(pool_flat, torch.index_select(flat_feats, 0, pool_flat))
             return
         pool_roped = _compact_rows(d_roped, pool_local) if pool_local is not None else d_roped[free]
-        local, merged = _merge_context(_gathered(flat_feats, pool_flat, "pool.feats")[None], pool_roped[None],
-                                       budget, cfg)
+        local, merged = _merge_context(gathered(flat_feats, pool_flat, "pool.feats")[None],
+                                       PointSets(pool_roped[None]), budget, cfg)
         kept.add(pool_flat[local[0]], merged[0])
 
 
@@ -440,7 +377,10 @@ def _segment_sizes(token_sim: torch.Tensor, tokens: VisualTokens, cfg: TangoConf
     return fastvid_segments(consecutive_similarity(emb), cfg.similarity_threshold, cfg.fastvid_min_cuts)
 
 
-def tango_prune(tokens: VisualTokens, cfg: TangoConfig) -> PrunePlan:
+HOST_READS = ("deferred", "per-segment")
+
+
+def tango_prune(tokens: VisualTokens, cfg: TangoConfig, host_reads: str = "deferred") -> PrunePlan:
     """Tango on one video. Inputs are not modified; the output follows the features' dtype and device.
 
     The host reads a fixed number of values per call, however many segments and frames the video has
@@ -451,11 +391,16 @@ def tango_prune(tokens: VisualTokens, cfg: TangoConfig) -> PrunePlan:
     Args:
         tokens: the video's tokens (see `VisualTokens`).
         cfg: the run's settings.
+        host_reads: "deferred" (the default above) or "per-segment" (that fallback path from the start: slower,
+            for checks). `trace.recorded()` notes which path gave the plan.
     """
+    if host_reads not in HOST_READS:
+        raise ValueError(f"host_reads={host_reads!r}: allowed {HOST_READS}")
     with scratch.session(), threads.call_threads():
-        plan = _tango_prune(tokens, cfg, _Deferred())
+        plan, path = (_tango_prune(tokens, cfg, _Deferred()) if host_reads == "deferred" else None), "deferred"
         if plan is None:
-            plan = _tango_prune(tokens, cfg, None)
+            plan, path = _tango_prune(tokens, cfg, None), "per-segment"
+    trace.note("path " + path)
     return plan
 
 

@@ -13,7 +13,8 @@ import torch
 
 from ..config import TangoConfig
 from ..engine.budgets import frame_keep_count
-from ..engine.dpc import dpc_knn, merge_clusters, nearest_anchor
+from ..engine.clustering import PointSets, assign_to_members, cluster
+from ..engine.dpc import merge_clusters
 from ..engine.segmentation import consecutive_similarity, fastvid_segments
 from ..engine.types import PrunePlan, VisualTokens
 from ._common import assemble, check_number, normalized, resolve_options, top_per_frame
@@ -123,8 +124,8 @@ class FastVIDStrategy(PruningStrategy):
         if int(is_cand.sum()) < num_anchors:
             is_cand = torch.ones_like(is_cand)
         cand = torch.nonzero(is_cand).flatten()
-        centres = cand[dpc_knn(unit[cand][None], num_anchors, opts.num_neighbors)[0]].sort().values
-        assign = nearest_anchor(unit[None], unit[centres][None])[0]
+        centres = cand[cluster(PointSets(unit[cand][None]), num_anchors, opts.num_neighbors, None)[0][0]].sort().values
+        assign = assign_to_members(PointSets(unit[None]), centres[None])[0]
         assign[centres] = torch.arange(centres.numel(), device=feats.device)  # an anchor belongs to itself
         merged = merge_clusters(pool_feats[None], assign[None], pool_feats[centres][None], opts.beta)[0]
         return pool_flat[centres], merged

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import TangoConfig
-from ..engine.dpc import dpc_knn, nearest_anchor
+from ..engine.clustering import PointSets, assign_to_members, cluster
 from ..engine.tango import masked_saliency
 from ..engine.types import PrunePlan, VisualTokens
 from ._common import assemble, check_number, cluster_means, resolve_options
@@ -180,7 +180,7 @@ def dpc_centres(points: torch.Tensor, count: int) -> torch.Tensor:
     """FlashVID's DPC-kNN centres of (n, D) points, by decreasing density x delta (ties to the lower index).
 
     The authors use distances / sqrt(D) and a density exp(-mean d^2 over the k = min(count, 7) nearest, the point
-    itself included). The engine's `dpc_knn` averages over the k - 1 nearest others; scaling the points by
+    itself included). The engine's DPC-KNN averages over the k - 1 nearest others; scaling the points by
     sqrt((k - 1) / (k D)) makes its density the authors' and scales every delta alike, so the order is theirs.
     With k = 1 every density is 1 and the first point is the one centre (the authors' noise picks one at random).
     """
@@ -191,7 +191,7 @@ def dpc_centres(points: torch.Tensor, count: int) -> torch.Tensor:
     if k == 1:
         return torch.zeros(1, dtype=torch.long, device=points.device)
     scaled = points.float() * math.sqrt((k - 1) / (k * D))
-    return dpc_knn(scaled[None], count, k - 1)[0]
+    return cluster(PointSets(scaled[None]), count, k - 1, None)[0][0]
 
 
 @register_strategy("flashvid")
@@ -259,7 +259,7 @@ class FlashVIDStrategy(PruningStrategy):
             else:
                 points = trees[t, cols]
                 order = dpc_centres(points.detach(), count)
-                assign = nearest_anchor(points.detach()[None], points.detach()[order][None])[0]
+                assign = assign_to_members(PointSets(points.detach()[None]), order[None])[0]
                 assign[order] = torch.arange(order.numel())
                 centres, members = cols[order], cluster_means(points, assign, order.numel())
             indices.append(centres + (start + t) * L)

@@ -14,7 +14,7 @@ import torch
 
 from ..config import TangoConfig
 from ..engine.budgets import frame_keep_count
-from ..engine.dpc import dpc_knn, nearest_anchor
+from ..engine.clustering import PointSets, cluster
 from ..engine.segmentation import consecutive_similarity, holitom_segments
 from ..engine.tango import masked_saliency, stable_topk
 from ..engine.types import PrunePlan, VisualTokens
@@ -144,8 +144,8 @@ class HoliTomStrategy(PruningStrategy):
         if k == 0:
             return torch.empty(0, dtype=torch.long, device=merged.device), merged[:0]
         unit = normalized(merged)[None]
-        centres = dpc_knn(unit, k, opts.num_neighbors)[0].sort().values
-        assign = nearest_anchor(unit, unit[:, centres])[0]
+        centres, assign = cluster(PointSets(unit), k, opts.num_neighbors, "ascending")
+        centres, assign = centres[0].sort().values, assign[0]
         others = torch.ones(S, dtype=torch.bool, device=merged.device)
         others[centres] = False  # a centre heads its own cluster; it is not one of its members
         counts = torch.bincount(assign[others], minlength=k)
