@@ -356,7 +356,8 @@ class LlavaNextAdapter(IntraLLMLifecycle, ModelAdapter):
         except ValueError as exc:
             note = f"video passed through unpruned: {exc}"
             self.state.warn_once("layout", note)
-            self.state.last = [SampleReport(sample=b, videos=sum(v.row == b for v in videos), note=note)
+            self.state.last = [SampleReport(sample=b, videos=sum(v.row == b for v in videos), note=note,
+                                            video_indices=[i for i, v in enumerate(videos) if v.row == b])
                                for b in range(batch)]
             return original(*args, **kwargs)
         call = _Call(videos=videos, batch=batch, pool=pool, newline=newline,
@@ -491,7 +492,7 @@ class LlavaNextAdapter(IntraLLMLifecycle, ModelAdapter):
         patch = patch[video.start:video.start + T].to(out.device)
         saliency = original(patch[..., None]).squeeze(-1).float()
         sinks, note = self.sink_positions(L, PRESETS[call.pool])
-        times = self.video_timestamps(video.index, T, {"tango_video_timestamps": call.timestamps})
+        times = self.frame_times(video.index, T, call.timestamps)
         video.times = None if times is None else [float(x) for x in times]
         if times is None:
             self.state.warn_once("timestamps", MISSING_TIMES_NOTE)
@@ -551,14 +552,15 @@ class LlavaNextAdapter(IntraLLMLifecycle, ModelAdapter):
             if any(v.before == 0 for v in mine):  # get_2dPool never ran for it (llava took another path)
                 notes.append("a video was not pooled by get_2dPool, so it was not pruned")
             rows.append(SampleReport(
-                sample=b, videos=len(mine), visual_tokens_before=before, visual_tokens_after=after,
+                sample=b, videos=len(mine), video_indices=[i for i, v in enumerate(call.videos) if v.row == b],
+                visual_tokens_before=before, visual_tokens_after=after,
                 kept_by_strategy=sum(v.kept for v in mine), ratio_kept=(after / before) if before else 1.0,
                 saliency_source=source if mine else "none",
                 prune_seconds=sum(v.seconds for v in mine) + shared * len(mine) / max(1, len(call.videos)),
                 pruned=bool(mine) and call.need_saliency and all(v.done for v in mine),
                 note="; ".join(notes) if mine else "no video in this row",
                 video_timestamps=[v.times for v in mine],
-                timestamps_source=self.timestamps_source({"tango_video_timestamps": call.timestamps})))
+                timestamps_source=self.timestamps_source_of(call.timestamps)))
         if call.need_saliency and any(v.before == 0 for v in call.videos):
             self.state.warn_once("not-pooled", "a video of this call never reached get_2dPool, so it was not pruned")
         self.state.record(rows)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, List, Mapping, Optional, Sequence
 
 import numpy as np
@@ -222,7 +222,6 @@ class FrameTimes:
     """
 
     videos: List[Optional[VideoFrames]]
-    texts: List[str] = field(default_factory=list)
     second_per_grid_ts: Optional[List[float]] = None
     #: set when the times were handed to the engine as `tango_video_timestamps`
     passed: bool = False

@@ -39,8 +39,10 @@ ROPE_BASE_MAX = 1e38
 Check = Callable[[str, Any], Any]
 
 
-def _help(text: str, check: Optional[Check] = None, **kwargs) -> Any:
-    return field(metadata={"help": text, "check": check}, **kwargs)
+def _help(text: str, check: Optional[Check] = None, details: str = "", **kwargs) -> Any:
+    """A field with its one-line `help` (CLI, knob tables) and the `details` the class docstring adds to it: the one
+    place a field is described (`_document_fields` writes the docstring from them)."""
+    return field(metadata={"help": text, "details": details, "check": check}, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------ number parsing
@@ -274,59 +276,9 @@ class TangoConfig:
     a refused value raises `ValueError` and leaves the config as it was. Numbers may be any real scalar
     (Python, numpy, 0-d torch tensor; not bool, not text) and are stored as plain Python floats / ints.
 
-    Args:
-        retention_ratio: fraction of the video tokens kept before the LLM, in (0, 1]. 1.0 disables pruning.
-        context_ratio: share of each frame's budget spent on merged context tokens (the rest on salient ones).
-        similarity_threshold: cosine threshold of the temporal segmentation. `None` picks the paper's rule:
-            0.65 when retention_ratio <= 0.1, else 0.8. The rule is applied when the field is set to None (at
-            construction, by `replace` when retention_ratio changes, or by assigning None); assigning a new
-            retention_ratio alone keeps the current threshold.
-        static_threshold: cosine threshold above which a token counts as static over a whole segment. The
-            reference never passes its configured threshold to this test, so it is always 0.8 there.
-        alpha: candidate expansion of the salient pick (top ``int(alpha * k)`` by score, then k clusters), in
-            [1, 1e6] (values above a frame's token count all mean "every token is a candidate").
-        beta: floor of the anchor's weight when a context cluster is merged into it.
-        num_neighbors: k of the DPC-KNN local density.
-        segmentation: "holitom" (dynamic programme over static tokens) or "fastvid" (cuts at the least
-            similar frame pairs).
-        fastvid_min_cuts: the fastvid cut count ``c`` (``c - 1`` lowest similarities are always cut).
-        base_time / base_space: ST-RoPE frequency bases of the time and the two spatial sections, in (1, 1e38]
-            (the frequency table is float32).
-        sink_positions: per-frame grid indices whose saliency is zeroed (attention sinks). `None` lets the
-            model adapter use its preset; an explicit list (also empty) overrides it.
-        strategy: name of a registered pruning strategy ("tango", "topk", "uniform", ...). Only its form is
-            checked here (a non-empty string): strategies can be registered after the config is made, so an
-            unknown name is reported, with the registered ones, when the strategy is looked up.
-        saliency_source: where the attention signal comes from ("auto" lets the adapter decide).
-        siglip_head_path: local folder of a SigLIP checkpoint whose attention-pooling head scores LLaVA-OV
-            frames (saliency_source="siglip_head").
-        prune_images: also prune still images, each as a single-frame video (T=1, keeps ceil(L * r) tokens).
-            Qwen-VL: the whole image grid. LLaVA-OV: the base-resolution grid of each anyres image; its high-res
-            crops and their row newlines pass through unpruned.
-        reference_merge_order: write merged context features the way the paper's code does. Its context merge
-            computes each anchor's merged vector but stores it on the anchors taken in density order, so merged
-            vectors land on other anchors' positions. Off by default (each anchor keeps its own merge); on to
-            reproduce the paper's numbers. The kept positions are the same either way.
-        max_block_elements: memory bound of the blocked distance computations (elements of one block).
-        distance_screen: how point sets larger than one distance tile (a long segment's context pool) are
-            clustered: "auto" (default), "bfloat16" or "float32" decide on canonical distances, refined exactly
-            where a screening product in that dtype cannot decide ("auto": bfloat16 where it is fast here); all
-            three give the same plan. "off": float32 tile products decide directly (the path before the screen;
-            it can differ in last-bit ties). docs/algorithm.md §11.
-        intra_llm_layer: K of the intra-LLM stage of the LLaVA-Video runs (docs/algorithm.md §6), or None (off, the
-            default). Layers 0..K-1 see the whole prompt; before layer K each video keeps the
-            `round(n * intra_llm_ratio)` tokens the last prompt token attends to most in layer K-1 and the rest are
-            merged into them. The reference uses K = 18 of 28. Applied in `generate` only. Must be below the
-            model's depth (checked at `enable`).
-        intra_llm_ratio: share of each video's tokens kept at the intra-LLM layer (reference: 0.5).
-        strategy_options: options of the chosen strategy, a dict (e.g. ``{"seed": 3}`` for "random"); the
-            strategy refuses keys it does not know (docs/strategies.md lists each one's).
-        exact_budget: make the kept count a pure function of (T, L, retention_ratio), known before the vision
-            tower runs: `engine.budgets.exact_keep_count(T, L, r) = T * max(1, ceil(L * r))` tokens per video (or
-            image, T = 1) for every strategy. `run_strategy` tops the strategy's plan up with the most salient
-            tokens it did not keep (their own features) or trims its least salient ones (docs/algorithm.md,
-            "Exact-count budget").
-            Off by default: Tango's own count depends on the content (static tokens are kept once per segment).
+    Fields (each one's text is its `help` metadata, followed by its `details`; `TangoConfig.help()` lists them):
+
+{fields}
 
     Example:
         ```python
@@ -339,56 +291,102 @@ class TangoConfig:
         ```
     """
 
-    retention_ratio: float = _help("fraction of video tokens kept before the LLM, in (0, 1]",
-                                   _range(0.0, 1.0, low_open=True), default=0.1)
-    context_ratio: float = _help("share of each frame's budget given to merged context tokens, in [0, 1]",
-                                 _range(0.0, 1.0), default=0.4)
+    retention_ratio: float = _help(
+        "fraction of video tokens kept before the LLM, in (0, 1]", _range(0.0, 1.0, low_open=True), default=0.1,
+        details="1.0 disables pruning.")
+    context_ratio: float = _help(
+        "share of each frame's budget given to merged context tokens, in [0, 1]", _range(0.0, 1.0), default=0.4,
+        details="The rest of the budget goes to salient tokens.")
     similarity_threshold: Optional[float] = _help(
         "segmentation threshold in [-1, 1]; None -> 0.65 if retention_ratio <= 0.1 else 0.8",
-        _optional(_range(-1.0, 1.0)), default=None)
-    static_threshold: float = _help("static-token cosine threshold in [-1, 1] (reference: always 0.8)",
-                                    _range(-1.0, 1.0), default=0.8)
-    alpha: float = _help("salient candidate expansion, in [1, 1e6]", _range(1.0, ALPHA_MAX), default=1.5)
-    beta: float = _help("minimum weight of an anchor in a context merge, in [0, 1]", _range(0.0, 1.0), default=0.6)
-    num_neighbors: int = _help("k of the DPC-KNN density, >= 1", _integer(1), default=7)
-    segmentation: str = _help("temporal segmentation: 'holitom' or 'fastvid'", _choice(SEGMENTATIONS),
-                              default="holitom")
-    fastvid_min_cuts: int = _help("fastvid: number of segments forced by the lowest similarities, >= 1",
-                                  _integer(1), default=8)
-    holitom_max_window: int = _help("holitom: longest segment in frames, >= 1", _integer(1), default=1024)
-    base_time: float = _help("ST-RoPE base of the time section, in (1, 1e38]",
-                             _range(1.0, ROPE_BASE_MAX, low_open=True), default=10000.0)
-    base_space: float = _help("ST-RoPE base of the height and width sections, in (1, 1e38]",
-                              _range(1.0, ROPE_BASE_MAX, low_open=True), default=1000.0)
-    sink_positions: Optional[list] = _help("grid indices whose saliency is zeroed; None = adapter preset",
-                                           _sink_positions, default=None)
-    strategy: str = _help("registered pruning strategy name", _strategy_name, default="tango")
-    saliency_source: str = _help("attention signal: " + ", ".join(SALIENCY_SOURCES), _choice(SALIENCY_SOURCES),
-                                 default="auto")
-    siglip_head_path: Optional[str] = _help("local SigLIP checkpoint folder for the attention-pooling head",
-                                            _folder, default=None)
-    prune_images: bool = _help("also prune still images as single-frame videos (Qwen-VL: the whole image; "
-                               "LLaVA-OV: the base-resolution grid, high-res crops unpruned)", _flag, default=False)
+        _optional(_range(-1.0, 1.0)), default=None,
+        details=(
+            "The rule is applied when the field is set to None (at construction, by `replace` when retention_ratio "
+            "changes, or by assigning None); assigning a new retention_ratio alone keeps the current threshold."))
+    static_threshold: float = _help(
+        "static-token cosine threshold in [-1, 1] (reference: always 0.8)", _range(-1.0, 1.0), default=0.8,
+        details=(
+            "A token is static when its cosine with itself in the next frame stays above it over a whole segment. The"
+            " reference never passes its configured threshold to this test, so it is always 0.8 there."))
+    alpha: float = _help(
+        "salient candidate expansion, in [1, 1e6]", _range(1.0, ALPHA_MAX), default=1.5,
+        details=(
+            "The salient pick takes the top ``int(alpha * k)`` tokens by score, then k clusters; values above a "
+            "frame's token count all mean \"every token is a candidate\"."))
+    beta: float = _help(
+        "minimum weight of an anchor in a context merge, in [0, 1]", _range(0.0, 1.0), default=0.6)
+    num_neighbors: int = _help(
+        "k of the DPC-KNN density, >= 1", _integer(1), default=7)
+    segmentation: str = _help(
+        "temporal segmentation: 'holitom' or 'fastvid'", _choice(SEGMENTATIONS), default="holitom",
+        details="'holitom': a dynamic programme over static tokens; 'fastvid': cuts at the least similar frame pairs.")
+    fastvid_min_cuts: int = _help(
+        "fastvid: number of segments forced by the lowest similarities, >= 1", _integer(1), default=8,
+        details="The ``c - 1`` lowest similarities are always cut.")
+    holitom_max_window: int = _help(
+        "holitom: longest segment in frames, >= 1", _integer(1), default=1024)
+    base_time: float = _help(
+        "ST-RoPE base of the time section, in (1, 1e38]", _range(1.0, ROPE_BASE_MAX, low_open=True), default=10000.0,
+        details="The frequency table is float32.")
+    base_space: float = _help(
+        "ST-RoPE base of the height and width sections, in (1, 1e38]", _range(1.0, ROPE_BASE_MAX, low_open=True),
+        default=1000.0)
+    sink_positions: Optional[list] = _help(
+        "grid indices whose saliency is zeroed; None = adapter preset", _sink_positions, default=None,
+        details="Attention sinks. An explicit list (also empty) overrides the adapter's preset.")
+    strategy: str = _help(
+        "registered pruning strategy name", _strategy_name, default="tango",
+        details=(
+            "Only its form is checked here (a non-empty string): strategies can be registered after the config is "
+            "made, so an unknown name is reported, with the registered ones, when the strategy is looked up."))
+    saliency_source: str = _help(
+        "attention signal: " + ", ".join(SALIENCY_SOURCES), _choice(SALIENCY_SOURCES), default="auto",
+        details="'auto' lets the adapter decide.")
+    siglip_head_path: Optional[str] = _help(
+        "local SigLIP checkpoint folder for the attention-pooling head", _folder, default=None,
+        details="Its attention-pooling head scores LLaVA-OV frames (saliency_source='siglip_head').")
+    prune_images: bool = _help(
+        "also prune still images as single-frame videos (Qwen-VL: the whole image; "
+        "LLaVA-OV: the base-resolution grid, high-res crops unpruned)", _flag, default=False,
+        details="Each image is a single-frame video (T=1): it keeps ceil(L * r) tokens.")
     reference_merge_order: bool = _help(
         "reproduce the reference's context-merge write order (merged values land on anchors in density order, "
-        "not on their own anchor); the kept set is the same either way", _flag, default=False)
-    max_block_elements: int = _help("elements per block of the blocked distance matrix, >= 1024", _integer(1024),
-                                    default=1 << 24)
-    distance_screen: str = _help("large point sets: canonical distances screened in 'auto', 'bfloat16' or "
-                                 "'float32' (the same plan), or 'off' (float32 tiles)", _choice(DISTANCE_SCREENS),
-                                 default="auto")
+        "not on their own anchor); the kept set is the same either way", _flag, default=False,
+        details=(
+            "The paper's context merge computes each anchor's merged vector but stores it on the anchors taken in "
+            "density order. Off by default (each anchor keeps its own merge); on to reproduce the paper's numbers."))
+    max_block_elements: int = _help(
+        "elements per block of the blocked distance matrix, >= 1024", _integer(1024), default=1 << 24,
+        details="The memory bound of the distance computations (docs/algorithm.md §5).")
+    distance_screen: str = _help(
+        "large point sets: canonical distances screened in 'auto', 'bfloat16' or "
+        "'float32' (the same plan), or 'off' (float32 tiles)", _choice(DISTANCE_SCREENS), default="auto",
+        details=(
+            "Point sets larger than one distance tile (a long segment's context pool) decide on canonical distances, "
+            "refined exactly where a screening product in that dtype cannot decide ('auto': bfloat16 where it is fast"
+            " here); all three give the same plan. 'off': float32 tile products decide directly (it can differ in "
+            "last-bit ties). docs/algorithm.md §11."))
     intra_llm_layer: Optional[int] = _help(
         "intra-LLM stage: first decoder layer that sees the reduced sequence (layer K-1 scores); None = off",
-        _optional(_integer(1)), default=None)
-    intra_llm_ratio: float = _help("intra-LLM stage: share of each video's tokens kept, in (0, 1]",
-                                   _range(0.0, 1.0, low_open=True), default=0.5)
+        _optional(_integer(1)), default=None,
+        details=(
+            "K of the intra-LLM stage of the LLaVA-Video runs (docs/algorithm.md §6). Layers 0..K-1 see the whole "
+            "prompt; before layer K each video keeps the `round(n * intra_llm_ratio)` tokens the last prompt token "
+            "attends to most in layer K-1 and the rest are merged into them. The reference uses K = 18 of 28. Applied"
+            " in `generate` only; must be below the model's depth (checked at `enable`)."))
+    intra_llm_ratio: float = _help(
+        "intra-LLM stage: share of each video's tokens kept, in (0, 1]", _range(0.0, 1.0, low_open=True), default=0.5,
+        details="Reference: 0.5.")
     strategy_options: Optional[dict] = _help(
         "options of the chosen strategy (e.g. {'seed': 3} for 'random'); each strategy lists its own "
-        "(docs/strategies.md)", _strategy_options, default=None)
+        "(docs/strategies.md)", _strategy_options, default=None,
+        details="A dict; the strategy refuses keys it does not know.")
     exact_budget: bool = _help(
         "keep exactly T * max(1, ceil(L * r)) tokens per video for every strategy (topped up with the most salient "
-        "unkept tokens or trimmed by lowest saliency; docs/algorithm.md, exact-count budget)", _flag,
-        default=False)
+        "unkept tokens or trimmed by lowest saliency; docs/algorithm.md, exact-count budget)", _flag, default=False,
+        details=(
+            "The kept count is then known before the vision tower runs (`engine.budgets.exact_keep_count`). Off by "
+            "default: Tango's own count depends on the content (static tokens are kept once per segment)."))
 
     # ----------------------------------------------------------- validation on every assignment
     def __setattr__(self, name: str, value: Any) -> None:
@@ -485,6 +483,22 @@ class TangoConfig:
         """Field name -> help text."""
         return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(TangoConfig)}
 
+
+def _document_fields(cls: type) -> None:
+    """Write the fields' `help` and `details` into the class docstring (its `{fields}` slot): each field is
+    described once, where it is declared."""
+    import textwrap
+
+    entries = []
+    for f in dataclasses.fields(cls):
+        text = f.metadata["help"] + (". " + f.metadata["details"] if f.metadata.get("details") else "")
+        entries.append(textwrap.fill(f"{f.name}: {text}", width=116, initial_indent="        ",
+                                     subsequent_indent="            "))
+    if cls.__doc__:  # None under python -OO
+        cls.__doc__ = cls.__doc__.replace("{fields}", "\n".join(entries))
+
+
+_document_fields(TangoConfig)
 
 # A field added without a check would silently accept anything on assignment.
 _UNCHECKED = [f.name for f in dataclasses.fields(TangoConfig) if f.metadata.get("check") is None]

@@ -88,3 +88,14 @@ def test_adapter_options_are_knobs_declared_by_their_family():
     with pytest.raises(ValueError, match="expected an identifier"):
         register_enable_option("report", ("x",))
     assert "retention_ratio" not in ENABLE_OPTIONS and ENABLE_OPTIONS["pool_mode"] == lo.POOL_MODES
+
+
+def test_every_field_is_described_once_where_it_is_declared():
+    """The class docstring is written from each field's help and details (no second copy to drift)."""
+    import dataclasses
+
+    doc = tp.TangoConfig.__doc__
+    assert "{fields}" not in doc
+    for f in dataclasses.fields(tp.TangoConfig):
+        assert f"        {f.name}: {f.metadata['help'][:40]}" in doc, f.name
+    assert "The reference uses K = 18 of 28" in " ".join(doc.split())  # a field's details follow its help

@@ -243,6 +243,8 @@ def _check_run(data, samples, report, model: str, expected: dict, tokens_per_pat
         assert row["pruned"] is True, row["note"]
         (video,) = row["videos"]
         name = os.path.basename(video["path"])
+        # the row's request (from lmms-eval's batches) and its video (from the adapter) are the same document's
+        assert name == list(QUESTIONS.values())[row["doc_id"]], (row["doc_id"], name)
         frames, fps = CLIPS[name]
         want = expected[name]
         assert video["frame_indices"] == want and video["video_fps"] == pytest.approx(fps)

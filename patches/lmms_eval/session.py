@@ -17,17 +17,21 @@ The records, the marks, the book and the recorders are `patches/_frames.py` (sha
 module decides when they are swapped into a wrapper's modules and writes the report.
 
 After each `generate`, the rows of `handle.report()` and the frame times of their videos are appended to the
-report (`tango_report=path.json`), written after every call so that a run that stops still leaves it.
+report (`tango_report=path.json`), written after every call so that a run that stops still leaves it. Nothing in a
+row is guessed: its videos are the ones the adapter says it holds (`video_indices`, positions in the processor's
+order), and its request (`doc_id`, `task`) comes from lmms-eval's own objects (`RequestTrail`): the batch its
+`Collator` handed the wrapper last, or for a wrapper that walks the requests itself (`llava_vid`), the request whose
+`doc_to_visual` ran since the previous model call.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import sys
 import warnings
-from typing import Any, List, Optional, Sequence
-
-import torch
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from tango_plugin.knobs import config_from_knobs, split_knobs
 
@@ -70,12 +74,65 @@ class ProcessorProxy(BaseProcessorProxy):
         plain = [unmark(v) for v in items]
         kwargs["videos"] = plain[0] if single else type(videos)(plain)
         out = processor(*args, **kwargs)
-        text = kwargs.get("text", args[0] if args and isinstance(args[0], (str, list)) else None)
-        texts = [text] if isinstance(text, str) else list(text or [])
         spg = out.get("second_per_grid_ts") if hasattr(out, "get") else None
         spg = [float(s) for s in spg] if spg is not None else None
-        out[CARRIER_KEY] = FrameTimes(frames, texts, spg)
+        out[CARRIER_KEY] = FrameTimes(frames, spg)
         return out
+
+
+# ----------------------------------------------------------------------------------------------- the requests
+class RequestTrail:
+    """Which lmms-eval requests the wrapper is working on, read from lmms-eval's own objects while it evaluates.
+
+    Batching wrappers get their batches from `lmms_eval.utils.Collator.get_batched`: while the wrapper evaluates,
+    `Collator` is a subclass that notes each batch as it hands it out, so a model call's rows are that batch's
+    requests, in order (a multi-round wrapper's rounds share their batch). A wrapper that walks the requests itself
+    (`llava_vid`, one at a time) gets requests whose callables (`doc_to_visual`, `doc_to_messages`) note their
+    request when called; the requests noted since the previous model call are that call's rows.
+    """
+
+    def __init__(self) -> None:
+        self.batch: Optional[List[Tuple[Any, Any]]] = None  # (doc_id, task) per row of the last Collator batch
+        self.called: List[Tuple[Any, Any]] = []
+
+    def collator(self, real: type) -> type:
+        trail = self
+
+        class NotingCollator(real):
+            def get_batched(self, *args: Any, **kwargs: Any):
+                for batch in super().get_batched(*args, **kwargs):
+                    trail.batch = [_request_key(item) for item in batch]
+                    yield batch
+
+        NotingCollator.tango_recorder = True
+        return NotingCollator
+
+    def noting(self, requests: Sequence[Any]) -> list:
+        """Copies of `requests` whose callable arguments note their request when called (the originals are left
+        as they are)."""
+        out = []
+        for request in requests:
+            args = getattr(request, "arguments", None)
+            if not isinstance(args, tuple) or not dataclasses.is_dataclass(request):
+                out.append(request)
+                continue
+            key = _request_key(args)
+            noted = tuple(self._noting(a, key) if callable(a) else a for a in args)
+            out.append(dataclasses.replace(request, arguments=noted))
+        return out
+
+    def _noting(self, fn: Callable, key: Tuple[Any, Any]) -> Callable:
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.called.append(key)
+            return fn(*args, **kwargs)
+
+        return call
+
+    def rows(self) -> List[Tuple[Any, Any]]:
+        """(doc_id, task) of each row of the model call that just ran."""
+        called, self.called = self.called, []
+        return list(self.batch) if self.batch is not None else called
 
 
 # ----------------------------------------------------------------------------------------------- the session
@@ -85,7 +142,7 @@ class TangoSession(HarnessSession):
     def __init__(self, owner: Any, model_name: str, config, options: dict, extras: dict) -> None:
         super().__init__(owner, model_name, config, options, extras)
         self.book = FrameBook()
-        self._requests: List[tuple] = []
+        self.trail = RequestTrail()
 
     @property
     def model_name(self) -> str:
@@ -130,7 +187,8 @@ class TangoSession(HarnessSession):
 
     @contextlib.contextmanager
     def evaluating(self, requests: Sequence[Any]):
-        """While the wrapper evaluates: decoders in its modules record, and requests are known for the report."""
+        """While the wrapper evaluates: decoders in its modules record, and the requests of each model call are
+        noted (`RequestTrail`). Yields the requests to hand the wrapper (copies that note themselves)."""
         swaps = []
         # with tango=false nothing records frames, but the report is still written (it has the prefill times)
         for module in _wrapper_modules(type(self.owner)) if self.enabled else ():
@@ -142,10 +200,16 @@ class TangoSession(HarnessSession):
             if isinstance(real_cls, type) and not getattr(real_cls, "tango_recorder", False):
                 swaps.append((module, "VideoReader", real_cls))
                 module.VideoReader = recording_video_reader(real_cls, self.book.note_decode)
+        self.trail = RequestTrail()
         if self.enabled:
-            self._requests = [_request_key(r) for r in requests]
+            utils = sys.modules.get("lmms_eval.utils")
+            real = getattr(utils, "Collator", None)
+            if isinstance(real, type) and not getattr(real, "tango_recorder", False):
+                swaps.append((utils, "Collator", real))
+                utils.Collator = self.trail.collator(real)
+            requests = self.trail.noting(requests)
         try:
-            yield
+            yield requests
         except Exception as err:
             self.note_failure(err)
             raise
@@ -170,15 +234,12 @@ class TangoSession(HarnessSession):
         rows = report.get("samples") or []
         videos = list(carrier.videos)
         spg = carrier.second_per_grid_ts
-        next_video = 0
+        requests = self.trail.rows()
         for b, row in enumerate(rows):
-            n = int(row.get("videos") or 0)
-            if n == 0 and len(rows) == 1 and videos:
-                n = len(videos)  # a row that was passed through still shows its videos' times
-            mine = list(range(next_video, min(next_video + n, len(videos))))
-            next_video += n
-            text = carrier.texts[b] if b < len(carrier.texts) else ""
-            doc_id, task = self._doc_of(text)
+            mine = [i for i in row.get("video_indices") or () if i < len(videos)]
+            if not mine and len(rows) == 1:
+                mine = list(range(len(videos)))  # one row holds every video of the call (e.g. passed through)
+            doc_id, task = requests[b] if b < len(requests) else (None, None)
             entry = {"call": self.calls, "row": b, "doc_id": doc_id, "task": task, **row}
             entry["videos"] = [self._video_entry(videos[i], None if spg is None else spg[i], carrier.passed)
                                for i in mine]
@@ -191,13 +252,6 @@ class TangoSession(HarnessSession):
         source = None if frames is None else f"{frames.source}; traced: {frames.traced}"
         return video_entry(frames, spg, passed, source)
 
-    def _doc_of(self, text: str):
-        best = None
-        for ctx, doc_id, task in self._requests:
-            if ctx and ctx in text and (best is None or len(ctx) > len(best[0])):
-                best = (ctx, doc_id, task)
-        return (best[1], best[2]) if best else (None, None)
-
     def summary_fields(self) -> dict:
         return {"wrapper": _wrapper_path(type(self.owner))}
 
@@ -205,13 +259,11 @@ class TangoSession(HarnessSession):
         return getattr(self.owner, "_rank", 0), getattr(self.owner, "_world_size", 1)
 
 
-def _request_key(request: Any) -> tuple:
-    # lmms-eval's Instance.args: (context, gen_kwargs or doc_to_messages, ..., doc_id, task, split)
-    args = getattr(request, "args", None) or ()
-    ctx = args[0] if args and isinstance(args[0], str) else ""
-    doc_id = args[3] if len(args) > 4 else None
-    task = args[4] if len(args) > 4 else None
-    return ctx.replace("<image>", "").strip(), doc_id, task
+def _request_key(args: Any) -> Tuple[Any, Any]:
+    """(doc_id, task) of a request's arguments: lmms-eval's `Instance.args` are (context, gen_kwargs or
+    doc_to_messages, doc_to_visual or gen_kwargs, doc_id, task, split)."""
+    args = args if isinstance(args, tuple) else ()
+    return (args[3], args[4]) if len(args) > 4 else (None, None)
 
 
 def _wrapper_modules(cls: type) -> list:
@@ -275,17 +327,7 @@ class LlavaTangoSession(TangoSession):
         if len(noted) == len(videos):
             frames = [f if f is not None and (v.shape[0] if v.ndim == 4 else 1) == len(f.frame_indices) else None
                       for f, v in zip(noted, videos)]
-        ids = bound.get("inputs", bound.get("input_ids"))
-        return {**kwargs, CARRIER_KEY: FrameTimes(frames, self._texts(ids))}
-
-    def _texts(self, ids: Any) -> List[str]:
-        tok = getattr(self.owner, "tokenizer", None)
-        if tok is None or not isinstance(ids, torch.Tensor) or ids.dim() != 2:
-            return []
-        try:
-            return [tok.decode(row[row >= 0].tolist()) for row in ids]
-        except Exception:  # only used to find the request of a report row
-            return []
+        return {**kwargs, CARRIER_KEY: FrameTimes(frames)}
 
 
 class LlavaFrames:
@@ -340,14 +382,14 @@ class TangoLmmsMixin:
         return self._tango.handle
 
     def generate_until(self, requests):
-        with self._tango.evaluating(requests):
-            return super().generate_until(requests)
+        with self._tango.evaluating(requests) as noting:
+            return super().generate_until(noting)
 
     def generate_until_multi_round(self, requests):
-        with self._tango.evaluating(requests):
-            return super().generate_until_multi_round(requests)
+        with self._tango.evaluating(requests) as noting:
+            return super().generate_until_multi_round(noting)
 
 
 __all__ = ["TangoLmmsMixin", "TangoSession", "LlavaTangoSession", "LlavaFrames",
            "ProcessorProxy", "FrameBook", "VideoFrames", "FrameTimes",
-           "MarkedFrames", "CARRIER_KEY"]
+           "MarkedFrames", "CARRIER_KEY", "RequestTrail"]

@@ -22,8 +22,9 @@ Where each number comes from:
 * saliency: the library's own timer of its transient saliency hooks, `SampleReport.saliency_seconds`.
 * strategy: the adapter's plan stage (every `run_strategy` call plus building the replacement),
   `SampleReport.strategy_seconds` ("-" for an adapter that does not split its time).
-* splice: the rest of the pruning stage: `SampleReport.prune_seconds` minus saliency minus strategy (placeholder
-  matching, layout, rewrite of ids / masks / positions, report).
+* splice: `SampleReport.splice_seconds`, timed by the splice itself from the end of the towers to its report,
+  strategy calls left out (placeholder matching, layout, rewrite of ids / masks / positions, report); for the `llava`
+  adapter, which times strategy and splice together, `prune_seconds` minus saliency.
 * LLM prefill: forward pre/post hooks on `model.model.language_model`, its first call of the run.
 * other until first token: TTFT minus the rows above (generate's setup, embedding, LLaVA's pooling and packing,
   the LM head and the first greedy pick).
@@ -678,7 +679,7 @@ def profile(args) -> int:
           f"{args.new_tokens} new tokens, warm-up {args.warmup}, median of {args.repeats} runs each")
     print(render_table(result))
     print(f"speed-up: unpruned / pruned (decode: pruned / unpruned). Vision excludes the saliency hooks (they run "
-          f"inside the tower); splice = SampleReport.prune_seconds - saliency - strategy; other = TTFT - the rows "
+          f"inside the tower); splice = SampleReport.splice_seconds; other = TTFT - the rows "
           f"above it. Memory: {header['memory']}.")
     print(f"({wall:.1f} s in all, loading included)")
     return 0

@@ -134,11 +134,15 @@ class ModelAdapter:
 
     # ------------------------------------------------------------------------------------------ video timestamps
     def _given_video_timestamps(self, index: int, kw: dict) -> Optional[torch.Tensor]:
+        """`given_timestamps` with the per-call value of the call's keyword arguments."""
+        return self.given_timestamps(index, kw.get("tango_video_timestamps"))
+
+    def given_timestamps(self, index: int, per_call: Any) -> Optional[torch.Tensor]:
         """The seconds given for video `index`, flat float64 (the paper interpolates frame times in float64):
-        per call `kw["tango_video_timestamps"]` first, then the `video_timestamps` option. Either is one video's
-        times (a tensor, a list of numbers, or video metadata: `frames_indices / fps`) for every video, or a list
-        with one such entry per video."""
-        given = kw.get("tango_video_timestamps")
+        `per_call` (a call's `tango_video_timestamps`) first, then the `video_timestamps` option. Either is one
+        video's times (a tensor, a list of numbers, or video metadata: `frames_indices / fps`) for every video, or
+        a list with one such entry per video."""
+        given = per_call
         if given is None:
             given = self.options.get("video_timestamps")
         if given is None:
@@ -156,7 +160,11 @@ class ModelAdapter:
 
     def timestamps_source(self, kw: dict) -> str:
         """Where the frame times of this call come from (for the report)."""
-        if kw.get("tango_video_timestamps") is not None:
+        return self.timestamps_source_of(kw.get("tango_video_timestamps"))
+
+    def timestamps_source_of(self, per_call: Any) -> str:
+        """`timestamps_source` for a call whose per-call `tango_video_timestamps` is `per_call`."""
+        if per_call is not None:
             return "tango_video_timestamps (per call)"
         if self.options.get("video_timestamps") is not None:
             return "video_timestamps option"
@@ -178,7 +186,11 @@ class ModelAdapter:
 
         Default (one engine frame per sampled frame): the given video timestamps, else frame k at k / `fps`.
         """
-        ts = self._given_video_timestamps(index, kw)
+        return self.frame_times(index, num_frames, kw.get("tango_video_timestamps"))
+
+    def frame_times(self, index: int, num_frames: int, per_call: Any) -> Optional[torch.Tensor]:
+        """`video_timestamps` for a call whose per-call `tango_video_timestamps` is `per_call`."""
+        ts = self.given_timestamps(index, per_call)
         if ts is not None:
             if ts.numel() != num_frames:
                 raise ValueError(f"video_timestamps for video {index} has {ts.numel()} values; the video has "

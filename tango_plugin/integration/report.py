@@ -17,6 +17,8 @@ class SampleReport:
     Args:
         sample: row index in the batch.
         videos: number of videos in the row.
+        video_indices: positions of the row's videos among the call's videos, in the order the call passed them
+            (the processor's order), so a harness pairs each video with its row without counting.
         visual_tokens_before: video placeholder tokens the unpruned model would have fed to the LLM.
         visual_tokens_after: video tokens the LLM really received (kept tokens plus newline tokens, if any).
         kept_by_strategy: tokens the strategy kept (`PrunePlan.kept_indices`), without newline tokens.
@@ -44,6 +46,7 @@ class SampleReport:
 
     sample: int
     videos: int = 0
+    video_indices: List[int] = field(default_factory=list)
     visual_tokens_before: int = 0
     visual_tokens_after: int = 0
     kept_by_strategy: int = 0

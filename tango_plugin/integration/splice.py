@@ -31,6 +31,7 @@ import torch
 from ..engine.types import PrunePlan, VisualTokens
 from ..strategies import run_strategy
 from .adapter import ModelAdapter, required
+from .generation import Continuation, cache_of, continuation_of, continued_inputs, give_back, lengths_as_given
 from .intra_llm import IntraLLMLifecycle, dynamic_cache_or_warn
 from .report import PlanRecord, SampleReport
 from .threads import serial
@@ -179,33 +180,17 @@ class SpliceCall:
         return self.kw["input_ids"].shape[0]
 
 
-#: attribute a cache object gets after a pruned generate (see `VideoSpliceAdapter._continue`)
-CONTINUATION_ATTR = "_tango_continuation"
-
-
-@dataclass
-class Continuation:
-    """How a cache left by a pruned `generate` lines up with the sequences that generate returned.
-
-    Args:
-        full: (B, Lf) the sequences returned to the caller (their prompt + new tokens).
-        short: (B, Ls) the sequences the cache was built from (the pruned prompt + the same new tokens).
-        short_mask: (B, Ls) attention mask of `short` (None: no mask was used).
-        short_types: (B, Ls) `mm_token_type_ids` of `short` (None when the model takes none).
-        intra_llm: the intra-LLM stage ran (its layers K.. cached a reduced sequence).
-    """
-
-    full: torch.Tensor
-    short: torch.Tensor
-    short_mask: Optional[torch.Tensor]
-    short_types: Optional[torch.Tensor]
-    intra_llm: bool = False
-
-
-def _default_generation_value(name: str) -> Any:
-    from transformers import GenerationConfig
-
-    return getattr(GenerationConfig(), name)
+def _kept_rows(call: SpliceCall, t: Optional[torch.Tensor], pad_value: int) -> Optional[torch.Tensor]:
+    """(..., B, L) -> (..., B, call.length): each row's kept positions (`call.sources`) in order, re-padded on
+    `call.padding_side` with `pad_value`."""
+    if t is None:
+        return None
+    B, length = len(call.sources), call.length
+    out = t.new_full((*t.shape[:-2], B, length), pad_value)
+    for b, s in enumerate(call.sources):
+        sl = slice(length - len(s), length) if call.padding_side == "left" else slice(0, len(s))
+        out[..., b, sl] = t[..., b, s.to(t.device)]
+    return out
 
 
 class VideoSpliceAdapter(IntraLLMLifecycle, ModelAdapter):
@@ -404,7 +389,7 @@ class VideoSpliceAdapter(IntraLLMLifecycle, ModelAdapter):
                 f"intra_llm_layer={self.config.intra_llm_layer} applies in generate only, so a training forward "
                 "would train on a sequence that inference never shows the model; enable Tango for training with "
                 "cfg.replace(intra_llm_layer=None) (the pre-LLM pruning stays on) and the stage for inference only")
-        cache = self._cache_of(kw)
+        cache = cache_of(kw)
         if cache is not None and (not hasattr(cache, "get_seq_length") or cache.get_seq_length() > 0):
             raise ValueError(
                 "past_key_values holds a cache in a training forward (the model is in train() mode): the cached "
@@ -422,13 +407,13 @@ class VideoSpliceAdapter(IntraLLMLifecycle, ModelAdapter):
         kw = self._as_kwargs(original, args, kwargs)
         if kw.get("inputs") is not None and kw.get("input_ids") is None:
             kw["input_ids"] = kw.pop("inputs")
-        cache = self._cache_of(kw)
-        if cache is not None and getattr(cache, CONTINUATION_ATTR, None) is not None:
-            return self._continue(original, kw, getattr(cache, CONTINUATION_ATTR))
+        previous = continuation_of(kw)
+        if previous is not None:
+            return self._continue(original, kw, previous)
         if not self._should_prune(kw):
             return self._pass_through(original, kw)
         prompt = kw["input_ids"]
-        self._lengths_as_given(kw, prompt.shape[1])
+        lengths_as_given(kw, prompt.shape[1])
         # generate runs under no_grad; the splice must too, so the features handed to it carry no autograd history
         # (assisted decoding deep-copies them) and the vision tower's activations are freed at once
         with torch.no_grad():
@@ -444,96 +429,20 @@ class VideoSpliceAdapter(IntraLLMLifecycle, ModelAdapter):
         finally:
             if self._intra is not None:
                 self._intra.disarm()
-        short_mask = call.new_kw.get("attention_mask")
-        return self._give_back(out, prompt, call.length, short_mask, call.new_kw.get("mm_token_type_ids"),
-                               call.new_kw.get("past_key_values", call.new_kw.get("cache")), intra)
+        return give_back(out, prompt, call.length, call.new_kw.get("attention_mask"),
+                         call.new_kw.get("mm_token_type_ids"), cache_of(call.new_kw), intra)
 
-    def _give_back(self, out: Any, prompt: torch.Tensor, short_length: int, short_mask: Optional[torch.Tensor],
-                   short_types: Optional[torch.Tensor], given_cache: Any, intra: bool) -> Any:
-        """What the unpruned model returns: the caller's prompt followed by the new tokens (so that
-        `out[:, inputs.input_ids.shape[1]:]` still slices the answer); the cache remembers both layouts so a
-        later `generate` can continue from it (`_continue`)."""
-        seqs = out if isinstance(out, torch.Tensor) else out.sequences
-        copies = seqs.shape[0] // prompt.shape[0]  # num_return_sequences / beams: generate repeats each row
-        full = torch.cat([prompt.to(seqs.device).repeat_interleave(copies, dim=0), seqs[:, short_length:]], dim=1)
-        cache = given_cache if given_cache is not None else getattr(out, "past_key_values", None)
-        if cache is not None and hasattr(cache, "get_seq_length"):
-            new = seqs.shape[1] - short_length
-
-            def extend(t: Optional[torch.Tensor], value: int) -> Optional[torch.Tensor]:
-                if t is None:
-                    return None
-                t = t.to(seqs.device).repeat_interleave(copies, dim=0)
-                return torch.cat([t, t.new_full((t.shape[0], new), value)], dim=1)
-
-            setattr(cache, CONTINUATION_ATTR, Continuation(full=full, short=seqs, short_mask=extend(short_mask, 1),
-                                                           short_types=extend(short_types, 0), intra_llm=intra))
-        if isinstance(out, torch.Tensor):
-            return full
-        out.sequences = full
-        return out
-
-    def _continue(self, original: Callable, kw: dict, previous: "Continuation") -> Any:
-        """`generate(previous sequences + new turn, past_key_values=cache)` after a pruned generate: the cache holds
-        the pruned prompt, so the prefix the caller passes (the full sequences we returned) is swapped for the
-        sequences the cache was really built from; the new turn follows, and the caller gets their own prefix back."""
+    def _continue(self, original: Callable, kw: dict, previous: Continuation) -> Any:
+        """A `generate` continuing from the cache of a pruned one (generation.continued_inputs)."""
         ids = kw.get("input_ids")
-        full, short = previous.full, previous.short
-        if previous.intra_llm:
-            raise ValueError("continuing from the cache of a generate that ran the intra-LLM stage is not supported "
-                             "(layers K.. cached a reduced sequence); start a new generate with the whole "
-                             "conversation")
-        if self._has(kw, self.video_kwargs[:1]) or self._prunes_images(kw):
-            raise ValueError("a continuation from a pruned cache cannot bring new video (or pruned image) pixels; "
-                             "start a new generate with the whole conversation")
-        if ids is None or ids.shape[0] != full.shape[0] or ids.shape[1] < full.shape[1] or not torch.equal(
-                ids[:, :full.shape[1]].to(full.device), full):
-            raise ValueError("past_key_values holds the pruned prompt of an earlier tango_plugin generate; continue "
-                             "from it with input_ids that start with exactly the sequences that generate returned "
-                             f"({tuple(full.shape)}), followed by the new tokens; got input_ids of shape "
-                             f"{None if ids is None else tuple(ids.shape)}")
-        tail = ids[:, full.shape[1]:]
-        kw = dict(kw)
-        kw["input_ids"] = torch.cat([short.to(ids.device), tail], dim=1)
-        mask = kw.get("attention_mask")
-        if mask is not None or previous.short_mask is not None:
-            head = previous.short_mask if previous.short_mask is not None else torch.ones_like(short)
-            rest = mask[:, full.shape[1]:] if mask is not None else torch.ones_like(tail)
-            kw["attention_mask"] = torch.cat([head.to(ids.device), rest.to(ids.device)], dim=1)
-        if kw.get("mm_token_type_ids") is not None:
-            head = previous.short_types if previous.short_types is not None else torch.zeros_like(short)
-            kw["mm_token_type_ids"] = torch.cat([head.to(ids.device), kw["mm_token_type_ids"][:, full.shape[1]:]],
-                                                dim=1)
         pruned_images = self.image_kwargs if self.config.prune_images and self.supports_image_pruning else ()
-        for name in self.video_kwargs + pruned_images + ("tango_video_timestamps",):
-            kw.pop(name, None)  # grids of the first turn: its video (and pruned images) are in the cache already
-        self._lengths_as_given(kw, ids.shape[1])
+        brings_media = self._has(kw, self.video_kwargs[:1]) or self._prunes_images(kw)
+        kw = continued_inputs(kw, previous, brings_media, self.video_kwargs + pruned_images)
+        lengths_as_given(kw, ids.shape[1])
         self.state.last = [SampleReport(sample=b, note="continued from a pruned cache") for b in range(ids.shape[0])]
         out = self._call_original(original, kw)
-        return self._give_back(out, ids, kw["input_ids"].shape[1], kw.get("attention_mask"),
-                               kw.get("mm_token_type_ids"), self._cache_of(kw), False)
-
-    def _lengths_as_given(self, kw: dict, caller_length: int) -> None:
-        """`max_length` / `min_length` count the caller's prompt, as without the plugin: turn them into new-token
-        counts before the prompt gets shorter."""
-        cfg = kw.get("generation_config")
-        for total, new in (("max_length", "max_new_tokens"), ("min_length", "min_new_tokens")):
-            value = kw.pop(total, None)
-            if value is None and cfg is not None and getattr(cfg, new, None) is None:
-                from_cfg = getattr(cfg, total, None)
-                if from_cfg is not None and from_cfg != _default_generation_value(total):
-                    value = from_cfg
-            if value is None or kw.get(new) is not None:
-                continue
-            if total == "max_length" and value <= caller_length:
-                raise ValueError(f"Input length of input_ids is {caller_length}, but `max_length` is set to {value}. "
-                                 "Increase `max_length` or, better, set `max_new_tokens`.")
-            kw[new] = max(0, int(value) - caller_length)
-
-    @staticmethod
-    def _cache_of(kw: dict) -> Any:
-        cache = kw.get("past_key_values")
-        return cache if cache is not None else kw.get("cache")
+        return give_back(out, ids, kw["input_ids"].shape[1], kw.get("attention_mask"), kw.get("mm_token_type_ids"),
+                         cache_of(kw), False)
 
     def _pass_through(self, original: Callable, kw: dict) -> Any:
         """Call the original unchanged, and say in the report that this call pruned nothing."""
@@ -569,7 +478,7 @@ class VideoSpliceAdapter(IntraLLMLifecycle, ModelAdapter):
             self.state.warn_once("embeds", "video inputs came with inputs_embeds instead of input_ids; the video "
                                            "placeholders cannot be located, so this call is not pruned")
             return False
-        cache = self._cache_of(kw)
+        cache = cache_of(kw)
         if cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0:
             self.state.warn_once("cache", "video inputs came with a non-empty cache; only the prefill of a fresh "
                                           "sequence is pruned, so this call is not pruned")
@@ -672,41 +581,34 @@ class VideoSpliceAdapter(IntraLLMLifecycle, ModelAdapter):
     def _stage_rewrite(self, call: SpliceCall) -> None:
         """Stage 4: the shortened keyword arguments for the original method."""
         kw = call.kw
-        ids = kw["input_ids"]
-        mask_in = kw.get("attention_mask")
         mask = self._mask(kw)
-        B, Lmax = ids.shape[0], call.length
-
-        def gather(t: Optional[torch.Tensor], pad_value: int) -> Optional[torch.Tensor]:
-            if t is None:
-                return None
-            out = t.new_full((*t.shape[:-2], B, Lmax), pad_value)
-            for b, s in enumerate(call.sources):
-                sl = slice(Lmax - len(s), Lmax) if call.padding_side == "left" else slice(0, len(s))
-                out[..., b, sl] = t[..., b, s.to(t.device)]
-            return out
-
         new = dict(kw)
-        for k in self.video_kwargs + (self.image_kwargs if call.prune_images else ()):
+        for k in self.video_kwargs + (self.image_kwargs if call.prune_images else ()) + ("tango_video_timestamps",):
             new.pop(k, None)
-        new.pop("tango_video_timestamps", None)
-        new["input_ids"] = gather(ids, self.pad_token_id())
-        new_mask = gather(mask, 0)
-        if mask_in is None and len({int(s.numel()) for s in call.sources}) == 1:
+        new["input_ids"] = _kept_rows(call, kw["input_ids"], self.pad_token_id())
+        new_mask = _kept_rows(call, mask, 0)
+        if kw.get("attention_mask") is None and len({int(s.numel()) for s in call.sources}) == 1:
             new.pop("attention_mask", None)  # as given: no mask
         else:
             new["attention_mask"] = new_mask
         for name, pad in (("labels", -100), ("mm_token_type_ids", 0), ("token_type_ids", 0)):
             if kw.get(name) is not None:
-                new[name] = gather(kw[name], pad)
+                new[name] = _kept_rows(call, kw[name], pad)
         if kw.get("inputs_embeds") is not None:  # given next to input_ids: shortened the same way
-            new["inputs_embeds"] = gather(kw["inputs_embeds"].permute(2, 0, 1), 0).permute(1, 2, 0)
+            new["inputs_embeds"] = _kept_rows(call, kw["inputs_embeds"].permute(2, 0, 1), 0).permute(1, 2, 0)
+        self._rewrite_positions(call, new, mask, new_mask)
+        new["mm_encoder_outputs"] = self._kept_encoder_outputs(call, new)
+        call.new_kw = new
 
+    def _rewrite_positions(self, call: SpliceCall, new: dict, mask: torch.Tensor, new_mask: torch.Tensor) -> None:
+        """Position ids of the shortened rows: the given ones gathered, or (M-RoPE) the unpruned sequence's 3-D
+        positions from the model's own rule gathered, so kept tokens keep their original positions."""
+        kw = call.kw
         pos = None
         if kw.get("position_ids") is not None:
-            new["position_ids"] = pos = gather(kw["position_ids"], 0)
+            new["position_ids"] = pos = _kept_rows(call, kw["position_ids"], 0)
         elif self.uses_3d_positions:
-            pos = gather(self.full_position_ids(kw, ids, mask), 0)
+            pos = _kept_rows(call, self.full_position_ids(kw, kw["input_ids"], mask), 0)
             if call.generating:
                 # generate's own layout is [4, B, L]: row 0 = text positions of the (shortened) sequence, used for
                 # the causal mask and continued by +1 per new token, like the unpruned path.
@@ -717,7 +619,9 @@ class VideoSpliceAdapter(IntraLLMLifecycle, ModelAdapter):
         if self.uses_3d_positions:
             self.after_splice(pos[-3:] if pos is not None and pos.dim() == 3 else None, new_mask)
 
-        mm = dict(kw.get("mm_encoder_outputs") or {})
+    def _kept_encoder_outputs(self, call: SpliceCall, new: dict) -> dict:
+        """`mm_encoder_outputs` holding the kept features (in the layout the model splices them in)."""
+        mm = dict(call.kw.get("mm_encoder_outputs") or {})
         for kind, encode in (("video", self.encoder_outputs), ("image", self.image_encoder_outputs)):
             items = [it for it in call.items if it.kind == kind]
             if kind in call.raw:
@@ -729,8 +633,7 @@ class VideoSpliceAdapter(IntraLLMLifecycle, ModelAdapter):
             names = [p for p in inspect.signature(fn).parameters if p != "kwargs" and p in new]
             mm["image"] = fn(**{p: new[p] for p in names}, return_dict=True)
             new.pop("pixel_values")
-        new["mm_encoder_outputs"] = mm
-        call.new_kw = new
+        return mm
 
     def _stage_report(self, call: SpliceCall) -> None:
         """Stage 5: per row, what went in and what came out."""
@@ -747,7 +650,8 @@ class VideoSpliceAdapter(IntraLLMLifecycle, ModelAdapter):
             after = sum(int(it.replacement.src.numel()) for it in videos)
             notes = sorted({n for it in mine for n in it.notes})
             reports.append(SampleReport(
-                sample=b, videos=len(videos), visual_tokens_before=before, visual_tokens_after=after,
+                sample=b, videos=len(videos), video_indices=[it.index for it in videos],
+                visual_tokens_before=before, visual_tokens_after=after,
                 kept_by_strategy=sum(it.replacement.kept for it in videos),
                 ratio_kept=(after / before) if before else 1.0, saliency_source=source if mine else "none",
                 prune_seconds=sum(it.strategy_seconds for it in mine) + shared * len(mine) / max(1, len(call.items)),
