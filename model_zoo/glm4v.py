@@ -37,6 +37,7 @@ from typing import Any, List, Optional, Tuple
 import torch
 from tango_plugin.model_zoo.qwen_vl import frame_qk_saliency_hook
 
+from tango_plugin.integration.adapter import CallInputs
 from tango_plugin.integration.splice import EncodedMedia, Replacement, SpliceCall, TokenGrid, VideoSpliceAdapter
 
 #: mm_token_type_ids values (Glm4vProcessor.create_mm_token_type_ids)
@@ -80,12 +81,12 @@ class Glm4vAdapter(VideoSpliceAdapter):
                              f"{type(self.model).__name__}")
 
     # ------------------------------------------------------------------------------------------- placeholders
-    def _types(self, kw: dict) -> torch.Tensor:
-        ids, types = kw["input_ids"], kw.get("mm_token_type_ids")
+    def _types(self, inputs: CallInputs) -> torch.Tensor:
+        ids, types = inputs["input_ids"], inputs.get("mm_token_type_ids")
         if types is not None:
             return types.to(ids.device)
         # Without type ids the kinds can still be told apart when only one kind of grid came with the call.
-        video, image = kw.get("video_grid_thw") is not None, kw.get("image_grid_thw") is not None
+        video, image = inputs.get("video_grid_thw") is not None, inputs.get("image_grid_thw") is not None
         if video and image:
             raise ValueError("GLM-4V writes video frames with the image token id, so with both images and videos "
                              "in a call the placeholders can only be told apart by mm_token_type_ids (text 0, image "
@@ -95,19 +96,20 @@ class Glm4vAdapter(VideoSpliceAdapter):
                                                   "and the grids given (only one kind of media in this call)")
         return (ids == self.model.config.image_token_id).long() * (VIDEO if video else IMAGE)
 
-    def placeholder_mask(self, kw: dict, kind: str) -> torch.Tensor:
-        ids = kw["input_ids"]
-        return (ids == self.model.config.image_token_id) & (self._types(kw) == (VIDEO if kind == "video" else IMAGE))
+    def placeholder_mask(self, inputs: CallInputs, kind: str) -> torch.Tensor:
+        ids = inputs["input_ids"]
+        wanted = VIDEO if kind == "video" else IMAGE
+        return (ids == self.model.config.image_token_id) & (self._types(inputs) == wanted)
 
     # ------------------------------------------------------------------------------------------- encoding
-    def encode_videos(self, kw: dict, need_saliency: bool) -> Tuple[List[EncodedMedia], Any, float]:
-        return self._encode(kw, need_saliency, image=False)
+    def encode_videos(self, inputs: CallInputs, need_saliency: bool) -> Tuple[List[EncodedMedia], Any, float]:
+        return self._encode(inputs, need_saliency, image=False)
 
-    def encode_images(self, kw: dict, need_saliency: bool) -> Tuple[List[EncodedMedia], Any, float]:
-        return self._encode(kw, need_saliency, image=True)
+    def encode_images(self, inputs: CallInputs, need_saliency: bool) -> Tuple[List[EncodedMedia], Any, float]:
+        return self._encode(inputs, need_saliency, image=True)
 
-    def _encode(self, kw: dict, need_saliency: bool, image: bool) -> Tuple[List[EncodedMedia], Any, float]:
-        grid = kw["image_grid_thw"] if image else kw["video_grid_thw"]
+    def _encode(self, inputs: CallInputs, need_saliency: bool, image: bool) -> Tuple[List[EncodedMedia], Any, float]:
+        grid = inputs["image_grid_thw"] if image else inputs["video_grid_thw"]
         visual = self.inner.visual
         ms = visual.spatial_merge_size
         source = self.saliency_source_name()
@@ -121,11 +123,12 @@ class Glm4vAdapter(VideoSpliceAdapter):
             if need_saliency:
                 cap.pre_hook(attn, qk_hook)
             if image:
-                out = self.inner.get_image_features(pixel_values=kw["pixel_values"], image_grid_thw=grid,
-                                                    return_dict=True, **self.encoder_flags(kw))
+                out = self.inner.get_image_features(pixel_values=inputs["pixel_values"], image_grid_thw=grid,
+                                                    return_dict=True, **self.encoder_flags(inputs))
             else:
-                out = self.inner.get_video_features(pixel_values_videos=kw["pixel_values_videos"],
-                                                    video_grid_thw=grid, return_dict=True, **self.encoder_flags(kw))
+                out = self.inner.get_video_features(pixel_values_videos=inputs["pixel_values_videos"],
+                                                    video_grid_thw=grid, return_dict=True,
+                                                    **self.encoder_flags(inputs))
         sal = torch.split(store["merged"], [t * h * w // ms**2 for t, h, w in grids]) if need_saliency else None
 
         media = []
@@ -136,7 +139,7 @@ class Glm4vAdapter(VideoSpliceAdapter):
             else:
                 feats = out.pooler_output[v].reshape(t, (h // ms) * (w // ms), -1)
                 grid_hw = (h // ms, w // ms)
-                ts = self.video_timestamps(v, t, kw)
+                ts = self.video_timestamps(v, t, inputs)
                 if ts is None and need_saliency:
                     self.warn_missing_timestamps()
             scores = None if sal is None else sal[v].reshape(feats.shape[0], -1)
@@ -146,12 +149,12 @@ class Glm4vAdapter(VideoSpliceAdapter):
             media.append(EncodedMedia(grids=[tokens], num_placeholders=feats.shape[0] * feats.shape[1]))
         return media, out, cap.seconds
 
-    def video_timestamps(self, index: int, t: int, kw: dict) -> Optional[torch.Tensor]:
+    def video_timestamps(self, index: int, t: int, inputs: CallInputs) -> Optional[torch.Tensor]:
         """(t,) seconds per frame (temporal patch) of video `index`: its first sampled frame's time (the processor's
         `metadata.timestamps[::temporal_patch_size]`), from the given times (one per frame is used as given) or
         `fps`; None when nothing gives times."""
         tp = self.model.config.vision_config.temporal_patch_size
-        frames = self._given_video_timestamps(index, kw)
+        frames = self._given_video_timestamps(index, inputs)
         if frames is not None:
             if frames.numel() == t:
                 return frames
@@ -172,10 +175,10 @@ class Glm4vAdapter(VideoSpliceAdapter):
     def image_encoder_outputs(self, raw: Any, images: List[EncodedMedia], replacements: List[Replacement]) -> Any:
         return self.encoder_outputs(raw, images, replacements)
 
-    def splice(self, kw: dict, generating: bool) -> SpliceCall:
+    def splice(self, inputs: CallInputs, generating: bool) -> SpliceCall:
         """The shared pipeline, then one `mm_encoder_outputs["image"]` entry for all placeholders (see the module
         docstring: image and video placeholders share the image token id)."""
-        call = super().splice(kw, generating)
+        call = super().splice(inputs, generating)
         new = call.new_kw
         mm = new["mm_encoder_outputs"]
         if new.get("pixel_values") is not None:  # images passed through: generate would encode them next to ours
@@ -204,10 +207,11 @@ class Glm4vAdapter(VideoSpliceAdapter):
         return call
 
     # ------------------------------------------------------------------------------------------- positions
-    def full_position_ids(self, kw: dict, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        pos, _ = self.inner.get_rope_index(input_ids, mm_token_type_ids=self._types(kw),
-                                           image_grid_thw=kw.get("image_grid_thw"),
-                                           video_grid_thw=kw.get("video_grid_thw"), attention_mask=attention_mask)
+    def full_position_ids(self, inputs: CallInputs, input_ids: torch.Tensor,
+                          attention_mask: torch.Tensor) -> torch.Tensor:
+        pos, _ = self.inner.get_rope_index(input_ids, mm_token_type_ids=self._types(inputs),
+                                           image_grid_thw=inputs.get("image_grid_thw"),
+                                           video_grid_thw=inputs.get("video_grid_thw"), attention_mask=attention_mask)
         return pos
 
     def after_splice(self, positions, attention_mask: torch.Tensor) -> None:

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from tango_plugin.engine.saliency import score
+from tango_plugin.integration.adapter import CallInputs
 from tango_plugin.integration.hooks import first_arg
 from tango_plugin.integration.splice import EncodedMedia, Replacement, SpliceCall, TokenGrid, VideoSpliceAdapter
 from tango_plugin.integration.threads import per_thread
@@ -109,10 +110,10 @@ class InternVLAdapter(VideoSpliceAdapter):
             self._frames_given = None
 
     # ------------------------------------------------------------------------------------------- image groups
-    def _groups(self, kw: dict) -> List[Tuple[int, int, int]]:
+    def _groups(self, inputs: CallInputs) -> List[Tuple[int, int, int]]:
         """(row, start, end) of every run of image-context tokens, row after row."""
-        ids = kw["input_ids"]
-        ph = (ids == self.model.config.image_token_id) & self._mask(kw).bool()
+        ids = inputs["input_ids"]
+        ph = (ids == self.model.config.image_token_id) & self._mask(inputs).bool()
         out = []
         for b in range(ids.shape[0]):
             pos = ph[b].nonzero(as_tuple=True)[0].tolist()
@@ -129,9 +130,9 @@ class InternVLAdapter(VideoSpliceAdapter):
                 out.append((b, start, prev + 1))
         return out
 
-    def _videos(self, kw: dict) -> List[List[int]]:
+    def _videos(self, inputs: CallInputs) -> List[List[int]]:
         """Group indices of each video's frames, in order (empty: no video in the call)."""
-        groups = self._groups(kw)
+        groups = self._groups(inputs)
         n_tok = self.tokens_per_tile()
         given = self._frames_given
         if given is not None:
@@ -174,8 +175,8 @@ class InternVLAdapter(VideoSpliceAdapter):
                                      "which image groups are video frames; this call is not pruned")
             return []
         tok = getattr(tok, "tokenizer", tok)
-        ids = kw["input_ids"]
-        real = self._mask(kw).bool()
+        ids = inputs["input_ids"]
+        real = self._mask(inputs).bool()
         videos, current, prev_end = [], None, {}
         for g, (b, s, e) in enumerate(groups):
             lo = prev_end.get(b)
@@ -199,16 +200,16 @@ class InternVLAdapter(VideoSpliceAdapter):
             videos.append(current)
         return videos
 
-    def _should_prune(self, kw: dict) -> bool:
-        if not super()._should_prune(kw):
+    def _should_prune(self, inputs: CallInputs) -> bool:
+        if not super()._should_prune(inputs):
             return False
-        return bool(self._videos(kw))
+        return bool(self._videos(inputs))
 
-    def placeholder_mask(self, kw: dict, kind: str) -> torch.Tensor:
-        ids = kw["input_ids"]
-        groups = self._groups(kw)
+    def placeholder_mask(self, inputs: CallInputs, kind: str) -> torch.Tensor:
+        ids = inputs["input_ids"]
+        groups = self._groups(inputs)
         video = torch.zeros_like(ids, dtype=torch.bool)
-        for frames in self._videos(kw):
+        for frames in self._videos(inputs):
             for f in frames:
                 b, s, e = groups[f]
                 video[b, s:e] = True
@@ -217,10 +218,10 @@ class InternVLAdapter(VideoSpliceAdapter):
         return (ids == self.model.config.image_token_id) & ~video
 
     # ------------------------------------------------------------------------------------------- encoding
-    def encode_videos(self, kw: dict, need_saliency: bool) -> Tuple[List[EncodedMedia], Any, float]:
+    def encode_videos(self, inputs: CallInputs, need_saliency: bool) -> Tuple[List[EncodedMedia], Any, float]:
         cfg = self.model.config
-        groups = self._groups(kw)
-        videos_g = self._videos(kw)
+        groups = self._groups(inputs)
+        videos_g = self._videos(inputs)
         # tile index of every group: groups are in pixel_values order; a group holds (length / tokens per tile) tiles
         n_tok = self.tokens_per_tile()
         first_tile, t = [], 0
@@ -229,9 +230,9 @@ class InternVLAdapter(VideoSpliceAdapter):
             t += (e - s) // n_tok
         frame_tiles = [[first_tile[g] for g in frames] for frames in videos_g]
         rows = torch.tensor([i for tiles in frame_tiles for i in tiles], dtype=torch.long)
-        layer = kw.get("vision_feature_layer")
+        layer = inputs.get("vision_feature_layer")
         layer = cfg.vision_feature_layer if layer is None else layer
-        strategy = kw.get("vision_feature_select_strategy") or cfg.vision_feature_select_strategy
+        strategy = inputs.get("vision_feature_select_strategy") or cfg.vision_feature_select_strategy
         n = len(self._layers())
         fl = layer[-1] if isinstance(layer, (list, tuple)) else layer
         hs_index = fl if fl >= 0 else n + 1 + fl
@@ -251,9 +252,9 @@ class InternVLAdapter(VideoSpliceAdapter):
         with self.hooks.transient("saliency") as cap:
             if need_saliency:
                 cap.pre_hook(self._layers()[hs_index - 1].attention, hook)
-            out = self.inner.get_image_features(pixel_values=kw["pixel_values"], vision_feature_layer=layer,
+            out = self.inner.get_image_features(pixel_values=inputs["pixel_values"], vision_feature_layer=layer,
                                                 vision_feature_select_strategy=strategy, return_dict=True,
-                                                **self.encoder_flags(kw))
+                                                **self.encoder_flags(inputs))
         feats_all = out.pooler_output  # (tiles, tokens per tile, D)
         L = feats_all.shape[1]
         side = int(round(L ** 0.5))
@@ -266,7 +267,7 @@ class InternVLAdapter(VideoSpliceAdapter):
         media, off = [], 0
         for v, tiles in enumerate(frame_tiles):
             feats = feats_all[torch.tensor(tiles, device=feats_all.device)]
-            ts = self.video_timestamps(v, len(tiles), kw)
+            ts = self.video_timestamps(v, len(tiles), inputs)
             if ts is None and need_saliency:
                 self.warn_missing_timestamps()
             scores = None if sal is None else sal[off:off + len(tiles)]
@@ -280,14 +281,14 @@ class InternVLAdapter(VideoSpliceAdapter):
     def encoder_outputs(self, raw: Any, videos: List[EncodedMedia], replacements: List[Replacement]) -> Any:
         return replacements  # merged with the image tokens in `splice`
 
-    def splice(self, kw: dict, generating: bool) -> SpliceCall:
+    def splice(self, inputs: CallInputs, generating: bool) -> SpliceCall:
         """The shared pipeline, then one `mm_encoder_outputs["image"]` entry for every image-context token left."""
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-        call = super().splice(kw, generating)
+        call = super().splice(inputs, generating)
         mm = call.new_kw["mm_encoder_outputs"]
         mm.pop("video", None)
-        ids = kw["input_ids"]
+        ids = inputs["input_ids"]
         img = self.model.config.image_token_id
         flat = call.raw["video"].pooler_output.reshape(-1, call.raw["video"].pooler_output.shape[-1])
         ph = ids == img

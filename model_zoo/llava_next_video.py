@@ -24,6 +24,7 @@ from typing import Any, List, Tuple
 import torch
 import torch.nn.functional as F
 
+from tango_plugin.integration.adapter import CallInputs
 from tango_plugin.integration.splice import EncodedMedia, Replacement, TokenGrid, VideoSpliceAdapter
 
 from .vision_towers import HFLlavaTower, qk_saliency_hook
@@ -58,10 +59,10 @@ class LlavaNextVideoAdapter(HFLlavaTower, VideoSpliceAdapter):
         stride = self.model.config.spatial_pool_stride
         return F.avg_pool2d(patch.float().reshape(n, 1, side, side), stride, stride).flatten(1)
 
-    def encode_videos(self, kw: dict, need_saliency: bool) -> Tuple[List[EncodedMedia], Any, float]:
-        pv = kw["pixel_values_videos"]
+    def encode_videos(self, inputs: CallInputs, need_saliency: bool) -> Tuple[List[EncodedMedia], Any, float]:
+        pv = inputs["pixel_values_videos"]
         num_videos, frames = pv.shape[:2]
-        feature_layer, strategy = self._feature_args(kw)
+        feature_layer, strategy = self._feature_args(inputs)
         source = self.saliency_source_name()
         store: dict = {}
 
@@ -71,7 +72,7 @@ class LlavaNextVideoAdapter(HFLlavaTower, VideoSpliceAdapter):
                              qk_saliency_hook(store, source))
             out = self.inner.get_video_features(pixel_values_videos=pv, vision_feature_layer=feature_layer,
                                                 vision_feature_select_strategy=strategy, return_dict=True,
-                                                **self.encoder_flags(kw))
+                                                **self.encoder_flags(inputs))
         pooled = out.pooler_output  # (videos, frames * L, D)
         feats = pooled.reshape(num_videos, frames, -1, pooled.shape[-1])
         L = feats.shape[2]
@@ -83,7 +84,7 @@ class LlavaNextVideoAdapter(HFLlavaTower, VideoSpliceAdapter):
             sal = self._pool_scores(patch).reshape(num_videos, frames, -1)
         videos = []
         for v in range(num_videos):
-            times = self.video_timestamps(v, frames, kw)
+            times = self.video_timestamps(v, frames, inputs)
             if times is None and need_saliency:
                 self.warn_missing_timestamps()
             grid = TokenGrid(features=feats[v], saliency=None if sal is None else sal[v], grid_hw=grid_hw,

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from tango_plugin.engine.types import PrunePlan
+from tango_plugin.integration.adapter import CallInputs
 from tango_plugin.integration.hooks import TransientHooks
 from tango_plugin.integration.splice import EncodedMedia, Replacement, TokenGrid, VideoSpliceAdapter
 
@@ -156,10 +157,10 @@ class LlavaOnevisionAdapter(HFLlavaTower, VideoSpliceAdapter):
 
         cap.pre_hook(layer.self_attn, qk_saliency_hook(store, source, rows))
 
-    def _crops_per_image(self, kw: dict) -> List[int]:
+    def _crops_per_image(self, inputs: CallInputs) -> List[int]:
         """Crops `get_image_features` feeds the tower per image (the base crop first), computed the way it does."""
-        sizes = kw["image_sizes"]
-        per_sample = kw.get("batch_num_images")
+        sizes = inputs["image_sizes"]
+        per_sample = inputs.get("batch_num_images")
         patching = [True] * len(sizes) if per_sample is None else [int(n) == 1 for n in per_sample
                                                                     for _ in range(int(n))]
         count = sys.modules[type(self.inner).__module__].image_size_to_num_patches
@@ -168,28 +169,28 @@ class LlavaOnevisionAdapter(HFLlavaTower, VideoSpliceAdapter):
                       patch_size=cfg.vision_config.image_size) if patch else 1
                 for size, patch in zip(sizes, patching)]
 
-    def encode_images(self, kw: dict, need_saliency: bool) -> Tuple[List[EncodedMedia], Any, float]:
-        pv = kw["pixel_values"]
-        feature_layer, strategy = self._feature_args(kw)
-        crops = self._crops_per_image(kw)
+    def encode_images(self, inputs: CallInputs, need_saliency: bool) -> Tuple[List[EncodedMedia], Any, float]:
+        pv = inputs["pixel_values"]
+        feature_layer, strategy = self._feature_args(inputs)
+        crops = self._crops_per_image(inputs)
         # the tower sees each image's crops back to back, base crop first (a 5-D input loses its padding crops)
         base_rows = [sum(crops[:i]) for i in range(len(crops))]
         highres = self.image_highres == "prune"
-        aspect = kw.get("vision_aspect_ratio") or self.model.config.vision_aspect_ratio
+        aspect = inputs.get("vision_aspect_ratio") or self.model.config.vision_aspect_ratio
         store: dict = {}
         with self.hooks.transient("saliency") as cap:
             if need_saliency:
                 self._saliency_hooks(cap, feature_layer, store, rows=None if highres else torch.tensor(base_rows))
             extra = {}
-            if kw.get("vision_aspect_ratio") is not None:
+            if inputs.get("vision_aspect_ratio") is not None:
                 # generate hands the caller's value to get_image_features (a plain forward drops it): honour it
-                extra["vision_aspect_ratio"] = kw["vision_aspect_ratio"]
-            if kw.get("batch_num_images") is not None:
-                extra["batch_num_images"] = kw["batch_num_images"]
-            out = self.inner.get_image_features(pixel_values=pv, image_sizes=kw["image_sizes"],
+                extra["vision_aspect_ratio"] = inputs["vision_aspect_ratio"]
+            if inputs.get("batch_num_images") is not None:
+                extra["batch_num_images"] = inputs["batch_num_images"]
+            out = self.inner.get_image_features(pixel_values=pv, image_sizes=inputs["image_sizes"],
                                                 vision_feature_layer=feature_layer,
                                                 vision_feature_select_strategy=strategy, return_dict=True, **extra,
-                                                **self.encoder_flags(kw))
+                                                **self.encoder_flags(inputs))
         packed = list(out.pooler_output)  # per image: base grid, then the tail (high-res rows + newlines)
         base_len = out.last_hidden_state.shape[1] - (1 if strategy == "default" else 0)
         side = math.isqrt(base_len)
@@ -210,8 +211,8 @@ class LlavaOnevisionAdapter(HFLlavaTower, VideoSpliceAdapter):
             if highres and need_saliency and crops[i] > 1:
                 # the crops' scores laid out exactly like the features (stitched, unpadded, resized), no newlines
                 per_crop = sal[base_rows[i]:base_rows[i] + crops[i], :, None]
-                laid, _ = self.inner.pack_image_features([per_crop], kw["image_sizes"][i:i + 1], image_newline=None,
-                                                         vision_aspect_ratio=aspect)
+                laid, _ = self.inner.pack_image_features([per_crop], inputs["image_sizes"][i:i + 1],
+                                                         image_newline=None, vision_aspect_ratio=aspect)
                 grids.append(self._highres_grid(tail, laid[0][base_len:, 0]))
             images.append(EncodedMedia(grids=grids, num_placeholders=int(feats.shape[0]), extra={"image_tail": tail}))
         return images, out, cap.seconds
@@ -222,10 +223,10 @@ class LlavaOnevisionAdapter(HFLlavaTower, VideoSpliceAdapter):
         # forward concatenates the per-image tensors in order, as it does with pack_image_features' list
         return BaseModelOutputWithPooling(pooler_output=[r.features for r in replacements])
 
-    def encode_videos(self, kw: dict, need_saliency: bool) -> Tuple[List[EncodedMedia], Any, float]:
-        pv = kw["pixel_values_videos"]
+    def encode_videos(self, inputs: CallInputs, need_saliency: bool) -> Tuple[List[EncodedMedia], Any, float]:
+        pv = inputs["pixel_values_videos"]
         num_videos, frames = pv.shape[:2]
-        feature_layer, strategy = self._feature_args(kw)
+        feature_layer, strategy = self._feature_args(inputs)
         store: dict = {}
 
         with self.hooks.transient("saliency") as cap:
@@ -235,7 +236,7 @@ class LlavaOnevisionAdapter(HFLlavaTower, VideoSpliceAdapter):
                 cap.post_hook(self.inner.multi_modal_projector, lambda m, a, o: store.__setitem__("proj", o))
             out = self.inner.get_video_features(pixel_values_videos=pv, vision_feature_layer=feature_layer,
                                                 vision_feature_select_strategy=strategy, return_dict=True,
-                                                **self.encoder_flags(kw))
+                                                **self.encoder_flags(inputs))
         pooled = out.pooler_output  # (videos, frames * L_model + 1, D), the newline last
         placeholders = pooled.shape[1]
         if self.pool_mode == "bilinear":
@@ -256,7 +257,7 @@ class LlavaOnevisionAdapter(HFLlavaTower, VideoSpliceAdapter):
             if need_saliency and self.config.segmentation == "fastvid":
                 frame_emb = (store["frame"].reshape(num_videos, frames, -1)[v] if "frame" in store
                              else feats[v].float().mean(1))
-            times = self.video_timestamps(v, frames, kw)
+            times = self.video_timestamps(v, frames, inputs)
             if times is None and need_saliency:
                 self.warn_missing_timestamps()
             grid = TokenGrid(features=feats[v], saliency=None if sal is None else sal[v], grid_hw=(side, side),

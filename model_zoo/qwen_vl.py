@@ -36,6 +36,7 @@ import torch
 
 from tango_plugin.engine.saliency import score
 from tango_plugin.engine.types import PrunePlan
+from tango_plugin.integration.adapter import CallInputs
 from tango_plugin.integration.hooks import first_arg
 from tango_plugin.integration.splice import EncodedMedia, Replacement, TokenGrid, VideoSpliceAdapter
 
@@ -172,20 +173,20 @@ class QwenVLAdapter(VideoSpliceAdapter):
                              f"{type(self.model).__name__}")
 
     # ------------------------------------------------------------------------------------------- encoding
-    def encode_videos(self, kw: dict, need_saliency: bool) -> Tuple[List[EncodedMedia], Any, float]:
-        return self._encode(kw, need_saliency, image=False)
+    def encode_videos(self, inputs: CallInputs, need_saliency: bool) -> Tuple[List[EncodedMedia], Any, float]:
+        return self._encode(inputs, need_saliency, image=False)
 
-    def encode_images(self, kw: dict, need_saliency: bool) -> Tuple[List[EncodedMedia], Any, float]:
-        return self._encode(kw, need_saliency, image=True)
+    def encode_images(self, inputs: CallInputs, need_saliency: bool) -> Tuple[List[EncodedMedia], Any, float]:
+        return self._encode(inputs, need_saliency, image=True)
 
     def image_encoder_outputs(self, raw: Any, images: List[EncodedMedia], replacements: List[Replacement]) -> Any:
         return self.encoder_outputs(raw, images, replacements)
 
-    def _encode(self, kw: dict, need_saliency: bool, image: bool) -> Tuple[List[EncodedMedia], Any, float]:
+    def _encode(self, inputs: CallInputs, need_saliency: bool, image: bool) -> Tuple[List[EncodedMedia], Any, float]:
         if image:
-            pv, grid = kw["pixel_values"], kw["image_grid_thw"]
+            pv, grid = inputs["pixel_values"], inputs["image_grid_thw"]
         else:
-            pv, grid = kw["pixel_values_videos"], kw["video_grid_thw"]
+            pv, grid = inputs["pixel_values_videos"], inputs["video_grid_thw"]
         visual = self.inner.visual
         ms = visual.spatial_merge_size
         source = self.saliency_source_name()
@@ -200,10 +201,10 @@ class QwenVLAdapter(VideoSpliceAdapter):
                 cap.pre_hook(attn, qk_hook)
             if image:
                 out = self.inner.get_image_features(pixel_values=pv, image_grid_thw=grid, return_dict=True,
-                                                    **self.encoder_flags(kw))
+                                                    **self.encoder_flags(inputs))
             else:
                 out = self.inner.get_video_features(pixel_values_videos=pv, video_grid_thw=grid, return_dict=True,
-                                                    **self.encoder_flags(kw))
+                                                    **self.encoder_flags(inputs))
         sal = None
         if need_saliency:
             sal = store["merged"]
@@ -224,7 +225,7 @@ class QwenVLAdapter(VideoSpliceAdapter):
             else:
                 feats = out.pooler_output[v].reshape(t, (h // ms) * (w // ms), -1)
                 grid_hw, scores = (h // ms, w // ms), None if sal is None else sal[v].reshape(t, -1)
-                ts = self.video_timestamps(v, t, kw)
+                ts = self.video_timestamps(v, t, inputs)
                 if ts is None and need_saliency:
                     self.warn_missing_timestamps()
             grid_tokens = TokenGrid(
@@ -241,7 +242,7 @@ class QwenVLAdapter(VideoSpliceAdapter):
                                "frames) or video_timestamps= to tango.enable, or tango_video_timestamps= (seconds, "
                                "or the video metadata) to generate / forward")
 
-    def video_timestamps(self, index: int, t: int, kw: dict) -> Optional[torch.Tensor]:
+    def video_timestamps(self, index: int, t: int, inputs: CallInputs) -> Optional[torch.Tensor]:
         """(t,) seconds per temporal patch of video `index`, or None when nothing gives times.
 
         As the paper's Qwen runs compute them: the sampled frames' times interpolated at t evenly spaced points
@@ -251,9 +252,9 @@ class QwenVLAdapter(VideoSpliceAdapter):
         k / fps), else `second_per_grid_ts` (frame k at k * second_per_grid_ts / temporal_patch_size).
         """
         tp = self.model.config.vision_config.temporal_patch_size
-        seconds = kw.get("second_per_grid_ts")
+        seconds = inputs.get("second_per_grid_ts")
         second_per_grid = None if seconds is None else float(seconds[index])
-        frames = self._given_video_timestamps(index, kw)
+        frames = self._given_video_timestamps(index, inputs)
         if frames is not None:
             if frames.numel() == t:
                 return frames
@@ -274,9 +275,9 @@ class QwenVLAdapter(VideoSpliceAdapter):
             return None
         return self.patch_times(frames, t, tp)
 
-    def timestamps_source(self, kw: dict) -> str:
-        source = super().timestamps_source(kw)
-        if source.startswith("none") and kw.get("second_per_grid_ts") is not None:
+    def timestamps_source(self, inputs: CallInputs) -> str:
+        source = super().timestamps_source(inputs)
+        if source.startswith("none") and inputs.get("second_per_grid_ts") is not None:
             return "second_per_grid_ts (processor)"
         return source
 
@@ -300,9 +301,10 @@ class QwenVLAdapter(VideoSpliceAdapter):
         return type(raw)(pooler_output=feats)
 
     # ------------------------------------------------------------------------------------------- positions
-    def full_position_ids(self, kw: dict, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def full_position_ids(self, inputs: CallInputs, input_ids: torch.Tensor,
+                          attention_mask: torch.Tensor) -> torch.Tensor:
         cfg = self.model.config
-        mm = kw.get("mm_token_type_ids")
+        mm = inputs.get("mm_token_type_ids")
         if mm is None:
             # Qwen2-VL refuses grids without mm_token_type_ids and Qwen2.5-VL silently falls back to 1-D positions;
             # the token ids say the same thing, so derive it (and say so once).
@@ -311,9 +313,10 @@ class QwenVLAdapter(VideoSpliceAdapter):
             mm = (input_ids == cfg.image_token_id).int() + 2 * (input_ids == cfg.video_token_id).int()
         extra = {}
         if self.rope_takes_seconds:
-            extra["second_per_grid_ts"] = kw.get("second_per_grid_ts")
-        pos, _ = self.inner.get_rope_index(input_ids, mm_token_type_ids=mm, image_grid_thw=kw.get("image_grid_thw"),
-                                           video_grid_thw=kw.get("video_grid_thw"), attention_mask=attention_mask,
+            extra["second_per_grid_ts"] = inputs.get("second_per_grid_ts")
+        pos, _ = self.inner.get_rope_index(input_ids, mm_token_type_ids=mm,
+                                           image_grid_thw=inputs.get("image_grid_thw"),
+                                           video_grid_thw=inputs.get("video_grid_thw"), attention_mask=attention_mask,
                                            **extra)
         return pos
 

@@ -8,6 +8,7 @@ from typing import Any, Callable, Optional, Tuple
 import torch
 
 from tango_plugin.engine.saliency import score
+from tango_plugin.integration.adapter import CallInputs
 from tango_plugin.integration.hooks import first_arg
 
 
@@ -53,11 +54,11 @@ class HFLlavaTower:
                              "an attention layer")
         return hs_index - 1
 
-    def _feature_args(self, kw: dict) -> Tuple[Any, str]:
+    def _feature_args(self, inputs: CallInputs) -> Tuple[Any, str]:
         cfg = self.model.config
-        feature_layer = kw.get("vision_feature_layer")
+        feature_layer = inputs.get("vision_feature_layer")
         feature_layer = cfg.vision_feature_layer if feature_layer is None else feature_layer
-        return feature_layer, kw.get("vision_feature_select_strategy") or cfg.vision_feature_select_strategy
+        return feature_layer, inputs.get("vision_feature_select_strategy") or cfg.vision_feature_select_strategy
 
 
 __all__ = ["qk_saliency_hook", "HFLlavaTower"]

@@ -11,13 +11,14 @@ from adapter_testers import TESTERS
 import tango_plugin as tango
 from tango_plugin import testing as tiny
 from tango_plugin.engine.saliency import attention_received_saliency, global_query_saliency
+from tango_plugin.integration.adapter import CallInputs
 
 pytestmark = pytest.mark.filterwarnings("ignore:tango_plugin. preset sink positions")
 
 
 def _encode(model, inputs, config, **options):
     with tango.enabled(model, config, **options) as h:
-        videos, raw, _ = h.adapter.encode_videos(inputs, True)
+        videos, raw, _ = h.adapter.encode_videos(CallInputs(inputs), True)
     return videos
 
 

@@ -20,7 +20,8 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, List, Optional, Tuple, Type
+from collections.abc import Mapping
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Type
 
 import torch
 
@@ -32,6 +33,52 @@ from .threads import per_thread
 from .video_io import is_video_metadata, timestamps_from_metadata
 
 ENTRY_POINT_GROUP = "tango_plugin.adapters"
+
+
+class CallInputs(Mapping):
+    """One patched call's inputs, as the stages and the model families read them below the wrapper.
+
+    The model's own keyword arguments (positional ones named by the wrapper) are a read-only mapping: they are the
+    model's signature, owned by transformers, and each family reads its own part of it by name (pixels, grids,
+    processor outputs). What Tango itself reads is typed: `input_ids`, `attention_mask`, `cache` and
+    `video_timestamps`, the per-call ``tango_video_timestamps`` (taken out of the model's arguments here, so no stage
+    has to remember to drop it). `model_kwargs()` is a fresh dict to call or rewrite the model with.
+    """
+
+    def __init__(self, kwargs: Mapping) -> None:
+        model = dict(kwargs)
+        self.video_timestamps: Any = model.pop("tango_video_timestamps", None)
+        self._model = model
+
+    def __getitem__(self, name: str) -> Any:
+        return self._model[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._model)
+
+    def __len__(self) -> int:
+        return len(self._model)
+
+    def __repr__(self) -> str:
+        return f"CallInputs({sorted(self._model)}, video_timestamps={self.video_timestamps is not None})"
+
+    @property
+    def input_ids(self) -> Optional[torch.Tensor]:
+        return self._model.get("input_ids")
+
+    @property
+    def attention_mask(self) -> Optional[torch.Tensor]:
+        return self._model.get("attention_mask")
+
+    @property
+    def cache(self) -> Any:
+        """`past_key_values` (or `cache`, for the models that name it so), or None."""
+        cache = self._model.get("past_key_values")
+        return cache if cache is not None else self._model.get("cache")
+
+    def model_kwargs(self) -> dict:
+        """A fresh dict of the model's own keyword arguments (``tango_video_timestamps`` not among them)."""
+        return dict(self._model)
 
 
 class ModelAdapter:
@@ -133,9 +180,9 @@ class ModelAdapter:
         return values, note
 
     # ------------------------------------------------------------------------------------------ video timestamps
-    def _given_video_timestamps(self, index: int, kw: dict) -> Optional[torch.Tensor]:
-        """`given_timestamps` with the per-call value of the call's keyword arguments."""
-        return self.given_timestamps(index, kw.get("tango_video_timestamps"))
+    def _given_video_timestamps(self, index: int, inputs: CallInputs) -> Optional[torch.Tensor]:
+        """`given_timestamps` with the call's per-call value."""
+        return self.given_timestamps(index, inputs.video_timestamps)
 
     def given_timestamps(self, index: int, per_call: Any) -> Optional[torch.Tensor]:
         """The seconds given for video `index`, flat float64 (the paper interpolates frame times in float64):
@@ -158,9 +205,9 @@ class ModelAdapter:
             return timestamps_from_metadata(given)
         return torch.as_tensor(given, dtype=torch.float64).flatten()
 
-    def timestamps_source(self, kw: dict) -> str:
+    def timestamps_source(self, inputs: CallInputs) -> str:
         """Where the frame times of this call come from (for the report)."""
-        return self.timestamps_source_of(kw.get("tango_video_timestamps"))
+        return self.timestamps_source_of(inputs.video_timestamps)
 
     def timestamps_source_of(self, per_call: Any) -> str:
         """`timestamps_source` for a call whose per-call `tango_video_timestamps` is `per_call`."""
@@ -181,12 +228,12 @@ class ModelAdapter:
         """Say once per handle that a video is pruned without frame times (call it when the engine will run)."""
         self.state.warn_once("timestamps", self.missing_timestamps_note)
 
-    def video_timestamps(self, index: int, num_frames: int, kw: dict) -> Optional[torch.Tensor]:
+    def video_timestamps(self, index: int, num_frames: int, inputs: CallInputs) -> Optional[torch.Tensor]:
         """(num_frames,) seconds of the frames the engine sees for video `index`, or None (no time source).
 
         Default (one engine frame per sampled frame): the given video timestamps, else frame k at k / `fps`.
         """
-        return self.frame_times(index, num_frames, kw.get("tango_video_timestamps"))
+        return self.frame_times(index, num_frames, inputs.video_timestamps)
 
     def frame_times(self, index: int, num_frames: int, per_call: Any) -> Optional[torch.Tensor]:
         """`video_timestamps` for a call whose per-call `tango_video_timestamps` is `per_call`."""

@@ -11,7 +11,7 @@ functions of the call's keyword arguments; `splice.VideoSpliceAdapter` calls the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Tuple
+from typing import Any, Mapping, Optional, Tuple
 
 import torch
 
@@ -38,13 +38,13 @@ class Continuation:
     intra_llm: bool = False
 
 
-def cache_of(kw: dict) -> Any:
+def cache_of(kw: Mapping) -> Any:
     """The call's cache (`past_key_values`, or `cache` for the models that name it so), or None."""
     cache = kw.get("past_key_values")
     return cache if cache is not None else kw.get("cache")
 
 
-def continuation_of(kw: dict) -> Optional[Continuation]:
+def continuation_of(kw: Mapping) -> Optional[Continuation]:
     """The `Continuation` of the call's cache when it was left by a pruned generate, else None."""
     cache = cache_of(kw)
     return None if cache is None else getattr(cache, CONTINUATION_ATTR, None)

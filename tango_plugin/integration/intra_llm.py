@@ -27,7 +27,7 @@ import copy
 import sys
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Mapping, Optional, Tuple
 
 import torch
 
@@ -71,7 +71,7 @@ def last_row_attention(query: torch.Tensor, key: torch.Tensor, mask: Optional[to
     return logits.softmax(-1).mean(1)[:, 0]
 
 
-def dynamic_cache_or_warn(model: Any, state: Any, kw: dict) -> bool:
+def dynamic_cache_or_warn(model: Any, state: Any, kw: Mapping) -> bool:
     """Whether a generate call's cache lets the stage run: it caches a shorter sequence in layers K.., which only a
     dynamic cache allows (per-layer lengths). Otherwise warn once (on `state`) that the call runs without it."""
     impl = kw.get("cache_implementation") or getattr(model.generation_config, "cache_implementation", None)

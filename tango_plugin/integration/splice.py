@@ -24,13 +24,13 @@ from __future__ import annotations
 import inspect
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
 from ..engine.types import PrunePlan, VisualTokens
 from ..strategies import run_strategy
-from .adapter import ModelAdapter, required
+from .adapter import CallInputs, ModelAdapter, required
 from .generation import Continuation, cache_of, continuation_of, continued_inputs, give_back, lengths_as_given
 from .intra_llm import IntraLLMLifecycle, dynamic_cache_or_warn
 from .report import PlanRecord, SampleReport
@@ -145,7 +145,8 @@ class SpliceCall:
     """The one result object the stages fill in, for one patched call.
 
     Args:
-        kw: the call's keyword arguments (positional ones already named).
+        inputs: the call's inputs (`CallInputs`: the model's keyword arguments, positional ones named, and the
+            per-call frame times).
         generating: True for `generate` (left padding, generate's position-id layout).
         need_saliency: retention < 1 (at 1.0 the splice runs without the strategy: exact pass-through).
         prune_images: still images are pruned too on this call.
@@ -160,7 +161,7 @@ class SpliceCall:
         new_kw: the keyword arguments for the original method (stage `rewrite`).
     """
 
-    kw: dict
+    inputs: CallInputs
     generating: bool
     need_saliency: bool
     prune_images: bool = False
@@ -177,7 +178,7 @@ class SpliceCall:
 
     @property
     def batch_size(self) -> int:
-        return self.kw["input_ids"].shape[0]
+        return self.inputs.input_ids.shape[0]
 
 
 def _kept_rows(call: SpliceCall, t: Optional[torch.Tensor], pad_value: int) -> Optional[torch.Tensor]:
@@ -239,7 +240,7 @@ class VideoSpliceAdapter(IntraLLMLifecycle, ModelAdapter):
         raise NotImplementedError
 
     @required
-    def encode_videos(self, kw: dict, need_saliency: bool) -> Tuple[List[EncodedMedia], Any, float]:
+    def encode_videos(self, inputs: CallInputs, need_saliency: bool) -> Tuple[List[EncodedMedia], Any, float]:
         """Run the vision tower on the call's videos. Returns (videos, raw encoder output, hook seconds)."""
         raise NotImplementedError
 
@@ -248,7 +249,7 @@ class VideoSpliceAdapter(IntraLLMLifecycle, ModelAdapter):
         return self.model.config.image_token_id
 
     @required
-    def encode_images(self, kw: dict, need_saliency: bool) -> Tuple[List[EncodedMedia], Any, float]:
+    def encode_images(self, inputs: CallInputs, need_saliency: bool) -> Tuple[List[EncodedMedia], Any, float]:
         """Run the vision tower on the call's images, each one an `EncodedMedia` with T=1 (`prune_images=True`)."""
         raise NotImplementedError
 
@@ -270,17 +271,18 @@ class VideoSpliceAdapter(IntraLLMLifecycle, ModelAdapter):
         raise NotImplementedError
 
     @required
-    def full_position_ids(self, kw: dict, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def full_position_ids(self, inputs: CallInputs, input_ids: torch.Tensor,
+                          attention_mask: torch.Tensor) -> torch.Tensor:
         """(3, B, L) positions of the unpruned sequence (M-RoPE models only)."""
         raise NotImplementedError
 
-    def placeholder_mask(self, kw: dict, kind: str) -> torch.Tensor:
-        """(B, L) bool: where the placeholders of `kind` ("video" or "image") are in `kw["input_ids"]`.
+    def placeholder_mask(self, inputs: CallInputs, kind: str) -> torch.Tensor:
+        """(B, L) bool: where the placeholders of `kind` ("video" or "image") are in `inputs["input_ids"]`.
 
         Default: the positions holding `video_token_id` (`image_token_id`). Override when the ids alone do not tell
         the kinds apart (GLM-4V writes video frames with the image token id; `mm_token_type_ids` says which is which).
         """
-        return kw["input_ids"] == (self.video_token_id if kind == "video" else self.image_token_id)
+        return inputs["input_ids"] == (self.video_token_id if kind == "video" else self.image_token_id)
 
     def after_splice(self, positions: Optional[torch.Tensor], attention_mask: torch.Tensor) -> None:
         """Hook for model state that depends on the shortened sequence (Qwen: `rope_deltas`)."""
@@ -330,14 +332,15 @@ class VideoSpliceAdapter(IntraLLMLifecycle, ModelAdapter):
         if self._depth:
             return original(*args, **kwargs)
         kw = self._as_kwargs(original, args, kwargs)
-        if self.model.training and self._has(kw, self.video_kwargs[:1]):
-            self._check_trainable_call(kw)
-        if not self._should_prune(kw):
-            return self._pass_through(original, kw)
+        inputs = CallInputs(kw)
+        if self.model.training and self._has(inputs, self.video_kwargs[:1]):
+            self._check_trainable_call(inputs)
+        if not self._should_prune(inputs):
+            return self._pass_through(original, inputs)
         if self._intra is not None:
             self.state.warn_once("intra-forward", "intra_llm_layer is applied in generate only (forward returns one "
                                                   "logit row per input token); this forward call runs without it")
-        call = self.splice(kw, generating=False)
+        call = self.splice(inputs, generating=False)
         return self._restore_encoder_outputs(self._call_original(original, call.new_kw), call)
 
     #: where the unpatched model's output puts each kind's encoder output (InternVL: video frames are images)
@@ -347,9 +350,9 @@ class VideoSpliceAdapter(IntraLLMLifecycle, ModelAdapter):
     #: their towers always return their hidden states)
     encoder_flag_names: Tuple[str, ...] = ("output_hidden_states", "output_attentions")
 
-    def encoder_flags(self, kw: dict) -> dict:
+    def encoder_flags(self, inputs: CallInputs) -> dict:
         """The call's flags of `encoder_flag_names`, for the encoder call the splice makes."""
-        return {k: kw[k] for k in self.encoder_flag_names if kw.get(k) is not None}
+        return {k: inputs[k] for k in self.encoder_flag_names if inputs.get(k) is not None}
 
     def _restore_encoder_outputs(self, out: Any, call: SpliceCall) -> Any:
         """The model output's `video_outputs` / `image_outputs` as the unpatched forward returns them.
@@ -382,14 +385,14 @@ class VideoSpliceAdapter(IntraLLMLifecycle, ModelAdapter):
             setattr(out, name, restored)
         return out
 
-    def _check_trainable_call(self, kw: dict) -> None:
+    def _check_trainable_call(self, inputs: CallInputs) -> None:
         """Refuse what a training forward (the model in `train()` mode) cannot do exactly (docs/training.md)."""
         if self._intra is not None:
             raise ValueError(
                 f"intra_llm_layer={self.config.intra_llm_layer} applies in generate only, so a training forward "
                 "would train on a sequence that inference never shows the model; enable Tango for training with "
                 "cfg.replace(intra_llm_layer=None) (the pre-LLM pruning stays on) and the stage for inference only")
-        cache = cache_of(kw)
+        cache = inputs.cache
         if cache is not None and (not hasattr(cache, "get_seq_length") or cache.get_seq_length() > 0):
             raise ValueError(
                 "past_key_values holds a cache in a training forward (the model is in train() mode): the cached "
@@ -410,15 +413,17 @@ class VideoSpliceAdapter(IntraLLMLifecycle, ModelAdapter):
         previous = continuation_of(kw)
         if previous is not None:
             return self._continue(original, kw, previous)
-        if not self._should_prune(kw):
-            return self._pass_through(original, kw)
-        prompt = kw["input_ids"]
-        lengths_as_given(kw, prompt.shape[1])
+        inputs = CallInputs(kw)
+        if not self._should_prune(inputs):
+            return self._pass_through(original, inputs)
+        prompt = inputs.input_ids
+        lengths_as_given(kw, prompt.shape[1])  # max_length counts the caller's prompt, not the pruned one
+        inputs = CallInputs(kw)
         # generate runs under no_grad; the splice must too, so the features handed to it carry no autograd history
         # (assisted decoding deep-copies them) and the vision tower's activations are freed at once
         with torch.no_grad():
-            call = self.splice(kw, generating=True)
-        intra = self._intra is not None and dynamic_cache_or_warn(self.model, self.state, kw)
+            call = self.splice(inputs, generating=True)
+        intra = self._intra is not None and dynamic_cache_or_warn(self.model, self.state, inputs)
         if intra and not self._intra.arm(call.video_spans):
             intra = False
             self.state.warn_once("intra-impl", "intra_llm_layer needs SDPA or eager attention in the language model; "
@@ -444,41 +449,42 @@ class VideoSpliceAdapter(IntraLLMLifecycle, ModelAdapter):
         return give_back(out, ids, kw["input_ids"].shape[1], kw.get("attention_mask"), kw.get("mm_token_type_ids"),
                          cache_of(kw), False)
 
-    def _pass_through(self, original: Callable, kw: dict) -> Any:
+    def _pass_through(self, original: Callable, inputs: CallInputs) -> Any:
         """Call the original unchanged, and say in the report that this call pruned nothing."""
-        kw.pop("tango_video_timestamps", None)
-        ids = kw.get("input_ids")
+        ids = inputs.input_ids
         batch = ids.shape[0] if isinstance(ids, torch.Tensor) else 1
-        note = "video passed through unpruned (see the warning)" if self._has(kw, self.video_kwargs[:1]) \
+        note = "video passed through unpruned (see the warning)" if self._has(inputs, self.video_kwargs[:1]) \
             else "no video in this call"
         self.state.last = [SampleReport(sample=b, note=note) for b in range(batch)]
-        return self._call_original(original, kw)
+        return self._call_original(original, inputs.model_kwargs())
 
     @staticmethod
-    def _has(kw: dict, names: Tuple[str, ...]) -> bool:
-        return any(kw.get(k) is not None for k in names)
+    def _has(inputs: Mapping, names: Tuple[str, ...]) -> bool:
+        return any(inputs.get(k) is not None for k in names)
 
-    def _prunes_images(self, kw: dict) -> bool:
+    def _prunes_images(self, inputs: CallInputs) -> bool:
         # the pixels: a grid or sizes alone (kept by a caller continuing from a cache) bring no image to prune
-        return bool(self.config.prune_images and self.supports_image_pruning and self._has(kw, self.image_kwargs[:1]))
+        return bool(self.config.prune_images and self.supports_image_pruning
+                    and self._has(inputs, self.image_kwargs[:1]))
 
-    def _should_prune(self, kw: dict) -> bool:
-        has_video = self._has(kw, self.video_kwargs[:1])  # the pixels: a grid alone (e.g. while decoding) is no video
-        if self._prunes_images(kw):
+    def _should_prune(self, inputs: CallInputs) -> bool:
+        # the pixels: a grid alone (e.g. while decoding) is no video
+        has_video = self._has(inputs, self.video_kwargs[:1])
+        if self._prunes_images(inputs):
             has_video = True  # images are pruned as single-frame videos: the same splice path
-        elif self.config.prune_images and self._has(kw, self.image_kwargs[:1]):
+        elif self.config.prune_images and self._has(inputs, self.image_kwargs[:1]):
             self.state.warn_once("images", f"prune_images=True but {type(self).__name__} prunes videos only; "
                                            "images are passed to the model unpruned")
         if not has_video:
-            if kw.get("mm_encoder_outputs") and (kw["mm_encoder_outputs"] or {}).get("video") is not None:
+            if inputs.get("mm_encoder_outputs") and (inputs["mm_encoder_outputs"] or {}).get("video") is not None:
                 self.state.warn_once("precomputed", "video features were passed precomputed (mm_encoder_outputs); "
                                                     "they carry no saliency, so this call is not pruned")
             return False
-        if kw.get("input_ids") is None:
+        if inputs.input_ids is None:
             self.state.warn_once("embeds", "video inputs came with inputs_embeds instead of input_ids; the video "
                                            "placeholders cannot be located, so this call is not pruned")
             return False
-        cache = cache_of(kw)
+        cache = inputs.cache
         if cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0:
             self.state.warn_once("cache", "video inputs came with a non-empty cache; only the prefill of a fresh "
                                           "sequence is pruned, so this call is not pruned")
@@ -486,10 +492,10 @@ class VideoSpliceAdapter(IntraLLMLifecycle, ModelAdapter):
         return True
 
     # ------------------------------------------------------------------------------------------ the pipeline
-    def splice(self, kw: dict, generating: bool) -> SpliceCall:
+    def splice(self, inputs: CallInputs, generating: bool) -> SpliceCall:
         """Run the five stages on one call and return the filled-in `SpliceCall` (`new_kw` is what to call with)."""
-        call = SpliceCall(kw=kw, generating=generating, need_saliency=float(self.config.retention_ratio) < 1.0,
-                          prune_images=self._prunes_images(kw))
+        call = SpliceCall(inputs=inputs, generating=generating, need_saliency=float(self.config.retention_ratio) < 1.0,
+                          prune_images=self._prunes_images(inputs))
         self._stage_encode(call)
         self._stage_plan(call)
         self._stage_layout(call)
@@ -499,20 +505,20 @@ class VideoSpliceAdapter(IntraLLMLifecycle, ModelAdapter):
 
     def _stage_encode(self, call: SpliceCall) -> None:
         """Stage 1: run the towers with the saliency hooks, then match every item to its placeholder tokens."""
-        kw = call.kw
+        inputs = call.inputs
         groups = []
-        if self._has(kw, self.video_kwargs):
-            videos, call.raw["video"], seconds = self.encode_videos(kw, call.need_saliency)
+        if self._has(inputs, self.video_kwargs):
+            videos, call.raw["video"], seconds = self.encode_videos(inputs, call.need_saliency)
             call.hook_seconds += seconds
             groups.append(("video", videos))
         if call.prune_images:
-            images, call.raw["image"], seconds = self.encode_images(kw, call.need_saliency)
+            images, call.raw["image"], seconds = self.encode_images(inputs, call.need_saliency)
             call.hook_seconds += seconds
             groups.append(("image", images))
         call.started = time.perf_counter()
-        real = self._mask(kw).bool()
+        real = self._mask(inputs).bool()
         for kind, group in groups:
-            rows, cols = (self.placeholder_mask(kw, kind) & real).nonzero(as_tuple=True)
+            rows, cols = (self.placeholder_mask(inputs, kind) & real).nonzero(as_tuple=True)
             need = [m.num_placeholders for m in group]
             if sum(need) != rows.numel():
                 raise ValueError(f"{kind.capitalize()} features and {kind} tokens do not match: the {kind}s need "
@@ -549,13 +555,13 @@ class VideoSpliceAdapter(IntraLLMLifecycle, ModelAdapter):
 
     def _stage_layout(self, call: SpliceCall) -> None:
         """Stage 3: per row, the unpruned positions that stay (in order) and where each video lands."""
-        ids = call.kw["input_ids"]
-        real = self._mask(call.kw).bool()
+        ids = call.inputs["input_ids"]
+        real = self._mask(call.inputs).bool()
         # only the kinds that were encoded: a stray placeholder id of another kind stays, as the model keeps it
         replaced = torch.zeros_like(real)
         for kind in ("video", "image"):
             if kind in call.raw:
-                replaced |= self.placeholder_mask(call.kw, kind) & real
+                replaced |= self.placeholder_mask(call.inputs, kind) & real
         padding = self._padding_columns(ids, real)
         for b in range(ids.shape[0]):
             # every column stays but the replaced placeholders and the padding (re-padded below); a masked column
@@ -572,7 +578,7 @@ class VideoSpliceAdapter(IntraLLMLifecycle, ModelAdapter):
             call.sources.append(order.values)
             call.owners.append(torch.cat(owners)[order.indices])
         call.length = max(int(s.numel()) for s in call.sources)
-        call.padding_side = self._padding_side(self._mask(call.kw), call.generating)
+        call.padding_side = self._padding_side(self._mask(call.inputs), call.generating)
         for b, owner in enumerate(call.owners):
             offset = call.length - owner.numel() if call.padding_side == "left" else 0
             call.video_spans.append([(owner == i).nonzero(as_tuple=True)[0] + offset
@@ -580,22 +586,22 @@ class VideoSpliceAdapter(IntraLLMLifecycle, ModelAdapter):
 
     def _stage_rewrite(self, call: SpliceCall) -> None:
         """Stage 4: the shortened keyword arguments for the original method."""
-        kw = call.kw
-        mask = self._mask(kw)
-        new = dict(kw)
-        for k in self.video_kwargs + (self.image_kwargs if call.prune_images else ()) + ("tango_video_timestamps",):
+        inputs = call.inputs
+        mask = self._mask(inputs)
+        new = inputs.model_kwargs()
+        for k in self.video_kwargs + (self.image_kwargs if call.prune_images else ()):
             new.pop(k, None)
-        new["input_ids"] = _kept_rows(call, kw["input_ids"], self.pad_token_id())
+        new["input_ids"] = _kept_rows(call, inputs["input_ids"], self.pad_token_id())
         new_mask = _kept_rows(call, mask, 0)
-        if kw.get("attention_mask") is None and len({int(s.numel()) for s in call.sources}) == 1:
+        if inputs.get("attention_mask") is None and len({int(s.numel()) for s in call.sources}) == 1:
             new.pop("attention_mask", None)  # as given: no mask
         else:
             new["attention_mask"] = new_mask
         for name, pad in (("labels", -100), ("mm_token_type_ids", 0), ("token_type_ids", 0)):
-            if kw.get(name) is not None:
-                new[name] = _kept_rows(call, kw[name], pad)
-        if kw.get("inputs_embeds") is not None:  # given next to input_ids: shortened the same way
-            new["inputs_embeds"] = _kept_rows(call, kw["inputs_embeds"].permute(2, 0, 1), 0).permute(1, 2, 0)
+            if inputs.get(name) is not None:
+                new[name] = _kept_rows(call, inputs[name], pad)
+        if inputs.get("inputs_embeds") is not None:  # given next to input_ids: shortened the same way
+            new["inputs_embeds"] = _kept_rows(call, inputs["inputs_embeds"].permute(2, 0, 1), 0).permute(1, 2, 0)
         self._rewrite_positions(call, new, mask, new_mask)
         new["mm_encoder_outputs"] = self._kept_encoder_outputs(call, new)
         call.new_kw = new
@@ -603,12 +609,12 @@ class VideoSpliceAdapter(IntraLLMLifecycle, ModelAdapter):
     def _rewrite_positions(self, call: SpliceCall, new: dict, mask: torch.Tensor, new_mask: torch.Tensor) -> None:
         """Position ids of the shortened rows: the given ones gathered, or (M-RoPE) the unpruned sequence's 3-D
         positions from the model's own rule gathered, so kept tokens keep their original positions."""
-        kw = call.kw
+        inputs = call.inputs
         pos = None
-        if kw.get("position_ids") is not None:
-            new["position_ids"] = pos = _kept_rows(call, kw["position_ids"], 0)
+        if inputs.get("position_ids") is not None:
+            new["position_ids"] = pos = _kept_rows(call, inputs["position_ids"], 0)
         elif self.uses_3d_positions:
-            pos = _kept_rows(call, self.full_position_ids(kw, kw["input_ids"], mask), 0)
+            pos = _kept_rows(call, self.full_position_ids(inputs, inputs["input_ids"], mask), 0)
             if call.generating:
                 # generate's own layout is [4, B, L]: row 0 = text positions of the (shortened) sequence, used for
                 # the causal mask and continued by +1 per new token, like the unpruned path.
@@ -621,7 +627,7 @@ class VideoSpliceAdapter(IntraLLMLifecycle, ModelAdapter):
 
     def _kept_encoder_outputs(self, call: SpliceCall, new: dict) -> dict:
         """`mm_encoder_outputs` holding the kept features (in the layout the model splices them in)."""
-        mm = dict(call.kw.get("mm_encoder_outputs") or {})
+        mm = dict(call.inputs.get("mm_encoder_outputs") or {})
         for kind, encode in (("video", self.encoder_outputs), ("image", self.image_encoder_outputs)):
             items = [it for it in call.items if it.kind == kind]
             if kind in call.raw:
@@ -664,16 +670,16 @@ class VideoSpliceAdapter(IntraLLMLifecycle, ModelAdapter):
                 image_tokens_after=sum(int(it.replacement.src.numel()) for it in images),
                 video_timestamps=[None if it.media.timestamps is None else it.media.timestamps.tolist()
                                   for it in videos],
-                timestamps_source=self.timestamps_source(call.kw) if videos else ""))
+                timestamps_source=self.timestamps_source(call.inputs) if videos else ""))
         self.state.record(reports)
         self.state.layout = {"padding_side": call.padding_side, "length": call.length,
                              "kept_positions": [s.clone() for s in call.sources]}
 
     # ------------------------------------------------------------------------------------------ helpers
     @staticmethod
-    def _mask(kw: dict) -> torch.Tensor:
-        mask = kw.get("attention_mask")
-        return mask if mask is not None else torch.ones_like(kw["input_ids"])
+    def _mask(inputs: CallInputs) -> torch.Tensor:
+        mask = inputs.get("attention_mask")
+        return mask if mask is not None else torch.ones_like(inputs["input_ids"])
 
     def _padding_columns(self, ids: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         """(B, L) True on the padding: masked pad-token columns before a row's first or after its last attended
