@@ -193,19 +193,7 @@ def enable(model: Any, config: Optional[TangoConfig] = None, *,
     if _HANDLE_ATTR in getattr(target, "__dict__", {}):
         raise ValueError("tango_plugin is already enabled on this model; call handle.remove() first "
                          f"({target.__dict__[_HANDLE_ATTR]!r})")
-    model_type = getattr(getattr(target, "config", None), "model_type", None)
-    if adapter is None:
-        if model_type is None:
-            raise ValueError(f"{type(target).__name__} has no config.model_type, so no adapter can be chosen; "
-                             "pass adapter=<ModelAdapter subclass>")
-        adapter_cls = get_adapter(model_type)
-    elif isinstance(adapter, str):
-        adapter_cls = get_adapter(adapter)
-    elif isinstance(adapter, type) and issubclass(adapter, ModelAdapter):
-        adapter_cls = adapter
-    else:
-        raise ValueError(f"adapter={adapter!r} must be a model_type name or a ModelAdapter subclass")
-
+    adapter_cls = _adapter_class(target, adapter)
     if not isinstance(record_plans, bool):
         raise ValueError(f"record_plans={record_plans!r} must be True or False")
     if on_plan is not None and not callable(on_plan):
@@ -227,6 +215,21 @@ def enable(model: Any, config: Optional[TangoConfig] = None, *,
         handle.remove()  # nothing half-attached stays behind
         raise
     return handle
+
+
+def _adapter_class(target: Any, adapter: Optional[Union[str, Type[ModelAdapter]]]) -> Type[ModelAdapter]:
+    """The adapter `enable` binds: the one registered for the model's `config.model_type`, or the one asked for."""
+    if adapter is None:
+        model_type = getattr(getattr(target, "config", None), "model_type", None)
+        if model_type is None:
+            raise ValueError(f"{type(target).__name__} has no config.model_type, so no adapter can be chosen; "
+                             "pass adapter=<ModelAdapter subclass>")
+        return get_adapter(model_type)
+    if isinstance(adapter, str):
+        return get_adapter(adapter)
+    if isinstance(adapter, type) and issubclass(adapter, ModelAdapter):
+        return adapter
+    raise ValueError(f"adapter={adapter!r} must be a model_type name or a ModelAdapter subclass")
 
 
 def get_handle(model: Any) -> Optional[TangoHandle]:

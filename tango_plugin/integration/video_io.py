@@ -121,6 +121,30 @@ def read_video(path: str, num_frames: int, label: str = "video", backend: str = 
         raise ImportError("reading video files needs transformers: pip install -e \".[hf,video]\"") from exc
     name = choose_backend(backend)
     _probe(path, label)
+    frames, metadata, seen = _decode(load_video, path, num_frames, name, label)
+    fps = seen.get("fps", 0.0)
+    if not 0 < fps < float("inf"):
+        raise ValueError(f"{label} {path}: the stream has no frame rate, so frame times are unknown")
+    indices = np.asarray(metadata.frames_indices, dtype=np.int64)
+    if frames is None or len(frames) != len(indices):
+        got = 0 if frames is None else len(frames)
+        raise ValueError(f"{label} {path}: {got} frames were decoded for the {len(indices)} sampled indices "
+                         f"{indices.tolist()} (the file is damaged or its header frame count is wrong; try "
+                         "another backend)")
+    metadata.frames_indices = indices.tolist()
+    metadata.fps = fps
+    return SampledVideo(frames=np.asarray(frames), indices=indices, fps=fps, total_frames=seen["total"],
+                        timestamps=torch.as_tensor(indices, dtype=torch.float64) / fps, metadata=metadata,
+                        backend=name)
+
+
+class _NoFrameCount(Exception):
+    pass
+
+
+def _decode(load_video: Any, path: str, num_frames: int, name: str, label: str):
+    """`load_video` with uniform indices over the file's frame count; decoder errors become ValueErrors naming the
+    file. Returns (frames, metadata, {"total": frame count, "fps": frame rate})."""
     seen = {}
 
     def sample(metadata, **_):
@@ -142,24 +166,7 @@ def read_video(path: str, num_frames: int, label: str = "video", backend: str = 
             raise ValueError(f"{label} {path}: the file has no video stream; give a file with a video track") from exc
         raise ValueError(f"{label} {path}: the {name} backend cannot read it ({type(exc).__name__}: {msg[:300]})"
                          ) from exc
-    fps = seen.get("fps", 0.0)
-    if not 0 < fps < float("inf"):
-        raise ValueError(f"{label} {path}: the stream has no frame rate, so frame times are unknown")
-    indices = np.asarray(metadata.frames_indices, dtype=np.int64)
-    if frames is None or len(frames) != len(indices):
-        got = 0 if frames is None else len(frames)
-        raise ValueError(f"{label} {path}: {got} frames were decoded for the {len(indices)} sampled indices "
-                         f"{indices.tolist()} (the file is damaged or its header frame count is wrong; try "
-                         "another backend)")
-    metadata.frames_indices = indices.tolist()
-    metadata.fps = fps
-    return SampledVideo(frames=np.asarray(frames), indices=indices, fps=fps, total_frames=seen["total"],
-                        timestamps=torch.as_tensor(indices, dtype=torch.float64) / fps, metadata=metadata,
-                        backend=name)
-
-
-class _NoFrameCount(Exception):
-    pass
+    return frames, metadata, seen
 
 
 def _field(meta: Any, name: str) -> Any:
