@@ -264,6 +264,7 @@ def test_batch_mixing_video_with_text_or_image(name, other):
     assert out.shape == (2, L + 4)
     assert rows[0]["pruned"] and rows[0]["visual_tokens_after"] < rows[0]["visual_tokens_before"]
     assert rows[1]["videos"] == 0 and rows[1]["visual_tokens_before"] == 0
+    assert rows[0]["video_indices"] == [0] and rows[1]["video_indices"] == []  # the call's one video is row 0's
     assert torch.equal(out[1, L:], ref_other)  # the non-video request is answered as without Tango
 
 
@@ -602,3 +603,18 @@ def test_the_encoder_outputs_a_forward_returns_are_the_unpatched_ones(name):
     if a.hidden_states is not None:  # the tower saw every frame
         assert len(c.hidden_states) == len(a.hidden_states)
         torch.testing.assert_close(c.hidden_states[-1], a.hidden_states[-1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["qwen2_vl", "llava_onevision"])
+def test_report_rows_name_their_videos_by_position_in_the_call(name):
+    """`video_indices`: which of the call's videos (in the processor's order) each row holds, so a harness pairs
+    rows and videos without counting."""
+    t = TESTERS[name]
+    model = t.model()
+    media = [[tiny.VideoSpec(4, seed=1), tiny.VideoSpec(4, seed=2)], [], [tiny.VideoSpec(4, seed=3)]]
+    batch = t.inputs(model, media, ["two videos", "none", "one"])
+    with tango.enabled(model, cfg(0.25), **t.options) as h:
+        gen(model, batch, n=1)
+        rows = h.report()["samples"]
+    assert [r["video_indices"] for r in rows] == [[0, 1], [], [2]]
+    assert [r["videos"] for r in rows] == [2, 0, 1]

@@ -520,8 +520,8 @@ def test_still_image_next_to_a_video_passes_through(build):
             model(input_ids=ids, attention_mask=mask, images=[video, image], modalities=["video", "image"])
         rows = handle.report()["samples"]
         assert len(handle.plans()) == 1
-    assert rows[0]["pruned"] and rows[0]["videos"] == 1
-    assert rows[1]["videos"] == 0 and rows[1]["note"] == "no video in this row"
+    assert rows[0]["pruned"] and rows[0]["videos"] == 1 and rows[0]["video_indices"] == [0]
+    assert rows[1]["videos"] == 0 and rows[1]["note"] == "no video in this row" and rows[1]["video_indices"] == []
     # the image row holds the unpruned image: 729 tokens + llava's newline, and its text
     assert int(mask[1].sum()) - 1 + 730 <= seen[0].shape[1]
 
