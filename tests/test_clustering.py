@@ -248,3 +248,29 @@ def test_the_engine_under_poisoned_scratch_gives_the_same_plans():
         assert torch.equal(normal.kept_indices, poisoned.kept_indices)
         assert torch.equal(normal.features, poisoned.features)
     assert taken == {"small", "batched", "per-set", "screened", "tiled"}
+
+
+# ------------------------------------------------------------------------------------------ the fast DPC pieces
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 3), st.integers(2, 60), st.integers(1, 9), st.integers(0, 2 ** 31), st.booleans())
+def test_the_fast_dpc_equals_the_plain_one(B, M, k, seed, lattice):
+    """`dpc_of_distances` (two-stage nearest selection, rank test) against the rules as written, on distance
+    matrices with many exact ties (lattice points) and on real-valued ones."""
+    from tango_plugin.engine.dpc import dpc_of_distances, plain_dpc_of_distances
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(-2, 3, (B, M, 3), generator=g).float() if lattice else torch.randn(B, M, 5, generator=g)
+    dist = torch.cdist(x, x)
+    cluster_num = 1 + seed % M
+    assert torch.equal(dpc_of_distances(dist, cluster_num, k), plain_dpc_of_distances(dist, cluster_num, k))
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 400), st.integers(1, 40), st.integers(0, 2 ** 31), st.sampled_from([2, 5, 1000]))
+def test_the_two_stage_selection_keeps_the_smallest_values(n, kk, seed, distinct):
+    from tango_plugin.engine.dpc import smallest_sorted
+
+    kk = min(kk, n)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, distinct, (3, n), generator=g).float()  # few distinct values: many ties
+    assert torch.equal(smallest_sorted(x, kk), torch.topk(x, kk, dim=-1, largest=False).values)

@@ -215,3 +215,22 @@ def test_pruned_decode_continues_at_unpruned_positions(name):
     for full_step, pruned_step in zip(full_seen[1:], pruned_seen[1:]):
         assert torch.equal(pruned_step[1:], full_step[1:])  # 3-D positions identical to unpruned decoding
         assert torch.equal(pruned_step[0], full_step[0] - removed)  # text row follows the shorter cache
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("layout", ["contiguous", "tower-view"])
+@pytest.mark.parametrize("merge", [1, 4])
+def test_global_query_gives_the_bits_of_the_plain_formula(dtype, layout, merge):
+    """The float copies of q and k go into scratch buffers (engine/saliency.py): the same operands as the plain
+    formula's, so the same bits, for contiguous heads and for a tower's (S, n, H, d) -> (S, H, n, d) view."""
+    import math
+
+    S, H, n, d = 3, 4, 32, 16
+    g = torch.Generator().manual_seed(7)
+    q, k = (torch.randn(S, n, H, d, generator=g).to(dtype) for _ in range(2))
+    q, k = (t.transpose(1, 2) if layout == "tower-view" else t.transpose(1, 2).contiguous() for t in (q, k))
+    qf, kf = q.float(), k.float()
+    keys = kf if merge == 1 else kf.reshape(S, H, n // merge, merge, d).mean(3)
+    plain = ((qf.mean(2, keepdim=True) @ keys.transpose(-1, -2)).squeeze(2) / math.sqrt(d)).softmax(-1).mean(1)
+    for _ in range(2):  # the second call reuses the buffers
+        assert torch.equal(global_query_saliency(q, k, merge), plain)

@@ -29,7 +29,7 @@ import torch
 
 from . import scratch, trace
 from .distances import FrameOperands, cdist, operand_product
-from .dpc import CDIST_DIRECT_MAX, dpc_of_distances, tile_size
+from .dpc import CDIST_DIRECT_MAX, dpc_of_distances, plain_dpc_of_distances, tile_size
 from .dpc_screened import nearest_anchor_screened, nearest_listed_anchor, screened_centres, screened_points
 from .dpc_tiled import tiled_centres
 from .gather import rows_of
@@ -49,9 +49,10 @@ class PointSets:
         self.B, self.M = (points if points is not None else members).shape[:2]
 
     def points(self) -> torch.Tensor:
-        """(B, M, D) float32 points (gathered from the frames on first use: a fresh tensor)."""
+        """(B, M, D) float32 points (gathered from the frames on first use, into the scratch buffer "sets.points":
+        dead once the next sets gather theirs)."""
         if self._points is None:
-            self._points = rows_of(self.frames.x, self.members)
+            self._points = rows_of(self.frames.x, self.members, "sets.points")
         return self._points.float()
 
 
@@ -218,17 +219,29 @@ class _Large:
         return torch.stack(out)
 
 
+def route_name(B: int, M: int, per_item: bool, max_block_elements: int) -> str:
+    """The route `choose_route` takes for B sets of M points: "small", "batched", "per-set" or "large" (screened or
+    tiled). Every route but "batched" gives each set the bits it gets alone, so sets whose route is not "batched"
+    can be clustered together with per_item=True (tango.py batches a video's segments so)."""
+    if M <= CDIST_DIRECT_MAX:
+        return "small"
+    if M <= tile_size(max_block_elements) and M * M <= max_block_elements:
+        if B > 1 and not per_item and B * M * M <= max_block_elements:
+            return "batched"
+        return "per-set"
+    return "large"
+
+
+_ROUTES = {"small": _Small, "batched": _Batched, "per-set": _PerSet}
+
+
 def choose_route(sets: PointSets, per_item: bool, max_block_elements: int, screen: str):
     """The route for `sets` (the table in this module's docstring). `per_item`: the sets are decided one at a time
     (the reference's single-frame path), never as one batched product."""
-    B, M = sets.B, sets.M
-    if M <= CDIST_DIRECT_MAX:
-        return _Small(sets, max_block_elements)
-    if M <= tile_size(max_block_elements) and M * M <= max_block_elements:
-        if B > 1 and not per_item and B * M * M <= max_block_elements:
-            return _Batched(sets, max_block_elements)
-        return _PerSet(sets, max_block_elements)
-    return _Large(sets, max_block_elements, screen)
+    name = route_name(sets.B, sets.M, per_item, max_block_elements)
+    if name == "large":
+        return _Large(sets, max_block_elements, screen)
+    return _ROUTES[name](sets, max_block_elements)
 
 
 def cluster(sets: PointSets, cluster_num: int, k: int, anchor_order: Optional[str] = "ascending", *,
@@ -269,8 +282,8 @@ def assign_to_members(sets: PointSets, anchor_index: torch.Tensor, *, per_item: 
 def plain_cluster(points: torch.Tensor, cluster_num: int, k: int, anchor_order: str = "ascending",
                   dtype: torch.dtype = torch.float32) -> Tuple[torch.Tensor, torch.Tensor]:
     """The paper's algorithm, as plainly as it can be written: one whole `torch.cdist` matrix per set in `dtype`,
-    `dpc.dpc_of_distances`, then argmin over the anchors' columns. The oracle of every route (tests)."""
+    `dpc.plain_dpc_of_distances`, then argmin over the anchors' columns. The oracle of every route (tests)."""
     x = points.to(dtype)
     dist = torch.cdist(x, x)
-    centres = dpc_of_distances(dist, cluster_num, k)
+    centres = plain_dpc_of_distances(dist, cluster_num, k)
     return centres, _columns_argmin(dist, _anchors(centres, anchor_order))

@@ -44,14 +44,14 @@ def _broadcast(a: Tuple[int, ...], b: Tuple[int, ...]) -> Tuple[int, ...]:
     return tuple(out)
 
 
-def _rotate_(x: torch.Tensor, angles: torch.Tensor) -> None:
-    """Rotate-half RoPE of `x` (..., d) in place; `angles` (..., d/2) broadcasts against x's leading dims.
+def _rotate_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+    """Rotate-half RoPE of `x` (..., d) in place by angles given as their `cos` and `sin` (..., d/2), which
+    broadcast against x's leading dims.
 
     Per half: x1' = x1 cos - x2 sin, x2' = x2 cos + x1 sin, the same IEEE operations as the reference's
     ``x * cos + rotate_half(x) * sin`` (so bit-equal) with fewer full-size temporaries.
     """
     half = x.shape[-1] // 2
-    cos, sin = angles.cos(), angles.sin()
     x1, x2 = x[..., :half], x[..., half:]
     shape = _broadcast(x1.shape, sin.shape)  # the products' temporaries live in scratch buffers
     x1_sin = torch.mul(x1, sin, out=scratch.take("rope.x1_sin", shape, x.dtype, x.device))
@@ -74,10 +74,49 @@ def rope_tokens_(
     device = x.device
     inv_t = _inv_freq(d_t, base_time, device)
     inv_h, inv_w = _inv_freq(d_h, base_space, device), _inv_freq(d_w, base_space, device)
-    _rotate_(x[..., :d_t], torch.outer(t_pos.to(device).type_as(inv_t), inv_t)[:, None, :])
-    _rotate_(x[..., d_t:d_t + d_h], torch.outer(rows.to(device).type_as(inv_h), inv_h)[None])
-    _rotate_(x[..., d_t + d_h:], torch.outer(cols.to(device).type_as(inv_w), inv_w)[None])
+    t_angles = torch.outer(t_pos.to(device).type_as(inv_t), inv_t)[:, None, :]
+    h_angles = torch.outer(rows.to(device).type_as(inv_h), inv_h)[None]
+    w_angles = torch.outer(cols.to(device).type_as(inv_w), inv_w)[None]
+    _rotate_(x[..., :d_t], t_angles.cos(), t_angles.sin())
+    _rotate_(x[..., d_t:d_t + d_h], h_angles.cos(), h_angles.sin())
+    _rotate_(x[..., d_t + d_h:], w_angles.cos(), w_angles.sin())
     return x
+
+
+class RopeTables:
+    """The cos and sin of one video's angles, per frame (time section) and per cell (row and column sections),
+    taken once per video: every token's angles are its frame's and its cell's rows of these tables, so each step
+    that rotates tokens (`rotate_`) gathers rows instead of taking cos and sin of new angle tables. cos and sin act
+    element by element, so the gathered values are those of `rope_tokens_`'s tables (same bits)."""
+
+    def __init__(self, dim: int, t_pos: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+                 base_time: float = 10000.0, base_space: float = 1000.0) -> None:
+        """t_pos: (T,) frame times; rows / cols: (L,) each cell's row and column."""
+        self.sections = strope_sections(dim)
+        d_t, d_h, d_w = self.sections
+        device = t_pos.device
+        inv_t = _inv_freq(d_t, base_time, device)
+        inv_h, inv_w = _inv_freq(d_h, base_space, device), _inv_freq(d_w, base_space, device)
+        angles = (torch.outer(t_pos.type_as(inv_t), inv_t), torch.outer(rows.to(device).type_as(inv_h), inv_h),
+                  torch.outer(cols.to(device).type_as(inv_w), inv_w))
+        self.time, self.row, self.col = ((a.cos(), a.sin()) for a in angles)
+
+    def rotate_(self, x: torch.Tensor, frames: torch.Tensor, cells: "torch.Tensor | None" = None) -> torch.Tensor:
+        """Rotate `x` (G, f, c, D) float32 in place: G groups of f frames (`frames` (G, f), indices into t_pos)
+        with c tokens each (`cells` (G, c), indices into rows / cols, e.g. a video's segments, each with its
+        cells; None: every cell in order, the tables as they are)."""
+        d_t, d_h, _ = self.sections
+        t_cos, t_sin = (table[frames][:, :, None] for table in self.time)
+        if cells is None:
+            h_cos, h_sin, w_cos, w_sin = (table[None, None] for table in self.row + self.col)
+        else:
+            h_cos, h_sin, w_cos, w_sin = (torch.index_select(table, 0, cells.flatten()).view(len(cells), 1, -1,
+                                                                                              table.shape[1])
+                                          for table in self.row + self.col)
+        _rotate_(x[..., :d_t], t_cos, t_sin)
+        _rotate_(x[..., d_t:d_t + d_h], h_cos, h_sin)
+        _rotate_(x[..., d_t + d_h:], w_cos, w_sin)
+        return x
 
 
 def frame_times(num_frames: int, timestamps: Optional[torch.Tensor]) -> torch.Tensor:

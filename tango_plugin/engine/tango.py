@@ -18,12 +18,12 @@ import torch.nn.functional as F
 from ..config import TangoConfig
 from . import scratch, threads, trace
 from .budgets import adjusted_ratio, frame_budgets, segment_budgets
-from .clustering import PointSets, cluster
+from .clustering import PointSets, cluster, route_name
 from .distances import FrameOperands
 from .dpc import merge_clusters, stable_topk
 from .gather import gathered, rows_of
 from .segmentation import consecutive_similarity, fastvid_segments, holitom_segments
-from .strope import frame_times, rope_tokens_, strope_sections
+from .strope import RopeTables, frame_times, strope_sections
 from .types import PrunePlan, VisualTokens
 
 __all__ = ["tango_prune", "masked_saliency", "stable_topk", "frame_budgets", "segment_budgets", "adjusted_ratio"]
@@ -247,6 +247,7 @@ class _Video:
         cells = torch.arange(L, device=self.feats.device)
         self.rows, self.cols = cells // tokens.grid_hw[1], cells % tokens.grid_hw[1]
         self.cfg = cfg
+        self._rope: "RopeTables | None" = None  # built on first use
 
     def cells_of(self, start: int, n: int, cells: torch.Tensor) -> torch.Tensor:
         """(n, cells, D) features of frames start.. start + n - 1 (whole rows of the flat video)."""
@@ -279,12 +280,38 @@ class _Video:
                 torch.index_select(x.view(T * L, D), 0, (frame_ids[:, None] * L + cells).flatten(),
                                    out=raw.view(-1, D))
             src = out.copy_(raw) if raw is not out else out
-        cells = slice(None) if cells is None else cells
         with threads.wide(out.numel(), threads.WIDE_MIN_ELEMENTS):
             # F.normalize(src, dim=-1): the same norm, clamp and division
             torch.div(src, src.norm(2, -1, keepdim=True).clamp_min_(1e-12), out=out)
-            return rope_tokens_(out, self.t_pos[frames], self.rows[cells], self.cols[cells], self.cfg.base_time,
-                                self.cfg.base_space)
+            self.rope_tables().rotate_(out[None], frame_ids[None], None if cells is None else cells[None])
+        return out
+
+    def rope_tables(self) -> RopeTables:
+        if self._rope is None:
+            self._rope = RopeTables(self.signal.shape[-1], self.t_pos, self.rows, self.cols, self.cfg.base_time,
+                                    self.cfg.base_space)
+        return self._rope
+
+    def roped_groups(self, frames: torch.Tensor, cells: "torch.Tensor | None", name: str = "roped") -> torch.Tensor:
+        """(G * f, c, D) float32 clustering features of G segments at once, in the scratch buffer `name`: frames
+        (G, f) of each segment, each with its own cells (G, c), or every cell (None). The operations of `roped`, so
+        the same bits."""
+        x = self.signal
+        T, L, D = x.shape
+        G, f = frames.shape
+        c = L if cells is None else cells.shape[1]
+        out = scratch.take(name, (G * f, c, D), torch.float32, x.device)
+        raw = out if x.dtype == torch.float32 else scratch.take(name + ".raw", out.shape, x.dtype, x.device)
+        if cells is None:  # whole frames
+            torch.index_select(x.view(T, L * D), 0, frames.flatten(), out=raw.view(G * f, L * D))
+        else:
+            torch.index_select(x.view(T * L, D), 0, (frames[:, :, None] * L + cells[:, None, :]).flatten(),
+                               out=raw.view(-1, D))
+        src = out.copy_(raw) if raw is not out else out
+        with threads.wide(out.numel(), threads.WIDE_MIN_ELEMENTS):
+            torch.div(src, src.norm(2, -1, keepdim=True).clamp_min_(1e-12), out=out)
+            self.rope_tables().rotate_(out.view(G, f, c, D), frames, cells)
+        return out
 
 
 def _token_similarity(feats: torch.Tensor, frames_per_chunk: int = 4) -> torch.Tensor:
@@ -298,53 +325,86 @@ def _token_similarity(feats: torch.Tensor, frames_per_chunk: int = 4) -> torch.T
     for a in range(0, T - 1, frames_per_chunk):
         chunk = feats[a:a + frames_per_chunk + 1]
         c = chunk.shape[0]
-        normed = F.normalize(chunk.float(), p=2, dim=-1, out=normed_buf[:c])
+        # chunk.float() widened into the buffer (no fresh tensor per chunk), normalised there in place
+        src = chunk if chunk.dtype == torch.float32 else normed_buf[:c].copy_(chunk)
+        normed = F.normalize(src, p=2, dim=-1, out=normed_buf[:c])
         # what consecutive_similarity computes, into the buffers
         torch.sum(torch.mul(normed[:-1], normed[1:], out=products[:c - 1]), dim=-1, out=out[a:a + c - 1])
     return out
 
 
-def _segment(kept: _Kept, video: _Video, start: int, n: int, static: torch.Tensor, num_static: int,
-             deferred: "_Deferred | None" = None) -> None:
-    """One segment of n > 1 frames starting at frame `start` (docs/algorithm.md §4.1-§4.4).
+# Segments of the same shape processed together: about this many bytes of rotated float32 features at once.
+SEGMENT_CHUNK_BYTES = 24 << 20
+
+
+def _segment_groups(multi: List[Tuple[int, int]], counts: List[int], L: int, D: int) -> List[List[int]]:
+    """Positions in `multi` of the segments to process together: same frame count and static count (so the same
+    shapes and budgets), a few at a time (SEGMENT_CHUNK_BYTES of rotated features)."""
+    by_shape = {}
+    for i, ((_, n), count) in enumerate(zip(multi, counts)):
+        by_shape.setdefault((n, count), []).append(i)
+    groups = []
+    for (n, _), members in by_shape.items():
+        per_chunk = max(1, SEGMENT_CHUNK_BYTES // max(1, n * L * D * 4))
+        groups += [members[a:a + per_chunk] for a in range(0, len(members), per_chunk)]
+    return groups
+
+
+def _segments(kept: _Kept, video: _Video, starts: List[int], n: int, static: torch.Tensor, num_static: int,
+              deferred: "_Deferred | None") -> None:
+    """G segments of n > 1 frames with the same static count, at once (docs/algorithm.md §4.1-§4.4).
+
+    Every step works per frame, per set or per segment (the single-frame path of the static pseudo-frames, the
+    salient sets, the pools: each set's route gives it the bits it gets alone, `clustering.route_name`), so one
+    batched call per step gives each segment the plan it gets alone, with one set of kernels for all G. Two things
+    stay per segment: the temporal means (a reduction whose split could depend on the batch) and the salient pick
+    when its route is "batched" (the reference's one product per segment).
 
     Args:
-        static: (L,) the segment's static-token mask; num_static: its count (read on the host by the caller, for
-            every segment at once).
-        deferred: as in `_compress_frames` (None: the host reads what shapes need, segment by segment).
+        starts: the G segments' first frames; static: (G, L) their static masks; num_static: their common count.
+        deferred: as in `_compress_frames`; None (the per-segment path, G == 1): the pool's size is read on the
+            host, so a repeated salient pick (a pool one larger) is handled exactly.
     """
     cfg = video.cfg
     feats = video.feats
     _, L, D = feats.shape
-    frames = torch.arange(start, start + n, device=feats.device)
-    flat = frames[:, None] * L + torch.arange(L, device=feats.device)  # (n, L) flat token indices
+    dev = feats.device
+    G = len(starts)
+    frames = torch.tensor(starts, device=dev)[:, None] + torch.arange(n, device=dev)  # (G, n)
+    flat = frames[:, :, None] * L + torch.arange(L, device=dev)  # (G, n, L) flat token indices
     ratio = adjusted_ratio(cfg.retention_ratio, n, L, num_static)
-    scores = video.scores[start:start + n]
+    scores = video.scores[frames]  # (G, n, L)
     # static cells first, then dynamic ones, each ascending: what nonzero(static) and nonzero(~static) give
-    cells_in_order = torch.sort((~static).to(torch.uint8), stable=True).indices
+    cells_in_order = torch.sort((~static).to(torch.uint8), dim=1, stable=True).indices  # (G, L)
 
     if num_static:
-        # one pseudo-frame: temporal mean of features and scores, clustering features of the first frame
-        cells = cells_in_order[:num_static]
-        idx, out = _compress_frames(video.cells_of(start, n, cells).mean(dim=0)[None],
-                                    video.roped(slice(start, start + 1), cells, "roped.static"),
-                                    scores[:, cells].mean(dim=0)[None],
-                                    ratio, cfg, deferred)
-        if isinstance(idx, list):  # only without `deferred`
+        # one pseudo-frame per segment (temporal means, per segment), all through one single-frame batch
+        cells = cells_in_order[:, :num_static]
+        means = [(video.cells_of(s, n, c).mean(dim=0), scores[g][:, c].mean(dim=0))
+                 for g, (s, c) in enumerate(zip(starts, cells))]
+        idx, out = _compress_frames(torch.stack([m[0] for m in means]),
+                                    video.roped_groups(frames[:, :1], cells, "roped.static"),
+                                    torch.stack([m[1] for m in means]), ratio, cfg, deferred)
+        if isinstance(idx, list):  # only without `deferred`, so G == 1
             idx, out = idx[0][None], out[0][None]
-        kept.add(flat[0, cells][idx[0]], out[0])
+        kept.add(torch.gather(torch.gather(flat[:, 0], 1, cells), 1, idx), out)
 
-    cells = cells_in_order[num_static:]
     n_dyn = L - num_static
     if n_dyn == 0:
         return
-    d_roped, d_scores, d_flat = video.roped(slice(start, start + n), cells), scores[:, cells], flat[:, cells]
+    if num_static:
+        cells = cells_in_order[:, num_static:]
+        d_flat = torch.gather(flat, 2, cells[:, None, :].expand(G, n, n_dyn)).view(G * n, n_dyn)
+        d_scores = torch.gather(scores, 2, cells[:, None, :].expand(G, n, n_dyn)).view(G * n, n_dyn)
+    else:  # every cell is dynamic, in order
+        cells, d_flat, d_scores = None, flat.view(G * n, L), scores.view(G * n, L)
+    d_roped = video.roped_groups(frames, cells)  # (G * n, n_dyn, D)
     flat_feats = feats.reshape(-1, D)
     k_s, k_c = segment_budgets(n_dyn, ratio, cfg.context_ratio)
-    free = torch.ones(n, n_dyn, dtype=torch.bool, device=feats.device)
+    free = torch.ones(G * n, n_dyn, dtype=torch.bool, device=dev)
     picks = 0
     if k_s > 0:
-        local = _select_salient(d_roped, d_scores, min(k_s, n_dyn), cfg)  # (n, k_s)
+        local = _select_salient_of_segments(d_roped, d_scores, min(k_s, n_dyn), cfg, G)  # (G * n, k_s)
         sal = torch.gather(d_flat, 1, local)
         kept.add(sal, torch.index_select(flat_feats, 0, sal.flatten()))
         free.scatter_(1, local, False)
@@ -353,19 +413,31 @@ def _segment(kept: _Kept, video: _Video, start: int, n: int, static: torch.Tenso
             deferred.repeats(local)
     if k_c > 0:
         budget = k_c * n
-        if deferred is not None:  # frame-major, then token order, as a boolean mask would give
+        if deferred is not None:  # frame-major, then token order, per segment: what a boolean mask gives
             pool_local = _free_positions(free, n_dyn - picks)
-            pool_flat = torch.gather(d_flat, 1, pool_local).flatten()
+            pool_flat = torch.gather(d_flat, 1, pool_local).view(G, -1)
         else:
-            pool_local = None
-            pool_flat = d_flat[free]
-        if pool_flat.numel() <= budget:
-            kept.add(pool_flat, torch.index_select(flat_feats, 0, pool_flat))
+            pool_local, pool_flat = None, d_flat[free][None]
+        if pool_flat.shape[1] <= budget:
+            kept.add(pool_flat, torch.index_select(flat_feats, 0, pool_flat.flatten()))
             return
-        pool_roped = _compact_rows(d_roped, pool_local) if pool_local is not None else d_roped[free]
-        local, merged = _merge_context(gathered(flat_feats, pool_flat, "pool.feats")[None],
-                                       PointSets(pool_roped[None]), budget, cfg)
-        kept.add(pool_flat[local[0]], merged[0])
+        pool_roped = (_compact_rows(d_roped, pool_local) if pool_local is not None else d_roped[free]
+                      ).view(G, pool_flat.shape[1], D)
+        local, merged = _merge_context(gathered(flat_feats, pool_flat.flatten(), "pool.feats").view(G, -1, D),
+                                       PointSets(pool_roped), budget, cfg, per_item=True)
+        kept.add(torch.gather(pool_flat, 1, local), merged)
+
+
+def _select_salient_of_segments(roped: torch.Tensor, scores: torch.Tensor, k_s: int, cfg: TangoConfig,
+                                G: int) -> torch.Tensor:
+    """`_select_salient` of G segments' frames (G * n rows): one call, or one per segment where a segment's call
+    takes the "batched" route (one batched product over its frames, whose bits may depend on the batch)."""
+    n = roped.shape[0] // G
+    m = min(int(cfg.alpha * k_s), roped.shape[1])
+    if route_name(n, m, False, cfg.max_block_elements) == "batched":
+        return torch.cat([_select_salient(roped[g * n:(g + 1) * n], scores[g * n:(g + 1) * n], k_s, cfg)
+                          for g in range(G)])
+    return _select_salient(roped, scores, k_s, cfg, per_item=True)
 
 
 def _segment_sizes(token_sim: torch.Tensor, tokens: VisualTokens, cfg: TangoConfig) -> List[int]:
@@ -425,7 +497,11 @@ def _tango_prune(tokens: VisualTokens, cfg: TangoConfig, deferred: "_Deferred | 
             frames_or_run = slice(part[0], part[0] + len(part))
         else:
             frames_or_run = frames
-        idx, out = _compress_frames(feats[frames_or_run], video.roped(frames_or_run), video.scores[frames_or_run],
+        if isinstance(frames_or_run, slice):
+            part_feats = feats[frames_or_run]
+        else:  # only rows of these frames are read (and copied) later: the gather's buffer is scratch
+            part_feats = gathered(feats.reshape(T, L * D), frames, "frames.feats").view(-1, L, D)
+        idx, out = _compress_frames(part_feats, video.roped(frames_or_run), video.scores[frames_or_run],
                                     cfg.retention_ratio, cfg, deferred)
         if isinstance(idx, list):
             for f, i, o in zip(part, idx, out):
@@ -436,9 +512,12 @@ def _tango_prune(tokens: VisualTokens, cfg: TangoConfig, deferred: "_Deferred | 
     if multi:
         # every multi-frame segment's static mask, and their counts in one host read
         static = torch.stack([(token_sim[s:s + n - 1] > cfg.static_threshold).all(dim=0) for s, n in multi])
-        counts = static.sum(dim=1).tolist()
-        for (s, n), mask, count in zip(multi, static, counts):
-            _segment(kept, video, s, n, mask, int(count), deferred)
+        counts = [int(c) for c in static.sum(dim=1).tolist()]
+        # segments of the same shape together; one at a time on the path that reads pool sizes on the host
+        groups = _segment_groups(multi, counts, L, D) if deferred is not None else [[i] for i in range(len(multi))]
+        for group in groups:
+            _segments(kept, video, [multi[i][0] for i in group], multi[group[0]][1], static[group],
+                      counts[group[0]], deferred)
     if deferred is not None and deferred.failed():
         return None
     return kept.plan(D, feats.dtype, feats.device)
