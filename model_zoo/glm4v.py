@@ -1,7 +1,7 @@
 """Adapter for Hugging Face GLM-4.1V-Thinking (`Glm4vForConditionalGeneration`, `model_type == "glm4v"`).
 
 Written against the public adapter API (docs/adapters.md): `VideoSpliceAdapter` and its hooks, `TokenGrid`,
-`EncodedMedia`, `Replacement`, and the Qwen-VL tower's saliency hook (`qwen_vl.frame_qk_saliency_hook`: the same
+`EncodedMedia`, `Replacement`, and the Qwen-VL tower's saliency hook (`qwen_vl.add_frame_qk_saliency_hooks`: the same
 vision-tower layout). What GLM-4V does differently from Qwen-VL:
 
 - **Placeholders.** `Glm4vProcessor` writes every video frame as `<|begin_of_image|>` + image-token placeholders +
@@ -35,7 +35,7 @@ from __future__ import annotations
 from typing import Any, List, Optional, Tuple
 
 import torch
-from tango_plugin.model_zoo.qwen_vl import frame_qk_saliency_hook
+from tango_plugin.model_zoo.qwen_vl import add_frame_qk_saliency_hooks
 
 from tango_plugin.integration.adapter import CallInputs
 from tango_plugin.integration.splice import EncodedMedia, Replacement, SpliceCall, TokenGrid, VideoSpliceAdapter
@@ -117,11 +117,9 @@ class Glm4vAdapter(VideoSpliceAdapter):
         grids = [tuple(int(x) for x in g) for g in grid.tolist()]
         store: dict = {}
 
-        qk_hook = frame_qk_saliency_hook(attn, grids, source, ms * ms, store)  # the same tower layout as Qwen's
-
         with self.hooks.transient("saliency") as cap:
-            if need_saliency:
-                cap.pre_hook(attn, qk_hook)
+            if need_saliency:  # the same tower layout as Qwen's
+                add_frame_qk_saliency_hooks(cap, attn, grids, source, ms * ms, store)
             if image:
                 out = self.inner.get_image_features(pixel_values=inputs["pixel_values"], image_grid_thw=grid,
                                                     return_dict=True, **self.encoder_flags(inputs))

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from tango_plugin.integration.adapter import CallInputs
 from tango_plugin.integration.splice import EncodedMedia, Replacement, TokenGrid, VideoSpliceAdapter
 
-from .vision_towers import HFLlavaTower, qk_saliency_hook
+from .vision_towers import HFLlavaTower, add_qk_saliency_hooks
 
 
 class LlavaNextVideoAdapter(HFLlavaTower, VideoSpliceAdapter):
@@ -68,8 +68,8 @@ class LlavaNextVideoAdapter(HFLlavaTower, VideoSpliceAdapter):
 
         with self.hooks.transient("saliency") as cap:
             if need_saliency:
-                cap.pre_hook(self._tower_layers()[self._layer_index(feature_layer)].self_attn,
-                             qk_saliency_hook(store, source))
+                add_qk_saliency_hooks(cap, self._tower_layers()[self._layer_index(feature_layer)].self_attn, store,
+                                      source)
             out = self.inner.get_video_features(pixel_values_videos=pv, vision_feature_layer=feature_layer,
                                                 vision_feature_select_strategy=strategy, return_dict=True,
                                                 **self.encoder_flags(inputs))

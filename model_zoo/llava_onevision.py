@@ -42,7 +42,7 @@ from tango_plugin.integration.splice import EncodedMedia, Replacement, TokenGrid
 
 from .llava_onevision_options import HIGHRES_MODES, NEWLINE_MODES, POOL_MODES
 from .siglip import load_siglip_head, siglip_head_scores
-from .vision_towers import HFLlavaTower, qk_saliency_hook
+from .vision_towers import HFLlavaTower, add_qk_saliency_hooks
 
 
 class LlavaOnevisionAdapter(HFLlavaTower, VideoSpliceAdapter):
@@ -155,7 +155,7 @@ class LlavaOnevisionAdapter(HFLlavaTower, VideoSpliceAdapter):
             cap.post_hook(layer, head_hook)
             return
 
-        cap.pre_hook(layer.self_attn, qk_saliency_hook(store, source, rows))
+        add_qk_saliency_hooks(cap, layer.self_attn, store, source, rows)
 
     def _crops_per_image(self, inputs: CallInputs) -> List[int]:
         """Crops `get_image_features` feeds the tower per image (the base crop first), computed the way it does."""

@@ -37,7 +37,6 @@ import torch
 from tango_plugin.engine.saliency import score
 from tango_plugin.engine.types import PrunePlan
 from tango_plugin.integration.adapter import CallInputs
-from tango_plugin.integration.hooks import first_arg
 from tango_plugin.integration.splice import EncodedMedia, Replacement, TokenGrid, VideoSpliceAdapter
 
 
@@ -102,21 +101,26 @@ SECOND_PER_GRID_NOTE = ("frame times taken from second_per_grid_ts: evenly space
                         "video metadata, or seconds) to generate / forward for the exact times")
 
 
-def frame_qk_saliency_hook(attn, grids, source: str, merge: int, store: dict):
-    """Forward pre-hook for the last block's attention of a Qwen-VL-style vision tower (fused `qkv`, 2-D rotary
-    `position_embeddings`): scores each temporal slice's tokens with `source` from that layer's q / k, pooled over
-    the `merge` patches of a merged token, into `store["merged"]` (one flat tensor, the tower's token order).
+def add_frame_qk_saliency_hooks(cap, attn, grids, source: str, merge: int, store: dict) -> None:
+    """Hooks (on `cap`, a `TransientHooks`) that score, from the last block's attention of a Qwen-VL-style vision
+    tower (fused `qkv`, 2-D rotary `position_embeddings`), each temporal slice's tokens with `source` from that
+    layer's q / k, pooled over the `merge` patches of a merged token, into `store["merged"]` (one flat tensor, the
+    tower's token order).
 
-    Temporal slices are contiguous in the tower's order (window order permutes merge units inside a slice only) and
-    attend within themselves, so each is scored on its own. GLM-4V's tower has the same layout.
+    The q / k are the tower's own: a pre-hook on the attention takes its rotary cos / sin, a hook on its `qkv`
+    projection takes the projection's output (the attention calls it once), so the projection is not computed a
+    second time. Temporal slices are contiguous in the tower's order (window order permutes merge units inside a
+    slice only) and attend within themselves, so each is scored on its own. GLM-4V's tower has the same layout.
     """
     rotary = sys.modules[type(attn).__module__].apply_rotary_pos_emb_vision
 
-    def qk_hook(mod, args, kwargs):
-        hs = first_arg(args, kwargs, "hidden_states")
-        cos, sin = kwargs["position_embeddings"]
-        n = hs.shape[0]
-        q, k, _ = mod.qkv(hs).reshape(n, 3, mod.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+    def take_rotary(mod, args, kwargs):
+        store["rotary"] = kwargs["position_embeddings"]
+
+    def score_qk(mod, args, output):
+        cos, sin = store.pop("rotary")
+        n = output.shape[0]
+        q, k, _ = output.reshape(n, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
         q, k = rotary(q, k, cos, sin)
         heads, d = q.shape[1], q.shape[2]
         parts, off = [], 0
@@ -128,7 +132,8 @@ def frame_qk_saliency_hook(attn, grids, source: str, merge: int, store: dict):
             off += size
         store["merged"] = torch.cat(parts)
 
-    return qk_hook
+    cap.pre_hook(attn, take_rotary)
+    cap.post_hook(attn.qkv, score_qk)
 
 
 class QwenVLAdapter(VideoSpliceAdapter):
@@ -194,11 +199,9 @@ class QwenVLAdapter(VideoSpliceAdapter):
         grids = [tuple(int(x) for x in g) for g in grid.tolist()]
         store: dict = {}
 
-        qk_hook = frame_qk_saliency_hook(attn, grids, source, ms * ms, store)
-
         with self.hooks.transient("saliency") as cap:
             if need_saliency:
-                cap.pre_hook(attn, qk_hook)
+                add_frame_qk_saliency_hooks(cap, attn, grids, source, ms * ms, store)
             if image:
                 out = self.inner.get_image_features(pixel_values=pv, image_grid_thw=grid, return_dict=True,
                                                     **self.encoder_flags(inputs))

@@ -9,23 +9,41 @@ import torch
 
 from tango_plugin.engine.saliency import score
 from tango_plugin.integration.adapter import CallInputs
-from tango_plugin.integration.hooks import first_arg
+from tango_plugin.integration.hooks import TransientHooks, first_arg
 
 
-def qk_saliency_hook(store: dict, source: str, rows: Optional[torch.Tensor] = None) -> Callable:
-    """A forward pre-hook for a tower layer's `self_attn`: recompute its q / k with the module's own projections
-    and put the (crops, patches) scores of `source` in `store["patch"]`; `rows` picks the crops to score."""
+def add_qk_saliency_hooks(cap: TransientHooks, attn: Any, store: dict, source: str,
+                          rows: Optional[torch.Tensor] = None) -> None:
+    """Hooks (on `cap`) that put the (crops, patches) scores of `source`, from a tower layer's `self_attn` q / k, in
+    `store["patch"]`; `rows` picks the crops to score (None: all).
+
+    Every crop: the q / k are the tower's own, taken from its `q_proj` / `k_proj` outputs (the attention calls each
+    once), so they are not projected a second time. A few crops (`rows`): a pre-hook projects those rows only."""
+    if rows is None:
+        def take(name: str) -> Callable:
+            def hook(mod, args, output):
+                store[name] = output
+                if "q" in store and "k" in store:
+                    q, k = store.pop("q"), store.pop("k")
+                    n, p, _ = q.shape
+                    store["patch"] = score(source, q.view(n, p, -1, attn.head_dim).transpose(1, 2),
+                                           k.view(n, p, -1, attn.head_dim).transpose(1, 2))
+
+            return hook
+
+        cap.post_hook(attn.q_proj, take("q"))
+        cap.post_hook(attn.k_proj, take("k"))
+        return
 
     def hook(mod, args, kwargs):
         hs = first_arg(args, kwargs, "hidden_states")
-        if rows is not None:
-            hs = hs[rows.to(hs.device)]
+        hs = hs[rows.to(hs.device)]
         n, p, _ = hs.shape
         q = mod.q_proj(hs).view(n, p, -1, mod.head_dim).transpose(1, 2)
         k = mod.k_proj(hs).view(n, p, -1, mod.head_dim).transpose(1, 2)
         store["patch"] = score(source, q, k)
 
-    return hook
+    cap.pre_hook(attn, hook)
 
 
 class HFLlavaTower:
@@ -61,4 +79,4 @@ class HFLlavaTower:
         return feature_layer, inputs.get("vision_feature_select_strategy") or cfg.vision_feature_select_strategy
 
 
-__all__ = ["qk_saliency_hook", "HFLlavaTower"]
+__all__ = ["add_qk_saliency_hooks", "HFLlavaTower"]
