@@ -378,17 +378,8 @@ def _segments(kept: _Kept, video: _Video, starts: List[int], n: int, static: tor
     cells_in_order = torch.sort((~static).to(torch.uint8), dim=1, stable=True).indices  # (G, L)
 
     if num_static:
-        # one pseudo-frame per segment (temporal means, per segment), all through one single-frame batch
-        cells = cells_in_order[:, :num_static]
-        means = [(video.cells_of(s, n, c).mean(dim=0), scores[g][:, c].mean(dim=0))
-                 for g, (s, c) in enumerate(zip(starts, cells))]
-        idx, out = _compress_frames(torch.stack([m[0] for m in means]),
-                                    video.roped_groups(frames[:, :1], cells, "roped.static"),
-                                    torch.stack([m[1] for m in means]), ratio, cfg, deferred)
-        if isinstance(idx, list):  # only without `deferred`, so G == 1
-            idx, out = idx[0][None], out[0][None]
-        kept.add(torch.gather(torch.gather(flat[:, 0], 1, cells), 1, idx), out)
-
+        _static_pseudo_frames(kept, video, starts, frames, flat, scores, cells_in_order[:, :num_static], ratio,
+                              deferred)
     n_dyn = L - num_static
     if n_dyn == 0:
         return
@@ -412,20 +403,45 @@ def _segments(kept: _Kept, video: _Video, starts: List[int], n: int, static: tor
         if deferred is not None:
             deferred.repeats(local)
     if k_c > 0:
-        budget = k_c * n
-        if deferred is not None:  # frame-major, then token order, per segment: what a boolean mask gives
-            pool_local = _free_positions(free, n_dyn - picks)
-            pool_flat = torch.gather(d_flat, 1, pool_local).view(G, -1)
-        else:
-            pool_local, pool_flat = None, d_flat[free][None]
-        if pool_flat.shape[1] <= budget:
-            kept.add(pool_flat, torch.index_select(flat_feats, 0, pool_flat.flatten()))
-            return
-        pool_roped = (_compact_rows(d_roped, pool_local) if pool_local is not None else d_roped[free]
-                      ).view(G, pool_flat.shape[1], D)
-        local, merged = _merge_context(gathered(flat_feats, pool_flat.flatten(), "pool.feats").view(G, -1, D),
-                                       PointSets(pool_roped), budget, cfg, per_item=True)
-        kept.add(torch.gather(pool_flat, 1, local), merged)
+        _segment_context(kept, video, d_flat, d_roped, free, n_dyn - picks, k_c * n, G, deferred)
+
+
+def _static_pseudo_frames(kept: _Kept, video: _Video, starts: List[int], frames: torch.Tensor, flat: torch.Tensor,
+                          scores: torch.Tensor, cells: torch.Tensor, ratio: float,
+                          deferred: "_Deferred | None") -> None:
+    """§4.1: each segment's static cells as one pseudo-frame (temporal means of features and scores, per segment;
+    the clustering features of its first frame), all G through one single-frame batch (§4.5)."""
+    n = frames.shape[1]
+    means = [(video.cells_of(s, n, c).mean(dim=0), scores[g][:, c].mean(dim=0))
+             for g, (s, c) in enumerate(zip(starts, cells))]
+    idx, out = _compress_frames(torch.stack([m[0] for m in means]),
+                                video.roped_groups(frames[:, :1], cells, "roped.static"),
+                                torch.stack([m[1] for m in means]), ratio, video.cfg, deferred)
+    if isinstance(idx, list):  # only without `deferred`, so G == 1
+        idx, out = idx[0][None], out[0][None]
+    kept.add(torch.gather(torch.gather(flat[:, 0], 1, cells), 1, idx), out)
+
+
+def _segment_context(kept: _Kept, video: _Video, d_flat: torch.Tensor, d_roped: torch.Tensor, free: torch.Tensor,
+                     pool_size: int, budget: int, G: int, deferred: "_Deferred | None") -> None:
+    """§4.4: each segment's pool (its frames' free dynamic tokens, frame-major) kept whole if it fits the segment's
+    `budget`, else merged into `budget` anchors. `pool_size`: free tokens per frame when no pick repeated (the
+    deferred path); without `deferred` (G == 1) the pool is read through the mask, whatever its size."""
+    D = d_roped.shape[-1]
+    flat_feats = video.feats.reshape(-1, D)
+    if deferred is not None:  # frame-major, then token order, per segment: what a boolean mask gives
+        pool_local = _free_positions(free, pool_size)
+        pool_flat = torch.gather(d_flat, 1, pool_local).view(G, -1)
+    else:
+        pool_local, pool_flat = None, d_flat[free][None]
+    if pool_flat.shape[1] <= budget:
+        kept.add(pool_flat, torch.index_select(flat_feats, 0, pool_flat.flatten()))
+        return
+    pool_roped = (_compact_rows(d_roped, pool_local) if pool_local is not None else d_roped[free]
+                  ).view(G, pool_flat.shape[1], D)
+    local, merged = _merge_context(gathered(flat_feats, pool_flat.flatten(), "pool.feats").view(G, -1, D),
+                                   PointSets(pool_roped), budget, video.cfg, per_item=True)
+    kept.add(torch.gather(pool_flat, 1, local), merged)
 
 
 def _select_salient_of_segments(roped: torch.Tensor, scores: torch.Tensor, k_s: int, cfg: TangoConfig,
