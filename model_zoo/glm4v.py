@@ -35,7 +35,12 @@ from __future__ import annotations
 from typing import Any, List, Optional, Tuple
 
 import torch
-from tango_plugin.model_zoo.qwen_vl import add_frame_qk_saliency_hooks
+from tango_plugin.model_zoo.qwen_vl import (
+    check_frame_tower,
+    encode_with_frame_saliency,
+    one_time_per_patch,
+    set_rope_deltas,
+)
 
 from tango_plugin.integration.adapter import CallInputs
 from tango_plugin.integration.splice import EncodedMedia, Replacement, SpliceCall, TokenGrid, VideoSpliceAdapter
@@ -75,10 +80,7 @@ class Glm4vAdapter(VideoSpliceAdapter):
 
     def validate(self) -> None:
         super().validate()
-        blocks = getattr(self.inner.visual, "blocks", None)
-        if not blocks or not hasattr(blocks[-1].attn, "qkv"):
-            raise ValueError(f"{type(self).__name__}: cannot find visual.blocks[-1].attn.qkv on "
-                             f"{type(self.model).__name__}")
+        check_frame_tower(self)
 
     # ------------------------------------------------------------------------------------------- placeholders
     def _types(self, inputs: CallInputs) -> torch.Tensor:
@@ -109,25 +111,9 @@ class Glm4vAdapter(VideoSpliceAdapter):
         return self._encode(inputs, need_saliency, image=True)
 
     def _encode(self, inputs: CallInputs, need_saliency: bool, image: bool) -> Tuple[List[EncodedMedia], Any, float]:
-        grid = inputs["image_grid_thw"] if image else inputs["video_grid_thw"]
-        visual = self.inner.visual
-        ms = visual.spatial_merge_size
-        source = self.saliency_source_name()
-        attn = visual.blocks[-1].attn
-        grids = [tuple(int(x) for x in g) for g in grid.tolist()]
-        store: dict = {}
-
-        with self.hooks.transient("saliency") as cap:
-            if need_saliency:  # the same tower layout as Qwen's
-                add_frame_qk_saliency_hooks(cap, attn, grids, source, ms * ms, store)
-            if image:
-                out = self.inner.get_image_features(pixel_values=inputs["pixel_values"], image_grid_thw=grid,
-                                                    return_dict=True, **self.encoder_flags(inputs))
-            else:
-                out = self.inner.get_video_features(pixel_values_videos=inputs["pixel_values_videos"],
-                                                    video_grid_thw=grid, return_dict=True,
-                                                    **self.encoder_flags(inputs))
-        sal = torch.split(store["merged"], [t * h * w // ms**2 for t, h, w in grids]) if need_saliency else None
+        out, _, grids, merged, seconds = encode_with_frame_saliency(self, inputs, need_saliency, image)
+        ms = self.inner.visual.spatial_merge_size  # the same tower layout as Qwen's
+        sal = torch.split(merged, [t * h * w // ms**2 for t, h, w in grids]) if need_saliency else None
 
         media = []
         for v, (t, h, w) in enumerate(grids):
@@ -145,7 +131,7 @@ class Glm4vAdapter(VideoSpliceAdapter):
             tokens = TokenGrid(features=feats, saliency=scores, grid_hw=grid_hw, timestamps=ts,
                                frame_embeddings=embeddings)
             media.append(EncodedMedia(grids=[tokens], num_placeholders=feats.shape[0] * feats.shape[1]))
-        return media, out, cap.seconds
+        return media, out, seconds
 
     def video_timestamps(self, index: int, t: int, inputs: CallInputs) -> Optional[torch.Tensor]:
         """(t,) seconds per frame (temporal patch) of video `index`: its first sampled frame's time (the processor's
@@ -154,13 +140,7 @@ class Glm4vAdapter(VideoSpliceAdapter):
         tp = self.model.config.vision_config.temporal_patch_size
         frames = self._given_video_timestamps(index, inputs)
         if frames is not None:
-            if frames.numel() == t:
-                return frames
-            if -(-frames.numel() // tp) != t:
-                raise ValueError(f"video_timestamps for video {index} has {frames.numel()} values; the video has "
-                                 f"{t} frames of {tp} sampled frames each: give one time per frame ({t}) or per "
-                                 f"sampled frame ({t * tp - tp + 1} to {t * tp})")
-            return frames[::tp].clone()
+            return frames if one_time_per_patch(frames, index, t, tp, ("frame", "frames")) else frames[::tp].clone()
         if self.options.get("fps") is not None:
             return torch.arange(t, dtype=torch.float64) * (tp / float(self.options["fps"]))
         return None
@@ -213,13 +193,7 @@ class Glm4vAdapter(VideoSpliceAdapter):
         return pos
 
     def after_splice(self, positions, attention_mask: torch.Tensor) -> None:
-        if positions is None:
-            return
-        # rope_deltas lets a later forward(cache=...) without position_ids, and a generate continuing from the cache,
-        # go on at max position + 1 of the shortened sequence (the one the cache holds).
-        real = attention_mask.bool().to(positions.device)
-        top = positions.masked_fill(~real[None], -1).amax(dim=(0, 2))
-        self.inner.rope_deltas = (top + 1 - real.sum(-1)).unsqueeze(1)
+        set_rope_deltas(self.inner, positions, attention_mask)
 
 
 __all__ = ["Glm4vAdapter"]

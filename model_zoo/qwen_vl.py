@@ -136,6 +136,65 @@ def add_frame_qk_saliency_hooks(cap, attn, grids, source: str, merge: int, store
     cap.post_hook(attn.qkv, score_qk)
 
 
+def set_rope_deltas(inner: Any, positions: Optional[torch.Tensor], attention_mask: torch.Tensor) -> None:
+    """`inner.rope_deltas` from the kept tokens' (3, B, L) positions: a later forward(cache=...) without position
+    ids, and a generate continuing from the cache, go on at max position + 1 of the shortened sequence (the one the
+    cache holds)."""
+    if positions is None:
+        return
+    real = attention_mask.bool().to(positions.device)
+    top = positions.masked_fill(~real[None], -1).amax(dim=(0, 2))
+    inner.rope_deltas = (top + 1 - real.sum(-1)).unsqueeze(1)
+
+
+def one_time_per_patch(frames: torch.Tensor, index: int, t: int, tp: int, unit: Tuple[str, str]) -> bool:
+    """Whether the times given for video `index` are one per `unit` (singular, plural; t of them, used as given);
+    if not they must be one per sampled frame (the processor pads the sampled frames to a multiple of `tp` by
+    repeating the last one: t * tp - tp + 1 to t * tp of them), else a ValueError says what to give."""
+    if frames.numel() == t:
+        return True
+    if -(-frames.numel() // tp) != t:
+        raise ValueError(f"video_timestamps for video {index} has {frames.numel()} values; the video has {t} "
+                         f"{unit[1]} of {tp} sampled frames: give one time per {unit[0]} ({t}) or per sampled frame "
+                         f"({t * tp - tp + 1} to {t * tp})")
+    return False
+
+
+def check_frame_tower(adapter: Any) -> None:
+    """A clear error when the vision tower lacks what the saliency hooks read (`visual.blocks[-1].attn.qkv`)."""
+    blocks = getattr(adapter.inner.visual, "blocks", None)
+    if not blocks or not hasattr(blocks[-1].attn, "qkv"):
+        raise ValueError(f"{type(adapter).__name__}: cannot find visual.blocks[-1].attn.qkv on "
+                         f"{type(adapter.model).__name__}")
+
+
+def encode_with_frame_saliency(adapter: Any, inputs: CallInputs, need_saliency: bool, image: bool):
+    """Run a Qwen-VL-style tower (`adapter.inner.visual`, GLM-4V's too) on the call's videos (or images) with the
+    saliency hooks of `add_frame_qk_saliency_hooks` when `need_saliency`.
+
+    Returns:
+        (the tower's output, the grid tensor, its (t, h, w) rows, the per-token scores in the tower's order or None,
+        the hooks' seconds).
+    """
+    grid = inputs["image_grid_thw"] if image else inputs["video_grid_thw"]
+    visual = adapter.inner.visual
+    merge = visual.spatial_merge_size ** 2
+    grids = [tuple(int(x) for x in g) for g in grid.tolist()]
+    store: dict = {}
+    with adapter.hooks.transient("saliency") as cap:
+        if need_saliency:
+            add_frame_qk_saliency_hooks(cap, visual.blocks[-1].attn, grids, adapter.saliency_source_name(), merge,
+                                        store)
+        if image:
+            out = adapter.inner.get_image_features(pixel_values=inputs["pixel_values"], image_grid_thw=grid,
+                                                   return_dict=True, **adapter.encoder_flags(inputs))
+        else:
+            out = adapter.inner.get_video_features(pixel_values_videos=inputs["pixel_values_videos"],
+                                                   video_grid_thw=grid, return_dict=True,
+                                                   **adapter.encoder_flags(inputs))
+    return out, grid, grids, store.get("merged"), cap.seconds
+
+
 class QwenVLAdapter(VideoSpliceAdapter):
     """Shared code of the Qwen-VL family.
 
@@ -172,10 +231,7 @@ class QwenVLAdapter(VideoSpliceAdapter):
 
     def validate(self) -> None:
         super().validate()
-        blocks = getattr(self.inner.visual, "blocks", None)
-        if not blocks or not hasattr(blocks[-1].attn, "qkv"):
-            raise ValueError(f"{type(self).__name__}: cannot find visual.blocks[-1].attn.qkv on "
-                             f"{type(self.model).__name__}")
+        check_frame_tower(self)
 
     # ------------------------------------------------------------------------------------------- encoding
     def encode_videos(self, inputs: CallInputs, need_saliency: bool) -> Tuple[List[EncodedMedia], Any, float]:
@@ -188,29 +244,10 @@ class QwenVLAdapter(VideoSpliceAdapter):
         return self.encoder_outputs(raw, images, replacements)
 
     def _encode(self, inputs: CallInputs, need_saliency: bool, image: bool) -> Tuple[List[EncodedMedia], Any, float]:
-        if image:
-            pv, grid = inputs["pixel_values"], inputs["image_grid_thw"]
-        else:
-            pv, grid = inputs["pixel_values_videos"], inputs["video_grid_thw"]
+        out, grid, grids, sal, seconds = encode_with_frame_saliency(self, inputs, need_saliency, image)
         visual = self.inner.visual
         ms = visual.spatial_merge_size
-        source = self.saliency_source_name()
-        attn = visual.blocks[-1].attn
-        grids = [tuple(int(x) for x in g) for g in grid.tolist()]
-        store: dict = {}
-
-        with self.hooks.transient("saliency") as cap:
-            if need_saliency:
-                add_frame_qk_saliency_hooks(cap, attn, grids, source, ms * ms, store)
-            if image:
-                out = self.inner.get_image_features(pixel_values=pv, image_grid_thw=grid, return_dict=True,
-                                                    **self.encoder_flags(inputs))
-            else:
-                out = self.inner.get_video_features(pixel_values_videos=pv, video_grid_thw=grid, return_dict=True,
-                                                    **self.encoder_flags(inputs))
-        sal = None
         if need_saliency:
-            sal = store["merged"]
             if self.windowed:
                 from transformers.vision_utils import get_vision_window_index
 
@@ -237,7 +274,7 @@ class QwenVLAdapter(VideoSpliceAdapter):
             extra = {"deepstack": [layer[v] for layer in out.deepstack_features]} if self.deepstack else {}
             videos.append(EncodedMedia(grids=[grid_tokens], num_placeholders=feats.shape[0] * feats.shape[1],
                                        extra=extra))
-        return videos, out, cap.seconds
+        return videos, out, seconds
 
     #: the one-time warning when a video has no time source (ST-RoPE then uses the temporal-patch index)
     missing_timestamps_note = ("no video timestamps (no second_per_grid_ts, fps or video_timestamps): ST-RoPE uses "
@@ -259,13 +296,8 @@ class QwenVLAdapter(VideoSpliceAdapter):
         second_per_grid = None if seconds is None else float(seconds[index])
         frames = self._given_video_timestamps(index, inputs)
         if frames is not None:
-            if frames.numel() == t:
+            if one_time_per_patch(frames, index, t, tp, ("temporal patch", "temporal patches")):
                 return frames
-            # the processor pads the sampled frames to a multiple of temporal_patch_size (repeating the last one)
-            if -(-frames.numel() // tp) != t:
-                raise ValueError(f"video_timestamps for video {index} has {frames.numel()} values; the video has "
-                                 f"{t} temporal patches of {tp} frames: give one time per patch ({t}) or per "
-                                 f"sampled frame ({t * tp - tp + 1} to {t * tp})")
         elif self.options.get("fps") is not None:
             frames = torch.arange(t * tp, dtype=torch.float64) / float(self.options["fps"])
         elif second_per_grid is not None:
@@ -324,13 +356,7 @@ class QwenVLAdapter(VideoSpliceAdapter):
         return pos
 
     def after_splice(self, positions, attention_mask: torch.Tensor) -> None:
-        if positions is None:
-            return
-        # rope_deltas lets a later forward(cache=...) without position_ids continue at max position + 1, computed on
-        # the shortened sequence (the cache holds the shortened one).
-        real = attention_mask.bool().to(positions.device)
-        top = positions.masked_fill(~real[None], -1).amax(dim=(0, 2))
-        self.inner.rope_deltas = (top + 1 - real.sum(-1)).unsqueeze(1)
+        set_rope_deltas(self.inner, positions, attention_mask)
 
 
 class Qwen2VLAdapter(QwenVLAdapter):

@@ -346,9 +346,10 @@ class TangoConfig:
         "local SigLIP checkpoint folder for the attention-pooling head", _folder, default=None,
         details="Its attention-pooling head scores LLaVA-OV frames (saliency_source='siglip_head').")
     prune_images: bool = _help(
-        "also prune still images as single-frame videos (Qwen-VL: the whole image; "
-        "LLaVA-OV: the base-resolution grid, high-res crops unpruned)", _flag, default=False,
-        details="Each image is a single-frame video (T=1): it keeps ceil(L * r) tokens.")
+        "also prune still images as single-frame videos (Qwen-VL: the whole image; LLaVA-OV: the base grid)", _flag,
+        default=False, details=(
+            "Each image is a single-frame video (T=1): it keeps ceil(L * r) tokens. LLaVA-OV's high-res crops pass "
+            "through unpruned."))
     reference_merge_order: bool = _help(
         "reproduce the reference's context-merge write order (merged values land on anchors in density order, "
         "not on their own anchor); the kept set is the same either way", _flag, default=False,

@@ -120,14 +120,8 @@ def inputs(model, tok, media: Sequence[Sequence], prompts: Sequence[str], paddin
             parts.append(answers[s] + "<|im_end|>")
         texts.append("".join(parts))
         kinds.append(row_kinds)
-    old = tok.padding_side
-    tok.padding_side = padding_side or old
-    try:
-        enc = tok(texts, return_tensors="pt", padding=True)
-    finally:
-        tok.padding_side = old
-    ids = enc["input_ids"]
-    out = {"input_ids": ids, "attention_mask": enc["attention_mask"]}
+    out = tiny_models.tokenize_padded(tok, texts, padding_side)
+    ids = out["input_ids"]
     # mm_token_type_ids: each run of image-token placeholders is one frame (2) or one image (1), in prompt order
     placeholder = ids == cfg.image_token_id
     starts = placeholder & ~torch.nn.functional.pad(placeholder, (1, 0))[:, :-1]

@@ -101,14 +101,8 @@ def inputs(model, tok, media: Sequence[Sequence], prompts: Sequence[str], paddin
         if answers is not None:
             parts.append(answers[s] + "<|im_end|>")
         texts.append("".join(parts))
-    old = tok.padding_side
-    tok.padding_side = padding_side or old
-    try:
-        enc = tok(texts, return_tensors="pt", padding=True)
-    finally:
-        tok.padding_side = old
-    ids = enc["input_ids"]
-    out = {"input_ids": ids, "attention_mask": enc["attention_mask"]}
+    out = tiny_models.tokenize_padded(tok, texts, padding_side)
+    ids = out["input_ids"]
     if tiles:
         out["pixel_values"] = torch.cat(tiles).to(dtype)
     if labels:

@@ -377,14 +377,7 @@ def video_inputs(model, tok, media: Sequence[Sequence], prompts: Sequence[str], 
         if answers is not None:
             parts.append(answers[len(texts)] + "<|im_end|>")
         texts.append("".join(parts))
-    side = padding_side or tok.padding_side
-    old = tok.padding_side
-    tok.padding_side = side
-    try:
-        enc = tok(texts, return_tensors="pt", padding=True)
-    finally:
-        tok.padding_side = old
-    out = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    out = tokenize_padded(tok, texts, padding_side)
     if mt == "llava_onevision":
         if videos:
             out["pixel_values_videos"] = torch.stack(videos).to(dtype)
@@ -411,6 +404,18 @@ def video_inputs(model, tok, media: Sequence[Sequence], prompts: Sequence[str], 
         out["labels"] = training_labels(tok, ids, out["attention_mask"], torch.isin(ids, torch.tensor(visual_ids)),
                                         answers)
     return out
+
+
+def tokenize_padded(tok, texts: Sequence[str], padding_side: Optional[str] = None) -> dict:
+    """`tok(texts)` padded to one length on `padding_side` (default: the tokenizer's own), the tokenizer left as it
+    was: {"input_ids", "attention_mask"}."""
+    old = tok.padding_side
+    tok.padding_side = padding_side or old
+    try:
+        enc = tok(list(texts), return_tensors="pt", padding=True)
+    finally:
+        tok.padding_side = old
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
 
 def training_labels(tok, input_ids: torch.Tensor, attention_mask: torch.Tensor, visual: torch.Tensor,
