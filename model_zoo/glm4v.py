@@ -42,8 +42,8 @@ from tango_plugin.model_zoo.qwen_vl import (
     set_rope_deltas,
 )
 
-from tango_plugin.integration.adapter import CallInputs
-from tango_plugin.integration.splice import EncodedMedia, Replacement, SpliceCall, TokenGrid, VideoSpliceAdapter
+from tango_plugin.integration.adapter import CallInputs, EncodedMedia, Replacement, TokenGrid
+from tango_plugin.integration.splice import SpliceCall, VideoSpliceAdapter
 
 #: mm_token_type_ids values (Glm4vProcessor.create_mm_token_type_ids)
 TEXT, IMAGE, VIDEO = 0, 1, 2

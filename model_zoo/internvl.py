@@ -35,9 +35,9 @@ import torch
 import torch.nn.functional as F
 
 from tango_plugin.engine.saliency import score
-from tango_plugin.integration.adapter import CallInputs
+from tango_plugin.integration.adapter import CallInputs, EncodedMedia, Replacement, TokenGrid
 from tango_plugin.integration.hooks import first_arg
-from tango_plugin.integration.splice import EncodedMedia, Replacement, SpliceCall, TokenGrid, VideoSpliceAdapter
+from tango_plugin.integration.splice import SpliceCall, VideoSpliceAdapter
 from tango_plugin.integration.threads import per_thread
 
 FRAMES_KW = "tango_video_frames"

@@ -24,8 +24,8 @@ from typing import Any, List, Tuple
 import torch
 import torch.nn.functional as F
 
-from tango_plugin.integration.adapter import CallInputs
-from tango_plugin.integration.splice import EncodedMedia, Replacement, TokenGrid, VideoSpliceAdapter
+from tango_plugin.integration.adapter import CallInputs, EncodedMedia, Replacement, TokenGrid
+from tango_plugin.integration.splice import VideoSpliceAdapter
 
 from .vision_towers import HFLlavaTower, add_qk_saliency_hooks
 

@@ -36,9 +36,9 @@ import torch
 import torch.nn.functional as F
 
 from tango_plugin.engine.types import PrunePlan
-from tango_plugin.integration.adapter import CallInputs
+from tango_plugin.integration.adapter import CallInputs, EncodedMedia, Replacement, TokenGrid
 from tango_plugin.integration.hooks import TransientHooks
-from tango_plugin.integration.splice import EncodedMedia, Replacement, TokenGrid, VideoSpliceAdapter
+from tango_plugin.integration.splice import VideoSpliceAdapter
 
 from .llava_onevision_options import HIGHRES_MODES, NEWLINE_MODES, POOL_MODES
 from .siglip import load_siglip_head, siglip_head_scores

@@ -36,8 +36,8 @@ import torch
 
 from tango_plugin.engine.saliency import score
 from tango_plugin.engine.types import PrunePlan
-from tango_plugin.integration.adapter import CallInputs
-from tango_plugin.integration.splice import EncodedMedia, Replacement, TokenGrid, VideoSpliceAdapter
+from tango_plugin.integration.adapter import CallInputs, EncodedMedia, Replacement, TokenGrid
+from tango_plugin.integration.splice import VideoSpliceAdapter
 
 
 def patch_times(frame_times: torch.Tensor, num_patches: int) -> torch.Tensor:

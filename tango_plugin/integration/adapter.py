@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Type
 
 import torch
 
+from ..engine.types import PrunePlan
 from ..presets import get_preset
 from ..registry import Registry
 from ..strategies import get_strategy
@@ -287,6 +289,7 @@ class ModelAdapter:
         return original(*args, **kwargs)
 
 
+
 def preset_sink_positions(config: Any, tokens_per_frame: int, preset_name: str, preset_grid: Optional[int]
                           ) -> Tuple[Tuple[int, ...], str]:
     """Attention-sink positions (docs/algorithm.md §1.4) for a frame of `tokens_per_frame` tokens, and a note when
@@ -319,6 +322,179 @@ def required(fn: Callable) -> Callable:
     """Mark a base-class method (or property getter) that subclasses must override (see `required_methods`)."""
     fn._tango_required = True
     return fn
+
+
+
+# ------------------------------------------------------------------------------------------ the splice contract
+@dataclass
+class TokenGrid:
+    """One grid of visual tokens of a media item, pruned by one strategy call.
+
+    Args:
+        features: (T, L, D) visual tokens in LLM space.
+        saliency: (T, L) scores, or None when no strategy call needs them (retention 1.0).
+        grid_hw: (H, W) of one frame's token grid.
+        timestamps: (T,) seconds, or None (the engine then uses 0..T-1).
+        frame_embeddings: (T, D') per-frame embedding for `segmentation="fastvid"`.
+        apply_sinks: whether the attention-sink positions of the family's preset may apply to this grid.
+    """
+
+    features: torch.Tensor
+    saliency: Optional[torch.Tensor]
+    grid_hw: Tuple[int, int]
+    timestamps: Optional[torch.Tensor] = None
+    frame_embeddings: Optional[torch.Tensor] = None
+    apply_sinks: bool = True
+
+
+@dataclass
+class EncodedMedia:
+    """One video (or one still image pruned as a single frame) after the vision tower.
+
+    Args:
+        grids: the token grids the strategy prunes, usually one (LLaVA-OV images with `image_highres="prune"`:
+            the base grid and the stitched high-res grid).
+        num_placeholders: placeholder tokens the item occupies in the unpruned `input_ids`.
+        extra: adapter data carried to `build_replacement` (newline embedding, deepstack features, ...).
+    """
+
+    grids: List[TokenGrid]
+    num_placeholders: int
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    # The first grid's fields (most items have exactly one grid).
+    @property
+    def features(self) -> torch.Tensor:
+        return self.grids[0].features
+
+    @property
+    def saliency(self) -> Optional[torch.Tensor]:
+        return self.grids[0].saliency
+
+    @property
+    def grid_hw(self) -> Tuple[int, int]:
+        return self.grids[0].grid_hw
+
+    @property
+    def timestamps(self) -> Optional[torch.Tensor]:
+        return self.grids[0].timestamps
+
+    @property
+    def frame_embeddings(self) -> Optional[torch.Tensor]:
+        return self.grids[0].frame_embeddings
+
+
+@dataclass
+class Replacement:
+    """What replaces one media item's placeholders.
+
+    Args:
+        src: non-decreasing indices into the item's placeholder positions; an index may repeat (a newline token
+            inserted after a kept token reuses that token's slot: every slot holds the same placeholder id).
+        features: (len(src), D) features, in `src` order.
+        kept: tokens the strategy kept (without newlines).
+        extra: adapter data for `encoder_outputs` (e.g. pruned deepstack features).
+    """
+
+    src: torch.Tensor
+    features: torch.Tensor
+    kept: int
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+class VideoSpliceContract(ModelAdapter):
+    """What an adapter of the splice pipeline (`integration.splice.VideoSpliceAdapter`) knows about its model family:
+    the adapter contract, which `splice.py` runs in its five stages (docs/adapters.md).
+
+    Subclasses provide `video_token_id`, `encode_videos`, `encoder_outputs`, for M-RoPE models
+    `full_position_ids`, and for image pruning `encode_images` / `image_encoder_outputs`; `build_replacement`
+    defaults to the kept tokens only. Options common to all: `fps` (frames per second of the sampled frames, for
+    timestamps) and `video_timestamps` (seconds of each sampled frame: a list with one tensor per video, or one
+    tensor for all videos); per call, `tango_video_timestamps=` passed to `generate` / `forward` does the same.
+    """
+
+    #: kwargs that describe the video pixels; removed before calling the original method
+    video_kwargs: Tuple[str, ...] = ("pixel_values_videos",)
+    #: kwargs that describe image pixels; removed before calling the original method when images are pruned
+    image_kwargs: Tuple[str, ...] = ("pixel_values",)
+    #: True when the adapter implements `encode_images` / `image_encoder_outputs` (`prune_images=True`)
+    supports_image_pruning: bool = False
+    #: True for M-RoPE models whose kept tokens must keep their original 3-D positions
+    uses_3d_positions: bool = False
+    required_methods = ("video_token_id", "encode_videos", "encoder_outputs")
+
+    options_help = {
+        "fps": "frames per second of the sampled frames; timestamps = frame index / fps (default: frame index)",
+        "video_timestamps": "(T,) seconds per video (a tensor, or a list with one tensor per video)",
+    }
+
+    @classmethod
+    def missing_methods(cls) -> List[str]:
+        extra = []
+        if cls.uses_3d_positions:
+            extra.append("full_position_ids")
+        if cls.supports_image_pruning:
+            extra += ["encode_images", "image_encoder_outputs"]
+        saved = cls.required_methods
+        try:
+            cls.required_methods = tuple(saved) + tuple(extra)
+            return super().missing_methods()
+        finally:
+            cls.required_methods = saved
+
+    # ------------------------------------------------------------------------------------------ to override
+    @property
+    @required
+    def video_token_id(self) -> int:
+        raise NotImplementedError
+
+    @required
+    def encode_videos(self, inputs: CallInputs, need_saliency: bool) -> Tuple[List[EncodedMedia], Any, float]:
+        """Run the vision tower on the call's videos. Returns (videos, raw encoder output, hook seconds)."""
+        raise NotImplementedError
+
+    @property
+    def image_token_id(self) -> int:
+        return self.model.config.image_token_id
+
+    @required
+    def encode_images(self, inputs: CallInputs, need_saliency: bool) -> Tuple[List[EncodedMedia], Any, float]:
+        """Run the vision tower on the call's images, each one an `EncodedMedia` with T=1 (`prune_images=True`)."""
+        raise NotImplementedError
+
+    @required
+    def image_encoder_outputs(self, raw: Any, images: List[EncodedMedia], replacements: List[Replacement]) -> Any:
+        """The `mm_encoder_outputs["image"]` object the model's forward expects, holding the replacements."""
+        raise NotImplementedError
+
+    def build_replacement(self, media: EncodedMedia, plans: List[PrunePlan]) -> Replacement:
+        """Default: the kept tokens of the first grid only (Qwen), in the media's dtype (strategies may merge in
+        float32). LLaVA adds newline tokens."""
+        plan = plans[0]
+        return Replacement(src=plan.kept_indices, features=plan.features.to(media.features.dtype),
+                           kept=int(plan.kept_indices.numel()))
+
+    @required
+    def encoder_outputs(self, raw: Any, videos: List[EncodedMedia], replacements: List[Replacement]) -> Any:
+        """The `mm_encoder_outputs["video"]` object the model's forward expects, holding the replacements."""
+        raise NotImplementedError
+
+    @required
+    def full_position_ids(self, inputs: CallInputs, input_ids: torch.Tensor,
+                          attention_mask: torch.Tensor) -> torch.Tensor:
+        """(3, B, L) positions of the unpruned sequence (M-RoPE models only)."""
+        raise NotImplementedError
+
+    def placeholder_mask(self, inputs: CallInputs, kind: str) -> torch.Tensor:
+        """(B, L) bool: where the placeholders of `kind` ("video" or "image") are in `inputs["input_ids"]`.
+
+        Default: the positions holding `video_token_id` (`image_token_id`). Override when the ids alone do not tell
+        the kinds apart (GLM-4V writes video frames with the image token id; `mm_token_type_ids` says which is which).
+        """
+        return inputs["input_ids"] == (self.video_token_id if kind == "video" else self.image_token_id)
+
+    def after_splice(self, positions: Optional[torch.Tensor], attention_mask: torch.Tensor) -> None:
+        """Hook for model state that depends on the shortened sequence (Qwen: `rope_deltas`)."""
 
 
 def _check_adapter(name: str, cls) -> type:
@@ -374,5 +550,6 @@ def get_adapter(model_type: str) -> Type[ModelAdapter]:
                          f"{list_adapters()}. {ADAPTERS._hint}") from exc
 
 
-__all__ = ["ModelAdapter", "ADAPTERS", "preset_sink_positions", "register_adapter", "unregister_adapter",
-           "get_adapter", "list_adapters", "required", "ENTRY_POINT_GROUP"]
+__all__ = ["ModelAdapter", "CallInputs", "VideoSpliceContract", "TokenGrid", "EncodedMedia", "Replacement", "ADAPTERS",
+           "preset_sink_positions", "register_adapter", "unregister_adapter", "get_adapter", "list_adapters",
+           "required", "ENTRY_POINT_GROUP"]
