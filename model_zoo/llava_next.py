@@ -66,7 +66,7 @@ from tango_plugin.integration.threads import per_thread, serial
 from tango_plugin.strategies import run_strategy
 
 from .siglip import load_siglip_head, siglip_head_scores
-from .vision_towers import qk_saliency_hook
+from .vision_towers import add_qk_saliency_hooks
 
 #: llava.constants.IMAGE_TOKEN_INDEX: the one placeholder of each image / video in `input_ids`
 IMAGE_TOKEN_INDEX = -200
@@ -460,7 +460,7 @@ class LlavaNextAdapter(IntraLLMLifecycle, ModelAdapter):
             cap.post_hook(layer, head_hook)
             return
 
-        cap.pre_hook(layer.self_attn, qk_saliency_hook(store, source))
+        add_qk_saliency_hooks(cap, layer.self_attn, store, source)
 
     def _get_2d_pool(self, original: Callable, args: tuple, kwargs: dict) -> Any:
         out = original(*args, **kwargs)

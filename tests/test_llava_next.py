@@ -554,3 +554,32 @@ def test_the_call_lmms_eval_llava_vid_makes(build):
         row = handle.report()["samples"][0]
     assert out.shape == (1, 3) and row["pruned"] and row["visual_tokens_after"] < row["visual_tokens_before"]
     assert seen[0].tolist() == true
+
+
+@pytest.mark.parametrize("source", ["global_query", "attention_received"])
+def test_saliency_reads_the_towers_own_q_and_k(build, source, monkeypatch):
+    """The hooks take the attention's q_proj / k_proj outputs (no second projection): the scores equal those of q
+    and k recomputed with the layer's own projections on the layer's input, bit for bit."""
+    import tango_plugin.model_zoo.vision_towers as towers
+
+    from tango_plugin.engine.saliency import score
+
+    scored = []
+    monkeypatch.setattr(towers, "score", lambda *a, **k: scored.append(score(*a, **k)) or scored[-1])
+    model = build("ov")
+    attn = model.get_vision_tower().vision_tower.vision_model.encoder.layers[-1].self_attn
+    seen = []
+    hook = attn.register_forward_pre_hook(
+        lambda mod, args, kwargs: seen.append((args[0] if args else kwargs["hidden_states"]).detach().clone()),
+        with_kwargs=True)
+    try:
+        with tango.enabled(model, cfg(0.25, saliency_source=source), fps=1.0):
+            logits(model, prompt(), frames(3, seed=21))
+    finally:
+        hook.remove()
+    (hs,) = seen
+    n, p, _ = hs.shape
+    with torch.no_grad():
+        q = attn.q_proj(hs).view(n, p, -1, attn.head_dim).transpose(1, 2)
+        k = attn.k_proj(hs).view(n, p, -1, attn.head_dim).transpose(1, 2)
+        assert len(scored) == 1 and torch.equal(scored[0], score(source, q, k))

@@ -234,3 +234,36 @@ def test_global_query_gives_the_bits_of_the_plain_formula(dtype, layout, merge):
     plain = ((qf.mean(2, keepdim=True) @ keys.transpose(-1, -2)).squeeze(2) / math.sqrt(d)).softmax(-1).mean(1)
     for _ in range(2):  # the second call reuses the buffers
         assert torch.equal(global_query_saliency(q, k, merge), plain)
+
+
+@pytest.mark.parametrize("source", ["global_query", "attention_received"])
+def test_llava_ov_saliency_reads_the_towers_own_q_and_k(source, monkeypatch):
+    """The hooks take the feature layer's q_proj / k_proj outputs (no second projection): the scores equal those
+    of q and k recomputed with the layer's projections on its input, bit for bit."""
+    import tango_plugin.model_zoo.vision_towers as towers
+    from adapter_testers import TESTERS
+
+    from tango_plugin.engine.saliency import score
+
+    scored = []
+    monkeypatch.setattr(towers, "score", lambda *a, **k: scored.append(score(*a, **k)) or scored[-1])
+    t = TESTERS["llava_onevision"]
+    model = t.model()
+    with tango.enabled(model, tango.TangoConfig(retention_ratio=0.25, saliency_source=source), **t.options) as h:
+        layer = h.adapter._tower_layers()[h.adapter._layer_index(model.config.vision_feature_layer)]
+        seen = []
+        hook = layer.self_attn.register_forward_pre_hook(
+            lambda mod, args, kwargs: seen.append((args[0] if args else kwargs["hidden_states"]).clone()),
+            with_kwargs=True)
+        try:
+            with torch.no_grad():
+                h.adapter.encode_videos(CallInputs(t.single(model)), True)
+        finally:
+            hook.remove()
+    attn = layer.self_attn
+    (hs,) = seen
+    n, p, _ = hs.shape
+    with torch.no_grad():
+        q = attn.q_proj(hs).view(n, p, -1, attn.head_dim).transpose(1, 2)
+        k = attn.k_proj(hs).view(n, p, -1, attn.head_dim).transpose(1, 2)
+        assert len(scored) == 1 and torch.equal(scored[0], score(source, q, k))
