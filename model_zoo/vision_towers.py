@@ -37,13 +37,18 @@ def add_qk_saliency_hooks(cap: TransientHooks, attn: Any, store: dict, source: s
 
     def hook(mod, args, kwargs):
         hs = first_arg(args, kwargs, "hidden_states")
-        hs = hs[rows.to(hs.device)]
-        n, p, _ = hs.shape
-        q = mod.q_proj(hs).view(n, p, -1, mod.head_dim).transpose(1, 2)
-        k = mod.k_proj(hs).view(n, p, -1, mod.head_dim).transpose(1, 2)
-        store["patch"] = score(source, q, k)
+        store["patch"] = score(source, *project_qk(mod, hs[rows.to(hs.device)]))
 
     cap.pre_hook(attn, hook)
+
+
+def project_qk(attn: Any, hidden_states: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(q, k) of a CLIP / SigLIP attention layer for `hidden_states` (n, p, D), each (n, heads, p, head_dim), from
+    the layer's own projections."""
+    n, p, _ = hidden_states.shape
+    q = attn.q_proj(hidden_states).view(n, p, -1, attn.head_dim).transpose(1, 2)
+    k = attn.k_proj(hidden_states).view(n, p, -1, attn.head_dim).transpose(1, 2)
+    return q, k
 
 
 class HFLlavaTower:
@@ -79,4 +84,4 @@ class HFLlavaTower:
         return feature_layer, inputs.get("vision_feature_select_strategy") or cfg.vision_feature_select_strategy
 
 
-__all__ = ["add_qk_saliency_hooks", "HFLlavaTower"]
+__all__ = ["add_qk_saliency_hooks", "project_qk", "HFLlavaTower"]

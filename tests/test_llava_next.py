@@ -578,8 +578,5 @@ def test_saliency_reads_the_towers_own_q_and_k(build, source, monkeypatch):
     finally:
         hook.remove()
     (hs,) = seen
-    n, p, _ = hs.shape
     with torch.no_grad():
-        q = attn.q_proj(hs).view(n, p, -1, attn.head_dim).transpose(1, 2)
-        k = attn.k_proj(hs).view(n, p, -1, attn.head_dim).transpose(1, 2)
-        assert len(scored) == 1 and torch.equal(scored[0], score(source, q, k))
+        assert len(scored) == 1 and torch.equal(scored[0], score(source, *towers.project_qk(attn, hs)))
