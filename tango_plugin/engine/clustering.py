@@ -239,8 +239,9 @@ def choose_route(sets: PointSets, per_item: bool, max_block_elements: int, scree
     """The route for `sets` (the table in this module's docstring). `per_item`: the sets are decided one at a time
     (the reference's single-frame path), never as one batched product."""
     name = route_name(sets.B, sets.M, per_item, max_block_elements)
-    if name == "large":
+    if name == "large":  # screened or tiled, noted per set
         return _Large(sets, max_block_elements, screen)
+    _note(name)
     return _ROUTES[name](sets, max_block_elements)
 
 
@@ -263,20 +264,14 @@ def cluster(sets: PointSets, cluster_num: int, k: int, anchor_order: Optional[st
     """
     if anchor_order is not None and anchor_order not in ANCHOR_ORDERS:
         raise ValueError(f"anchor_order={anchor_order!r}: allowed {ANCHOR_ORDERS} or None")
-    route = choose_route(sets, per_item, max_block_elements, screen)
-    if route.name != "large":
-        _note(route.name)
-    return route.cluster(cluster_num, k, anchor_order)
+    return choose_route(sets, per_item, max_block_elements, screen).cluster(cluster_num, k, anchor_order)
 
 
 def assign_to_members(sets: PointSets, anchor_index: torch.Tensor, *, per_item: bool = False,
                       max_block_elements: int = 1 << 24, screen: str = "auto") -> torch.Tensor:
     """Each point's nearest anchor (ties -> the first anchor) among the members `anchor_index` (B, a) of its own
     set, in the order given: (B, M)."""
-    route = choose_route(sets, per_item, max_block_elements, screen)
-    if route.name != "large":
-        _note(route.name)
-    return route.assign(anchor_index)
+    return choose_route(sets, per_item, max_block_elements, screen).assign(anchor_index)
 
 
 def plain_cluster(points: torch.Tensor, cluster_num: int, k: int, anchor_order: str = "ascending",

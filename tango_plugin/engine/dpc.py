@@ -136,14 +136,6 @@ def neighbour_delta(rho: torch.Tensor, knn_d: torch.Tensor, knn_i: torch.Tensor,
     return delta, ~has_nb
 
 
-def _float32(x: torch.Tensor) -> torch.Tensor:
-    """x as float32: the same values as ``x.float()``, in a scratch buffer when x is decision-only data (a fresh
-    tensor of a pool's size costs a page fault per 4 KiB on the CPU, docs/algorithm.md §12)."""
-    if x.dtype == torch.float32 or (x.requires_grad and torch.is_grad_enabled()):
-        return x.float()
-    return scratch.take("merge.sources", x.shape, torch.float32, x.device).copy_(x)
-
-
 def merge_clusters(sources: torch.Tensor, assign: torch.Tensor, anchors: torch.Tensor, beta: float) -> torch.Tensor:
     """Pull each anchor towards the mean of the sources assigned to it.
 
@@ -164,7 +156,7 @@ def merge_clusters(sources: torch.Tensor, assign: torch.Tensor, anchors: torch.T
         sums = torch.zeros(B * m, D, dtype=torch.float32, device=sources.device)
     else:  # a scratch buffer (a fresh one would be faulted in on the CPU), updated in place below
         sums = scratch.take("merge.sums", (B * m, D), torch.float32, sources.device).zero_()
-    sums.index_add_(0, flat, _float32(sources.reshape(B * P, D)))
+    sums.index_add_(0, flat, scratch.float32_copy(sources.reshape(B * P, D), "merge.sources"))
     # counts are small integers, exact in float32 whichever way they are summed
     counts = torch.bincount(flat, minlength=B * m).to(torch.float32)[:, None].clamp_(min=1)
     w = (1.0 / counts).clamp_(min=beta)

@@ -23,21 +23,6 @@ def _merge_keys(k: torch.Tensor, merge: int) -> torch.Tensor:
     return k.reshape(S, H, n // merge, merge, d).mean(3)
 
 
-def _widened(x: torch.Tensor, name: str) -> torch.Tensor:
-    """``x.float()``: the same values and strides (what its preserve_format copy gives), written into the scratch
-    buffer `name` when x is decision data (a fresh tensor of a tower's q or k is several MiB, and on the CPU every
-    4 KiB page of it costs a fault on first touch: 2.4 ms of OV's 32 x 729 tokens). Later operations see the same
-    tensor either way, so they give the same bits."""
-    if x.dtype == torch.float32 or (x.requires_grad and torch.is_grad_enabled()):
-        return x.float()
-    order = sorted(range(x.dim()), key=lambda i: (-x.stride(i), i))  # x's dims from outermost to innermost
-    if not x.permute(order).is_contiguous():
-        return x.float()
-    buf = scratch.take(name, [x.shape[i] for i in order], torch.float32, x.device)
-    out = buf.permute(sorted(range(x.dim()), key=order.__getitem__))
-    return out.copy_(x) if out.stride() == x.stride() else x.float()
-
-
 def _transposed_keys(k: torch.Tensor) -> torch.Tensor:
     """``k.float().transpose(-1, -2)`` for the product ``q @ keys``, as that product gets it. When its batch dims
     do not fold into one (a tower's transposed view), matmul copies it into a contiguous (S * H, d, n) tensor
@@ -46,7 +31,7 @@ def _transposed_keys(k: torch.Tensor) -> torch.Tensor:
     S, H, n, d = k.shape
     try:
         k.transpose(-1, -2).view(S * H, d, n)  # folds without a copy: matmul uses it as it is
-        return _widened(k, "saliency.k").transpose(-1, -2)
+        return scratch.float32_copy(k, "saliency.k").transpose(-1, -2)
     except RuntimeError:
         pass
     if k.requires_grad and torch.is_grad_enabled():
@@ -71,8 +56,8 @@ def global_query_saliency(q: torch.Tensor, k: torch.Tensor, merge: int = 1, per_
     if k.shape[2] % merge:
         raise ValueError(f"token count {k.shape[2]} is not a multiple of the merge size {merge}")
     with scratch.session():
-        q_bar = _widened(q, "saliency.q").mean(2, keepdim=True)  # mean over tokens: order-invariant
-        keys_t = _transposed_keys(k) if merge == 1 else _merge_keys(_widened(k, "saliency.k"), merge).mT
+        q_bar = scratch.float32_copy(q, "saliency.q").mean(2, keepdim=True)  # mean over tokens: order-invariant
+        keys_t = _transposed_keys(k) if merge == 1 else _merge_keys(scratch.float32_copy(k, "saliency.k"), merge).mT
         logits = (q_bar @ keys_t).squeeze(2) / math.sqrt(q.shape[-1])
     heads = logits.softmax(-1)
     return heads if per_head else heads.mean(1)

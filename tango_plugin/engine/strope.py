@@ -60,34 +60,11 @@ def _rotate_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
     x2.mul_(cos).add_(x1_sin)
 
 
-def rope_tokens_(
-    x: torch.Tensor,
-    t_pos: torch.Tensor,
-    rows: torch.Tensor,
-    cols: torch.Tensor,
-    base_time: float = 10000.0,
-    base_space: float = 1000.0,
-) -> torch.Tensor:
-    """Rotate `x` (n, N, D) float32 in place: frame i sits at time t_pos[i], token j at (rows[j], cols[j])."""
-    D = x.shape[-1]
-    d_t, d_h, d_w = strope_sections(D)
-    device = x.device
-    inv_t = _inv_freq(d_t, base_time, device)
-    inv_h, inv_w = _inv_freq(d_h, base_space, device), _inv_freq(d_w, base_space, device)
-    t_angles = torch.outer(t_pos.to(device).type_as(inv_t), inv_t)[:, None, :]
-    h_angles = torch.outer(rows.to(device).type_as(inv_h), inv_h)[None]
-    w_angles = torch.outer(cols.to(device).type_as(inv_w), inv_w)[None]
-    _rotate_(x[..., :d_t], t_angles.cos(), t_angles.sin())
-    _rotate_(x[..., d_t:d_t + d_h], h_angles.cos(), h_angles.sin())
-    _rotate_(x[..., d_t + d_h:], w_angles.cos(), w_angles.sin())
-    return x
-
-
 class RopeTables:
     """The cos and sin of one video's angles, per frame (time section) and per cell (row and column sections),
     taken once per video: every token's angles are its frame's and its cell's rows of these tables, so each step
     that rotates tokens (`rotate_`) gathers rows instead of taking cos and sin of new angle tables. cos and sin act
-    element by element, so the gathered values are those of `rope_tokens_`'s tables (same bits)."""
+    element by element, so the gathered rows have the bits of tables taken for those tokens alone."""
 
     def __init__(self, dim: int, t_pos: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
                  base_time: float = 10000.0, base_space: float = 1000.0) -> None:
@@ -144,10 +121,10 @@ def apply_strope_(
     """
     T, L, _ = x.shape
     H, W = grid_hw
-    t_pos = frame_times(T, timestamps)
     cells = torch.arange(L, device=x.device)
-    rows, cols = cells // W, cells % W
+    tables = RopeTables(x.shape[-1], frame_times(T, timestamps).to(x.device), cells // W, cells % W, base_time,
+                        base_space)
+    frames = torch.arange(T, device=x.device)
     for start in range(0, T, frames_per_chunk):
-        rope_tokens_(x[start:start + frames_per_chunk], t_pos[start:start + frames_per_chunk], rows, cols,
-                     base_time, base_space)
+        tables.rotate_(x[start:start + frames_per_chunk][None], frames[start:start + frames_per_chunk][None])
     return x

@@ -256,35 +256,16 @@ class _Video:
         # the buffer of `roped`: the static cells' features are consumed before the segment's rotated ones
         return gathered(self.feats.reshape(T * L, D), rows, "roped").view(n, -1, D)
 
-    def roped(self, frames, cells=None, name: str = "roped") -> torch.Tensor:
-        """(frames, cells, D) float32 clustering features in the scratch buffer `name` (a view: dead once `name`
-        is taken again). `frames`: a slice or an index tensor; `cells`: an index tensor, None for every cell.
-
-        The rows are gathered as whole rows of the flattened video (a strided gather along the token axis is
-        several times slower), then normalised and rotated in place: the operations of
-        ``rope(F.normalize(x.float()))``, so the same bits.
-        """
+    def roped(self, frames) -> torch.Tensor:
+        """(n, L, D) float32 clustering features of whole frames `frames` (a slice or an index tensor) in the scratch
+        buffer "roped" (a view: dead once the name is taken again): `roped_groups` of one-frame groups, except that a
+        run of float32 frames is normalised straight from the video into the buffer (no gather)."""
         x = self.signal
-        T, L, D = x.shape
-        dev = x.device
-        frame_ids = torch.arange(T, device=dev)[frames] if isinstance(frames, slice) else frames
-        n_cells = L if cells is None else cells.numel()
-        out = scratch.take(name, (frame_ids.numel(), n_cells, D), torch.float32, dev)
-        if cells is None and isinstance(frames, slice) and x.dtype == torch.float32:
-            src = x[frames]  # a run of whole frames: normalised straight into the buffer
-        else:
-            raw = out if x.dtype == torch.float32 else scratch.take(name + ".raw", out.shape, x.dtype, dev)
-            if cells is None:
-                torch.index_select(x, 0, frame_ids, out=raw)
-            else:
-                torch.index_select(x.view(T * L, D), 0, (frame_ids[:, None] * L + cells).flatten(),
-                                   out=raw.view(-1, D))
-            src = out.copy_(raw) if raw is not out else out
-        with threads.wide(out.numel(), threads.WIDE_MIN_ELEMENTS):
-            # F.normalize(src, dim=-1): the same norm, clamp and division
-            torch.div(src, src.norm(2, -1, keepdim=True).clamp_min_(1e-12), out=out)
-            self.rope_tables().rotate_(out[None], frame_ids[None], None if cells is None else cells[None])
-        return out
+        frame_ids = torch.arange(x.shape[0], device=x.device)[frames] if isinstance(frames, slice) else frames
+        if not (isinstance(frames, slice) and x.dtype == torch.float32):
+            return self.roped_groups(frame_ids[:, None], None)
+        out = scratch.take("roped", x[frames].shape, torch.float32, x.device)
+        return self._normalised_rotated(x[frames], out, frame_ids[:, None], None)
 
     def rope_tables(self) -> RopeTables:
         if self._rope is None:
@@ -294,8 +275,12 @@ class _Video:
 
     def roped_groups(self, frames: torch.Tensor, cells: "torch.Tensor | None", name: str = "roped") -> torch.Tensor:
         """(G * f, c, D) float32 clustering features of G segments at once, in the scratch buffer `name`: frames
-        (G, f) of each segment, each with its own cells (G, c), or every cell (None). The operations of `roped`, so
-        the same bits."""
+        (G, f) of each segment, each with its own cells (G, c), or every cell (None).
+
+        The rows are gathered as whole rows of the flattened video (a strided gather along the token axis is
+        several times slower), then normalised and rotated in place: the operations of
+        ``rope(F.normalize(x.float()))``, so the same bits.
+        """
         x = self.signal
         T, L, D = x.shape
         G, f = frames.shape
@@ -308,9 +293,15 @@ class _Video:
             torch.index_select(x.view(T * L, D), 0, (frames[:, :, None] * L + cells[:, None, :]).flatten(),
                                out=raw.view(-1, D))
         src = out.copy_(raw) if raw is not out else out
+        return self._normalised_rotated(src, out, frames, cells)
+
+    def _normalised_rotated(self, src: torch.Tensor, out: torch.Tensor, frames: torch.Tensor,
+                            cells: "torch.Tensor | None") -> torch.Tensor:
+        """`src` L2-normalised into `out` (F.normalize's norm, clamp and division) and rotated there in place."""
+        G, f = frames.shape
         with threads.wide(out.numel(), threads.WIDE_MIN_ELEMENTS):
             torch.div(src, src.norm(2, -1, keepdim=True).clamp_min_(1e-12), out=out)
-            self.rope_tables().rotate_(out.view(G, f, c, D), frames, cells)
+            self.rope_tables().rotate_(out.view(G, f, *out.shape[1:]), frames, cells)
         return out
 
 

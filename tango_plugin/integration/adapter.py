@@ -30,6 +30,7 @@ from ..engine.types import PrunePlan
 from ..presets import get_preset
 from ..registry import Registry
 from ..strategies import get_strategy
+from .generation import cache_of
 from .hooks import HookRegistry
 from .threads import per_thread
 from .video_io import is_video_metadata, timestamps_from_metadata
@@ -75,8 +76,7 @@ class CallInputs(Mapping):
     @property
     def cache(self) -> Any:
         """`past_key_values` (or `cache`, for the models that name it so), or None."""
-        cache = self._model.get("past_key_values")
-        return cache if cache is not None else self._model.get("cache")
+        return cache_of(self._model)
 
     def model_kwargs(self) -> dict:
         """A fresh dict of the model's own keyword arguments (``tango_video_timestamps`` not among them)."""

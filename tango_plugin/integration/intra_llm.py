@@ -32,6 +32,7 @@ from typing import Any, Callable, List, Mapping, Optional, Tuple
 import torch
 
 from ..engine.intra_llm import intra_llm_merge
+from .generation import cache_of
 
 SCORING_IMPLEMENTATION = "tango_intra_llm_scoring"
 SUPPORTED_IMPLEMENTATIONS = ("sdpa", "eager")
@@ -75,7 +76,7 @@ def dynamic_cache_or_warn(model: Any, state: Any, kw: Mapping) -> bool:
     """Whether a generate call's cache lets the stage run: it caches a shorter sequence in layers K.., which only a
     dynamic cache allows (per-layer lengths). Otherwise warn once (on `state`) that the call runs without it."""
     impl = kw.get("cache_implementation") or getattr(model.generation_config, "cache_implementation", None)
-    cache = kw.get("past_key_values", kw.get("cache"))
+    cache = cache_of(kw)
     if impl not in (None, "dynamic") or (cache is not None and type(cache).__name__ != "DynamicCache"):
         what = impl if impl not in (None, "dynamic") else type(cache).__name__
         state.warn_once("intra-cache", f"intra_llm_layer needs a dynamic cache (layers K.. cache fewer tokens); "
