@@ -34,6 +34,7 @@ from typing import Any, List, Optional, Tuple
 
 import torch
 
+from tango_plugin.engine import scratch
 from tango_plugin.engine.saliency import score
 from tango_plugin.engine.types import PrunePlan
 from tango_plugin.integration.adapter import CallInputs, EncodedMedia, Replacement, TokenGrid
@@ -101,6 +102,60 @@ SECOND_PER_GRID_NOTE = ("frame times taken from second_per_grid_ts: evenly space
                         "video metadata, or seconds) to generate / forward for the exact times")
 
 
+def rotated_qk(qkv_out: torch.Tensor, heads: int, cos: torch.Tensor, sin: torch.Tensor
+               ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The q and k (n, heads, d) of a fused qkv projection's output (n, 3 * heads * d) rotated as the Qwen-VL / GLM-4V
+    towers' `apply_rotary_pos_emb_vision` rotates them (in float32: ``x * cos + rotate_half(x) * sin``, then rounded
+    to the tower's dtype), returned in float32 with those rounded values.
+
+    That function makes ten fresh tensors of the tower's whole q and k (tens of MiB, each page faulted in on first
+    touch: 4 to 16 ms of a 16-slice Qwen2-VL video on 2 cores); this makes the same values in five passes over
+    scratch buffers. ``rotate_half(x) * sin`` is ``x_swapped * (-s1, s2)`` (the halves swapped; negation is exact),
+    so every value is the same float32 operation on the same operands (`rotation_matches` checks it against the
+    family's own function). q and k stay token-major (token stride 2 * heads * d): the per-slice reductions that
+    read them visit tokens, heads and channels in the same order as on the function's contiguous results. The views
+    are scratch (engine/scratch.py): dead once the names are taken again.
+    """
+    n = qkv_out.shape[0]
+    qk = qkv_out.view(n, 3, heads, -1)[:, :2]  # (n, 2, heads, d): q and k of each token
+    shape, h = qk.shape, qk.shape[-1] // 2
+    c, s = cos.float(), sin.float()
+    signed_sin = torch.cat([-s[:, :h], s[:, h:]], dim=-1)[:, None, None, :]
+    x = scratch.take("rotary.x", shape, torch.float32, qk.device).copy_(qk)  # x.float(): one dtype below
+    swapped = scratch.take("rotary.swapped", shape, torch.float32, qk.device)
+    swapped[..., :h] = x[..., h:]
+    swapped[..., h:] = x[..., :h]
+    out = torch.mul(x, c[:, None, None, :], out=scratch.take("rotary.qk", shape, torch.float32, qk.device))
+    out.add_(swapped.mul_(signed_sin))
+    if qkv_out.dtype != torch.float32:  # the tower's rounding, widened back (exact)
+        out.copy_(scratch.take("rotary.rounded", shape, qkv_out.dtype, qk.device).copy_(out))
+    return out[:, 0], out[:, 1]
+
+
+_ROTATION_CHECKED: dict = {}
+
+
+def rotation_matches(rotary: Any, dtype: torch.dtype) -> bool:
+    """Whether `rotated_qk` gives `rotary`'s values bit for bit in `dtype` (checked once per function and dtype on
+    random inputs; a family whose function differs keeps using it)."""
+    key = (rotary, dtype)
+    if key not in _ROTATION_CHECKED:
+        g = torch.Generator().manual_seed(0)
+        qkv = (torch.randn(37, 3 * 2 * 8, generator=g) * 4).to(dtype)
+        angles = torch.randn(37, 4, generator=g) * 30
+        cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
+        q, k, _ = qkv.view(37, 3, 2, 8).permute(1, 0, 2, 3).unbind(0)
+        with torch.no_grad(), scratch.session():
+            try:
+                expected = [t.float() for t in rotary(q, k, cos, sin)]
+            except Exception:  # noqa: BLE001 - a function of another form: the hook calls it as the tower does
+                expected = None
+            got = rotated_qk(qkv, 2, cos, sin)
+            _ROTATION_CHECKED[key] = expected is not None and all(
+                a.shape == b.shape and torch.equal(a, b) for a, b in zip(expected, got))
+    return _ROTATION_CHECKED[key]
+
+
 def add_frame_qk_saliency_hooks(cap, attn, grids, source: str, merge: int, store: dict) -> None:
     """Hooks (on `cap`, a `TransientHooks`) that score, from the last block's attention of a Qwen-VL-style vision
     tower (fused `qkv`, 2-D rotary `position_embeddings`), each temporal slice's tokens with `source` from that
@@ -109,8 +164,9 @@ def add_frame_qk_saliency_hooks(cap, attn, grids, source: str, merge: int, store
 
     The q / k are the tower's own: a pre-hook on the attention takes its rotary cos / sin, a hook on its `qkv`
     projection takes the projection's output (the attention calls it once), so the projection is not computed a
-    second time. Temporal slices are contiguous in the tower's order (window order permutes merge units inside a
-    slice only) and attend within themselves, so each is scored on its own. GLM-4V's tower has the same layout.
+    second time; they are rotated by `rotated_qk` (or the family's own function, if that gives other values).
+    Temporal slices are contiguous in the tower's order (window order permutes merge units inside a slice only) and
+    attend within themselves, so each is scored on its own. GLM-4V's tower has the same layout.
     """
     rotary = sys.modules[type(attn).__module__].apply_rotary_pos_emb_vision
 
@@ -120,17 +176,21 @@ def add_frame_qk_saliency_hooks(cap, attn, grids, source: str, merge: int, store
     def score_qk(mod, args, output):
         cos, sin = store.pop("rotary")
         n = output.shape[0]
-        q, k, _ = output.reshape(n, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
-        q, k = rotary(q, k, cos, sin)
-        heads, d = q.shape[1], q.shape[2]
-        parts, off = [], 0
-        for t, h, w in grids:
-            size = t * h * w
-            qs = q[off:off + size].reshape(t, h * w, heads, d).transpose(1, 2)
-            ks = k[off:off + size].reshape(t, h * w, heads, d).transpose(1, 2)
-            parts.append(score(source, qs, ks, merge=merge).flatten())
-            off += size
-        store["merged"] = torch.cat(parts)
+        with scratch.session():
+            if rotation_matches(rotary, output.dtype):
+                q, k = rotated_qk(output, attn.num_heads, cos, sin)
+            else:
+                q, k, _ = output.reshape(n, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+                q, k = rotary(q, k, cos, sin)
+            heads, d = q.shape[1], q.shape[2]
+            parts, off = [], 0
+            for t, h, w in grids:
+                size = t * h * w
+                qs = q[off:off + size].reshape(t, h * w, heads, d).transpose(1, 2)
+                ks = k[off:off + size].reshape(t, h * w, heads, d).transpose(1, 2)
+                parts.append(score(source, qs, ks, merge=merge).flatten())
+                off += size
+            store["merged"] = torch.cat(parts)
 
     cap.pre_hook(attn, take_rotary)
     cap.post_hook(attn.qkv, score_qk)

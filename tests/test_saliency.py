@@ -264,3 +264,73 @@ def test_llava_ov_saliency_reads_the_towers_own_q_and_k(source, monkeypatch):
     (hs,) = seen
     with torch.no_grad():
         assert len(scored) == 1 and torch.equal(scored[0], score(source, *towers.project_qk(attn, hs)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_qwen_rotation_gives_the_towers_own_rotated_q_and_k(dtype):
+    """`rotated_qk` (scratch buffers, five passes) gives the values of the family's `apply_rotary_pos_emb_vision`
+    bit for bit, for each Qwen-VL / GLM-4V module; a function that computes something else is refused by the check
+    and then used as it is."""
+    import importlib
+
+    from tango_plugin.model_zoo.qwen_vl import rotated_qk, rotation_matches
+
+    from tango_plugin.engine import scratch
+
+    n, H, d = 53, 3, 16
+    g = torch.Generator().manual_seed(3)
+    qkv = (torch.randn(n, 3 * H * d, generator=g) * 3).to(dtype)
+    half = torch.randn(n, d // 2, generator=g) * 20
+    cos, sin = torch.cat([half, half], -1).cos(), torch.cat([half, half], -1).sin()
+    q, k, _ = qkv.view(n, 3, H, d).permute(1, 0, 2, 3).unbind(0)
+    for module in ["qwen2_vl.modeling_qwen2_vl", "qwen2_5_vl.modeling_qwen2_5_vl", "qwen3_vl.modeling_qwen3_vl",
+                   "glm4v.modeling_glm4v"]:
+        rotary = importlib.import_module("transformers.models." + module).apply_rotary_pos_emb_vision
+        assert rotation_matches(rotary, dtype)
+        with scratch.session():
+            got = rotated_qk(qkv, H, cos, sin)
+            for want, have in zip(rotary(q, k, cos, sin), got):
+                assert have.dtype == torch.float32 and torch.equal(want.float(), have)
+
+    def other(q, k, cos, sin):  # rotates the other way round
+        cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
+        return q * cos - q * sin, k * cos - k * sin
+
+    assert not rotation_matches(other, dtype)
+
+
+def test_qwen_saliency_in_bf16_is_the_score_of_the_towers_rotated_q_and_k():
+    """A bf16 Qwen2-VL tower: the hooks' scores equal `score` on q / k taken from the tower's own qkv output and
+    rotated by the tower's own function (what its attention computes), bit for bit."""
+    import transformers.models.qwen2_vl.modeling_qwen2_vl as qwen2_vl
+
+    from tango_plugin.engine.saliency import score
+
+    t = TESTERS["qwen2_vl"]
+    model = t.model().to(torch.bfloat16)
+    attn = model.model.visual.blocks[-1].attn
+    seen = {}
+
+    def take(key, value):  # hooks must return None: a value would replace the module's inputs / output
+        seen[key] = value
+
+    h1 = attn.qkv.register_forward_hook(lambda mod, args, out: take("qkv", out.clone()))
+    h2 = attn.register_forward_pre_hook(lambda mod, args, kwargs: take("rope", kwargs["position_embeddings"]),
+                                        with_kwargs=True)
+    try:
+        with tango.enabled(model, tango.TangoConfig(retention_ratio=0.25), **t.options) as h, torch.no_grad():
+            videos, _, _ = h.adapter.encode_videos(CallInputs(t.single(model)), True)
+    finally:
+        h1.remove()
+        h2.remove()
+    got = torch.cat([g.saliency.flatten() for v in videos for g in v.grids])
+    out = seen["qkv"]
+    n, heads = out.shape[0], attn.num_heads
+    q, k, _ = out.reshape(n, 3, heads, -1).permute(1, 0, 2, 3).unbind(0)
+    q, k = qwen2_vl.apply_rotary_pos_emb_vision(q, k, *seen["rope"])
+    (T, hh, ww), = [tuple(int(x) for x in g) for g in t.single(model)["video_grid_thw"].tolist()]
+    d = q.shape[-1]
+    with torch.no_grad():
+        want = score("global_query", q.reshape(T, hh * ww, heads, d).transpose(1, 2),
+                     k.reshape(T, hh * ww, heads, d).transpose(1, 2), merge=4).flatten()
+    assert got.dtype == want.dtype and torch.equal(got.to(want.dtype), want)
