@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 import tango_plugin as tp
 from tango_plugin.engine import scratch, trace
 from tango_plugin.engine.clustering import PointSets, assign_to_members, cluster, plain_cluster
-from tango_plugin.engine.distances import FrameOperands, cdist_operands, operand_product
+from tango_plugin.engine.distances import FrameOperands, cdist_operands, per_set_products
+from tango_plugin.engine.gather import rows_of
 from tango_plugin.testing import synthetic
 
 ROUTE_DTYPE = {"small": torch.float32, "batched": torch.float32, "per-set": torch.float32, "tiled": torch.float32,
@@ -177,18 +178,20 @@ def test_shared_operands_give_cdist_bits():
     x = torch.nn.functional.normalize(torch.randn(3, 196, 896, generator=g), dim=-1) * 3 * torch.rand(3, 196, 1,
                                                                                                       generator=g)
     x[0, 7] = x[0, 5]
-    ops = FrameOperands(x)
+    rows_all, cols_all = FrameOperands(x).operands()
     for M in (26, 150, 196):
-        for b in range(3):
-            members = torch.randperm(196, generator=g)[:M]
-            members[:2] = torch.tensor([5, 7])
-            pts = x[b, members][None]
-            rows, cols = ops.set_rows(b, members), ops.set_cols(b, members)
-            assert torch.equal(operand_product(rows, cols), torch.cdist(pts, pts))
-            pick = torch.randperm(M, generator=g)[:17]
-            assert torch.equal(operand_product(rows, cols[0, pick][None]), torch.cdist(pts, pts[:, pick]))
+        members = torch.stack([torch.randperm(196, generator=g)[:M] for _ in range(3)])
+        members[:, :2] = torch.tensor([5, 7])
+        rows, cols = rows_of(rows_all, members, "test.rows"), rows_of(cols_all, members, "test.cols")
+        pick = torch.stack([torch.randperm(M, generator=g)[:17] for _ in range(3)])
+        dist = per_set_products(rows, cols, "test.dist")
+        anchor_dist = per_set_products(rows, rows_of(cols, pick), "test.anchor_dist")
+        for b in range(3):  # each set in a block: the bits of its own torch.cdist call
+            pts = x[b, members[b]][None]
+            assert torch.equal(dist[b:b + 1], torch.cdist(pts, pts))
+            assert torch.equal(anchor_dist[b:b + 1], torch.cdist(pts, pts[:, pick[b]]))
     whole_rows, whole_cols = cdist_operands(x[1:2], "test")
-    assert torch.equal(operand_product(whole_rows, whole_cols), torch.cdist(x[1:2], x[1:2]))
+    assert torch.equal(per_set_products(whole_rows, whole_cols, "test.dist"), torch.cdist(x[1:2], x[1:2]))
 
 
 def test_shared_operands_and_gathered_points_give_the_same_clusters():

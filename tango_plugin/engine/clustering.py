@@ -27,8 +27,8 @@ from typing import Iterator, Optional, Tuple
 
 import torch
 
-from . import scratch, trace
-from .distances import FrameOperands, cdist, operand_product
+from . import trace
+from .distances import FrameOperands, cdist, per_set_products
 from .dpc import CDIST_DIRECT_MAX, dpc_of_distances, plain_dpc_of_distances, tile_size
 from .dpc_screened import nearest_anchor_screened, nearest_listed_anchor, screened_centres, screened_points
 from .dpc_tiled import tiled_centres
@@ -127,7 +127,8 @@ class _Batched:
 
 class _PerSet:
     """One matrix product per set from `cdist`'s operands: the bits of per-set `torch.cdist` calls. The operands are
-    the frames' (built once for every set among their rows), else built here from the points."""
+    the frames' (built once for every set among their rows), else built here from the points. A block of sets
+    gathers its operands in one call and takes one clamp and root (`distances.per_set_products`)."""
 
     name = "per-set"
 
@@ -137,39 +138,42 @@ class _PerSet:
         self.members = sets.members  # None: every row of the operands' frame b is set b, in order
         self.step = max(1, max_block_elements // max(1, sets.M * sets.M))
 
-    def _rows(self, b: int) -> torch.Tensor:
-        return self.ops.operands()[0][b:b + 1] if self.members is None else self.ops.set_rows(b, self.members[b])
+    def _operands(self, part: slice, name: str) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The (n, M, D + 2) row and column operands of the sets `part` (views of the frames' own when every row
+        is a member, else gathered into the scratch buffers `name`.rows / .cols)."""
+        rows, cols = self.ops.operands()
+        if self.members is None:
+            return rows[part], cols[part]
+        return rows_of(rows[part], self.members[part], name + ".rows"), rows_of(cols[part], self.members[part],
+                                                                               name + ".cols")
 
-    def _anchor_cols(self, b: int, anchors: torch.Tensor) -> torch.Tensor:
-        members = anchors if self.members is None else self.members[b][anchors]
-        return torch.index_select(self.ops.operands()[1][b], 0, members)[None]
+    def _anchor_cols(self, part: slice, anchors: torch.Tensor) -> torch.Tensor:
+        """(n, a, D + 2) column operands of each set's anchors (indices into the set)."""
+        members = anchors if self.members is None else torch.gather(self.members[part], 1, anchors)
+        return rows_of(self.ops.operands()[1][part], members, "per-set.anchor_cols")
 
     def cluster(self, cluster_num: int, k: int, anchor_order: Optional[str]):
-        B, M = self.sets.B, self.sets.M
+        B = self.sets.B
         centres, assign = [], []
         for a in range(0, B, self.step):
-            n = min(self.step, B - a)
-            rows, cols = self.ops.operands()
-            dist = scratch.take("per-set.dist", (n, M, M), rows.dtype, rows.device)
-            for b in range(a, a + n):
-                set_cols = cols[b:b + 1] if self.members is None else self.ops.set_cols(b, self.members[b])
-                operand_product(self._rows(b), set_cols, out=dist[b - a:b - a + 1])
+            part = slice(a, min(a + self.step, B))
+            rows, cols = self._operands(part, "per-set")
+            dist = per_set_products(rows, cols, "per-set.dist")
             c = dpc_of_distances(dist, cluster_num, k)
             centres.append(c)
             if anchor_order is not None:
-                assign.append(self._assign(range(a, a + n), _anchors(c, anchor_order)))
+                assign.append(self._assign(rows, part, _anchors(c, anchor_order)))
         return torch.cat(centres), torch.cat(assign) if assign else None
 
-    def _assign(self, sets: range, anchors: torch.Tensor) -> torch.Tensor:
-        rows = self.ops.operands()[0]
-        out = scratch.take("per-set.anchor_dist", (len(sets), self.sets.M, anchors.shape[1]), rows.dtype, rows.device)
-        for i, b in enumerate(sets):
-            operand_product(self._rows(b), self._anchor_cols(b, anchors[i]), out=out[i:i + 1])
-        return out.argmin(dim=-1)
+    def _assign(self, rows: torch.Tensor, part: slice, anchors: torch.Tensor) -> torch.Tensor:
+        return per_set_products(rows, self._anchor_cols(part, anchors), "per-set.anchor_dist").argmin(dim=-1)
 
     def assign(self, anchor_index: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self._assign(range(a, min(a + self.step, self.sets.B)), anchor_index[a:a + self.step])
-                          for a in range(0, self.sets.B, self.step)])
+        out = []
+        for a in range(0, self.sets.B, self.step):
+            part = slice(a, min(a + self.step, self.sets.B))
+            out.append(self._assign(self._operands(part, "per-set")[0], part, anchor_index[part]))
+        return torch.cat(out)
 
 
 class _Large:

@@ -37,11 +37,16 @@ def cdist_operands(x: torch.Tensor, name: str) -> Tuple[torch.Tensor, torch.Tens
     return rows, cols
 
 
-def operand_product(rows: torch.Tensor, cols: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Distances from operands: (..., n, D + 2) x (..., m, D + 2) -> (..., n, m), the product, clamp and root of
-    `torch.cdist` (into `out` if given). Batch-1 3-D operands give the bits of a per-set `torch.cdist`."""
-    with threads.wide(rows.numel() * cols.shape[-2]):
-        return torch.matmul(rows, cols.mT, out=out).clamp_min_(0).sqrt_()
+def per_set_products(rows: torch.Tensor, cols: torch.Tensor, name: str) -> torch.Tensor:
+    """Distances of B sets from their operands, (B, n, D + 2) x (B, m, D + 2) -> (B, n, m) in the scratch buffer
+    `name`: one product per set (the bits of per-set `torch.cdist` calls: a batched product's may differ), then one
+    clamp and root for all of them (element-wise, so the same bits)."""
+    B, n, _ = rows.shape
+    out = scratch.take(name, (B, n, cols.shape[1]), rows.dtype, rows.device)
+    with threads.wide(rows[:1].numel() * cols.shape[1]):
+        for b in range(B):
+            torch.matmul(rows[b:b + 1], cols[b:b + 1].mT, out=out[b:b + 1])
+    return out.clamp_min_(0).sqrt_()
 
 
 class FrameOperands:
@@ -58,16 +63,3 @@ class FrameOperands:
         if self._rows is None:
             self._rows, self._cols = cdist_operands(self.x, self.name)
         return self._rows, self._cols
-
-    def set_rows(self, b: int, members: torch.Tensor) -> torch.Tensor:
-        """The (1, M, D + 2) row operands of frame b's rows `members` (M,), in a scratch buffer (dead once the next
-        set's are taken)."""
-        rows = self.operands()[0]
-        out = scratch.take("set.rows", (members.numel(), rows.shape[-1]), rows.dtype, rows.device)
-        return torch.index_select(rows[b], 0, members, out=out)[None]
-
-    def set_cols(self, b: int, members: torch.Tensor, name: str = "set.cols") -> torch.Tensor:
-        """The (1, M, D + 2) column operands of frame b's rows `members`, in the scratch buffer `name`."""
-        cols = self.operands()[1]
-        out = scratch.take(name, (members.numel(), cols.shape[-1]), cols.dtype, cols.device)
-        return torch.index_select(cols[b], 0, members, out=out)[None]
