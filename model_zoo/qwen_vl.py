@@ -108,8 +108,8 @@ def rotated_qk(qkv_out: torch.Tensor, heads: int, cos: torch.Tensor, sin: torch.
     towers' `apply_rotary_pos_emb_vision` rotates them (in float32: ``x * cos + rotate_half(x) * sin``, then rounded
     to the tower's dtype), returned in float32 with those rounded values.
 
-    That function makes ten fresh tensors of the tower's whole q and k (tens of MiB, each page faulted in on first
-    touch: 4 to 16 ms of a 16-slice Qwen2-VL video on 2 cores); this makes the same values in five passes over
+    That function makes fourteen fresh tensors of the tower's whole q and k (tens of MiB, each page faulted in on first
+    touch: 4 to 16 ms of a 16-slice Qwen2-VL video on 2 cores); this makes the same values in seven passes over
     scratch buffers. ``rotate_half(x) * sin`` is ``x_swapped * (-s1, s2)`` (the halves swapped; negation is exact),
     so every value is the same float32 operation on the same operands (`rotation_matches` checks it against the
     family's own function). q and k stay token-major (token stride 2 * heads * d): the per-slice reductions that

@@ -268,7 +268,7 @@ def test_llava_ov_saliency_reads_the_towers_own_q_and_k(source, monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_qwen_rotation_gives_the_towers_own_rotated_q_and_k(dtype):
-    """`rotated_qk` (scratch buffers, five passes) gives the values of the family's `apply_rotary_pos_emb_vision`
+    """`rotated_qk` (scratch buffers, seven passes) gives the values of the family's `apply_rotary_pos_emb_vision`
     bit for bit, for each Qwen-VL / GLM-4V module; a function that computes something else is refused by the check
     and then used as it is."""
     import importlib
