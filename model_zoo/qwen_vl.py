@@ -142,8 +142,8 @@ def rotation_matches(rotary: Any, dtype: torch.dtype) -> bool:
     if key not in _ROTATION_CHECKED:
         g = torch.Generator().manual_seed(0)
         qkv = (torch.randn(37, 3 * 2 * 8, generator=g) * 4).to(dtype)
-        angles = torch.randn(37, 4, generator=g) * 30
-        cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
+        angles = torch.randn(37, 4, generator=g).repeat(1, 2) * 30  # (a, a): the towers' cat of the same angles
+        cos, sin = angles.cos(), angles.sin()
         q, k, _ = qkv.view(37, 3, 2, 8).permute(1, 0, 2, 3).unbind(0)
         with torch.no_grad(), scratch.session():
             try:

@@ -24,10 +24,8 @@ def add_qk_saliency_hooks(cap: TransientHooks, attn: Any, store: dict, source: s
             def hook(mod, args, output):
                 store[name] = output
                 if "q" in store and "k" in store:
-                    q, k = store.pop("q"), store.pop("k")
-                    n, p, _ = q.shape
-                    store["patch"] = score(source, q.view(n, p, -1, attn.head_dim).transpose(1, 2),
-                                           k.view(n, p, -1, attn.head_dim).transpose(1, 2))
+                    store["patch"] = score(source, _heads(store.pop("q"), attn.head_dim),
+                                           _heads(store.pop("k"), attn.head_dim))
 
             return hook
 
@@ -45,10 +43,13 @@ def add_qk_saliency_hooks(cap: TransientHooks, attn: Any, store: dict, source: s
 def project_qk(attn: Any, hidden_states: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """(q, k) of a CLIP / SigLIP attention layer for `hidden_states` (n, p, D), each (n, heads, p, head_dim), from
     the layer's own projections."""
-    n, p, _ = hidden_states.shape
-    q = attn.q_proj(hidden_states).view(n, p, -1, attn.head_dim).transpose(1, 2)
-    k = attn.k_proj(hidden_states).view(n, p, -1, attn.head_dim).transpose(1, 2)
-    return q, k
+    return _heads(attn.q_proj(hidden_states), attn.head_dim), _heads(attn.k_proj(hidden_states), attn.head_dim)
+
+
+def _heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """A projection's output (n, p, heads * head_dim) as (n, heads, p, head_dim) (a view)."""
+    n, p, _ = x.shape
+    return x.view(n, p, -1, head_dim).transpose(1, 2)
 
 
 class HFLlavaTower:

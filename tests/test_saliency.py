@@ -299,12 +299,18 @@ def test_qwen_rotation_gives_the_towers_own_rotated_q_and_k(dtype):
     assert not rotation_matches(other, dtype)
 
 
-def test_qwen_saliency_in_bf16_is_the_score_of_the_towers_rotated_q_and_k():
+def test_qwen_saliency_in_bf16_is_the_score_of_the_towers_rotated_q_and_k(monkeypatch):
     """A bf16 Qwen2-VL tower: the hooks' scores equal `score` on q / k taken from the tower's own qkv output and
-    rotated by the tower's own function (what its attention computes), bit for bit."""
+    rotated by the tower's own function (what its attention computes), bit for bit; the hook took `rotated_qk`
+    (not the fallback to the tower's function)."""
+    import tango_plugin.model_zoo.qwen_vl as qwen_vl
     import transformers.models.qwen2_vl.modeling_qwen2_vl as qwen2_vl
 
     from tango_plugin.engine.saliency import score
+
+    rotations = []
+    fast = qwen_vl.rotated_qk
+    monkeypatch.setattr(qwen_vl, "rotated_qk", lambda *a: rotations.append(a[0].shape) or fast(*a))
 
     t = TESTERS["qwen2_vl"]
     model = t.model().to(torch.bfloat16)
@@ -334,3 +340,5 @@ def test_qwen_saliency_in_bf16_is_the_score_of_the_towers_rotated_q_and_k():
         want = score("global_query", q.reshape(T, hh * ww, heads, d).transpose(1, 2),
                      k.reshape(T, hh * ww, heads, d).transpose(1, 2), merge=4).flatten()
     assert got.dtype == want.dtype and torch.equal(got.to(want.dtype), want)
+    # the whole tower's qkv output went through it (besides, on a first use, the tiny input of rotation_matches)
+    assert rotations[-1] == seen["qkv"].shape and len(rotations) in (1, 2)

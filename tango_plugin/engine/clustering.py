@@ -138,14 +138,14 @@ class _PerSet:
         self.members = sets.members  # None: every row of the operands' frame b is set b, in order
         self.step = max(1, max_block_elements // max(1, sets.M * sets.M))
 
-    def _operands(self, part: slice, name: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _operands(self, part: slice) -> Tuple[torch.Tensor, torch.Tensor]:
         """The (n, M, D + 2) row and column operands of the sets `part` (views of the frames' own when every row
-        is a member, else gathered into the scratch buffers `name`.rows / .cols)."""
+        is a member, else gathered into the scratch buffers "per-set.rows" / "per-set.cols")."""
         rows, cols = self.ops.operands()
         if self.members is None:
             return rows[part], cols[part]
-        return rows_of(rows[part], self.members[part], name + ".rows"), rows_of(cols[part], self.members[part],
-                                                                               name + ".cols")
+        members = self.members[part]
+        return rows_of(rows[part], members, "per-set.rows"), rows_of(cols[part], members, "per-set.cols")
 
     def _anchor_cols(self, part: slice, anchors: torch.Tensor) -> torch.Tensor:
         """(n, a, D + 2) column operands of each set's anchors (indices into the set)."""
@@ -157,7 +157,7 @@ class _PerSet:
         centres, assign = [], []
         for a in range(0, B, self.step):
             part = slice(a, min(a + self.step, B))
-            rows, cols = self._operands(part, "per-set")
+            rows, cols = self._operands(part)
             dist = per_set_products(rows, cols, "per-set.dist")
             c = dpc_of_distances(dist, cluster_num, k)
             centres.append(c)
@@ -172,7 +172,7 @@ class _PerSet:
         out = []
         for a in range(0, self.sets.B, self.step):
             part = slice(a, min(a + self.step, self.sets.B))
-            out.append(self._assign(self._operands(part, "per-set")[0], part, anchor_index[part]))
+            out.append(self._assign(self._operands(part)[0], part, anchor_index[part]))
         return torch.cat(out)
 
 

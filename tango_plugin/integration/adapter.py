@@ -127,10 +127,15 @@ class ModelAdapter:
         self.options = dict(options)
 
     @classmethod
+    def required_names(cls) -> Tuple[str, ...]:
+        """The methods this class must implement: `required_methods` (a base may add some by its flags)."""
+        return tuple(cls.required_methods)
+
+    @classmethod
     def missing_methods(cls) -> List[str]:
-        """`required_methods` this class still inherits unimplemented from the base that declares them."""
+        """`required_names()` this class still inherits unimplemented from the base that declares them."""
         missing = []
-        for name in cls.required_methods:
+        for name in cls.required_names():
             impl = getattr(cls, name, None)
             if impl is None or getattr(impl, "__isabstractmethod__", False) or getattr(
                     getattr(impl, "fget", impl), "_tango_required", False):
@@ -289,7 +294,6 @@ class ModelAdapter:
         return original(*args, **kwargs)
 
 
-
 def preset_sink_positions(config: Any, tokens_per_frame: int, preset_name: str, preset_grid: Optional[int]
                           ) -> Tuple[Tuple[int, ...], str]:
     """Attention-sink positions (docs/algorithm.md §1.4) for a frame of `tokens_per_frame` tokens, and a note when
@@ -322,7 +326,6 @@ def required(fn: Callable) -> Callable:
     """Mark a base-class method (or property getter) that subclasses must override (see `required_methods`)."""
     fn._tango_required = True
     return fn
-
 
 
 # ------------------------------------------------------------------------------------------ the splice contract
@@ -429,18 +432,11 @@ class VideoSpliceContract(ModelAdapter):
     }
 
     @classmethod
-    def missing_methods(cls) -> List[str]:
-        extra = []
-        if cls.uses_3d_positions:
-            extra.append("full_position_ids")
+    def required_names(cls) -> Tuple[str, ...]:
+        extra = ("full_position_ids",) if cls.uses_3d_positions else ()
         if cls.supports_image_pruning:
-            extra += ["encode_images", "image_encoder_outputs"]
-        saved = cls.required_methods
-        try:
-            cls.required_methods = tuple(saved) + tuple(extra)
-            return super().missing_methods()
-        finally:
-            cls.required_methods = saved
+            extra += ("encode_images", "image_encoder_outputs")
+        return super().required_names() + extra
 
     # ------------------------------------------------------------------------------------------ to override
     @property
