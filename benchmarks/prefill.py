@@ -14,7 +14,9 @@ token (TTFT, `generate(max_new_tokens=1)`, vision tower included), the pruning o
 splice) and its share of the pruned LLM prefill, peak memory of the call, the speed-up over the unpruned model and
 the "ideal" speed-up: the unpruned model's vision time plus an LLM prefill of an input that is already that short
 (no pruning work at all).
-Each row: one warm-up run, then the median of `--reps` runs.
+Each row: one warm-up run, then the median of `--reps` runs, the pruning overhead included (the median of the
+calls' own pruning times, each call's listed on a line before the row; until 2026-12-08 this column was their
+mean).
 
 Usage:
     python benchmarks/prefill.py            # 32 frames, ratios 1.0 0.2 0.15 0.1, 3 reps
@@ -234,10 +236,21 @@ def bench(name: str, builder, args, device, dtype) -> List[dict]:
             with tango.enabled(model, cfg, fps=FPS) as h:
                 timed_generate(model, inputs, device)  # warm-up at this ratio
                 h.reset()
-                res = median_of(lambda: timed_generate(model, inputs, device), args.reps)
+                per_call = []
+
+                def pruned_run():
+                    out = timed_generate(model, inputs, device)
+                    # this call's pruning time (its rows of the report), so that the row takes its median too
+                    out["overhead"] = sum(s["prune_seconds"] for s in h.report()["samples"])
+                    per_call.append(out["overhead"])
+                    return out
+
+                res = median_of(pruned_run, args.reps)
                 rep = h.report()
                 visual = rep["samples"][0]["visual_tokens_after"]
-                overhead = rep["total_prune_seconds"] / max(1, rep["pruned_calls"])
+                overhead = res["overhead"]
+                print(f"   {name} r={r}: pruning overhead per call {', '.join(f'{v:.3f}' for v in per_call)} s "
+                      f"(median {overhead:.3f}, mean {statistics.mean(per_call):.3f})", flush=True)
                 seq = inputs["input_ids"].shape[1] - rep["samples"][0]["visual_tokens_before"] + visual
         if r >= 1.0:
             ideal_prefill = res["prefill"]  # the full input is its own ideal
