@@ -63,6 +63,18 @@ def test_prune_command_on_saved_tensors(tmp_path, capsys):
     assert saved["config"]["retention_ratio"] == 0.25
 
 
+def test_prune_command_refuses_bad_input_files_with_one_error_line(tmp_path, capsys):
+    not_torch, wrong = tmp_path / "notes.txt", tmp_path / "wrong.pt"
+    not_torch.write_text("not a tensor file")
+    torch.save({"features": torch.zeros(2, 4, 8)}, wrong)
+    for path, says in ((tmp_path / "missing.pt", "no such file"), (not_torch, "torch.load cannot read it"),
+                       (wrong, "missing keys ['saliency', 'grid_hw']")):
+        assert main(["prune", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: input={str(path)!r}: {says}") and "grid_hw (H, W)" in err, err
+        assert "Traceback" not in err
+
+
 def test_bad_ratio_is_a_clear_error(tmp_path, capsys):
     args = ["demo", "--no-model", "--ratio", "1.5", "--frames", "2", "--grid", "2", "--dim", "12",
             "--out", str(tmp_path)]

@@ -31,6 +31,19 @@ def test_fast_subset_passes(capsys):
     assert "<=" in rows[0][3]  # plain budget: kept <= the documented ceiling
 
 
+def test_retention_1_cells_check_that_every_video_goes_through_whole(capsys):
+    # docs/usage.md's example: at 1.0 the adapters call no strategy, which the cells used to count as failures
+    rc = matrix.main(["--adapters", "qwen2_vl", "llava_onevision[average,grid]", "--strategies", "tango,topk",
+                      "--ratios", "0.25", "1.0"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "8 cells, 0 failed" in out, out
+    whole = [r for r in _rows(out) if r[2] == "1"]
+    assert len(whole) == 4
+    # qwen2_vl's tiny videos: 4 and 3 temporal patches of 16 tokens; llava_onevision[average,grid]: 8 frames of 16
+    assert {r[3] for r in whole} == {"ok 64 whole, 48 whole", "ok 128 whole, 128 whole"}, out
+    assert all(r[4] == r[5] == r[6] == "ok" for r in whole), out
+
+
 def test_exact_budget_cells_show_the_exact_count(capsys):
     rc = matrix.main(["--adapters", "qwen2_vl", "--strategies", "tango", "--ratios", "0.3", "--exact-budget"])
     out = capsys.readouterr().out

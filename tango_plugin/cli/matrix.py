@@ -5,10 +5,15 @@ Per cell (adapter, strategy, ratio), on the tiny random models of `tango_plugin.
 * **budget**: every video's kept count (the report's `kept_by_strategy`, checked against the plans the strategy
   returned) against its documented count: with ``--exact-budget`` it must equal
   `exact_keep_count(T, L, r) = T * max(1, ceil(L * r))` ("64=64"); without, it must be positive and at most
-  `plain_keep_ceiling(T, L, r) = ceil(r T L) + 2 T` ("35<=45"; docs/algorithm.md, "Exact-count budget");
-* **deterministic**: the same input twice keeps the same indices and generates the same tokens;
+  `plain_keep_ceiling(T, L, r) = ceil(r T L) + 2 T` ("35<=45"; docs/algorithm.md, "Exact-count budget"). At
+  retention 1.0 the adapters splice the unpruned tokens and call no strategy, so there no plan may be made and
+  every video must reach the LLM whole ("64 whole": its tokens, as many as the stock model's where the layout is
+  the stock one);
+* **deterministic**: the same input twice keeps the same indices (at 1.0: makes no plan) and generates the same
+  tokens;
 * **batch == single**: a 2-video batch gives each row the kept counts and new tokens of that row alone;
-* **generate**: `generate` returns the caller's prompt plus the new tokens, the row reported as pruned;
+* **generate**: `generate` returns the caller's prompt plus the new tokens, the row reported as pruned (at 1.0: as
+  not pruned);
 * **ratio-1.0 identity**: at retention 1.0 the logits equal the unpruned model's (rtol = atol = 1e-5) and the
   generated tokens are the same (once per adapter and strategy; "n/a" for adapter options the stock model
   cannot express, e.g. LLaVA-Video's average pooling with grid newlines);
@@ -219,6 +224,9 @@ def _run_cell(variant: Variant, strategy: str, ratio: float, exact: bool, identi
     from ..integration.api import enabled
 
     cell = Cell(variant.name, strategy, ratio, identity=identity)
+    # at retention 1.0 the adapters splice the unpruned tokens and call no strategy (docs/usage.md): the cell then
+    # checks that every video went through whole, with no plan, instead of a kept count
+    whole = ratio >= 1.0
     model = _model(variant.model_type, variant.tokenizer_style)
     config = TangoConfig(retention_ratio=ratio, strategy=strategy, exact_budget=exact)
     records: list = []
@@ -231,7 +239,7 @@ def _run_cell(variant: Variant, strategy: str, ratio: float, exact: bool, identi
         batch_records = list(records)
         L = batch["input_ids"].shape[1]
         ok = out.shape == (2, L + NEW_TOKENS) and torch.equal(out[:, :L], batch["input_ids"]) \
-            and all(r["pruned"] for r in rows)
+            and all(r["pruned"] != whole for r in rows)
         cell.generate = "ok" if ok else f"FAIL shape {tuple(out.shape)}, pruned {[r['pruned'] for r in rows]}"
         # budget of each video against its documented count
         parts, held = [], True
@@ -252,7 +260,13 @@ def _run_cell(variant: Variant, strategy: str, ratio: float, exact: bool, identi
         if reported != [by_row.get(i, 0) for i in range(len(rows))]:
             held = False
             parts.append(f"report {reported} != plans {by_row}")
-        if len(batch_records) != 2:
+        if whole:  # no plan; every video's tokens reach the LLM (in the stock layout: as many as the model's own)
+            held = not batch_records and not any(r["pruned"] for r in rows) and (
+                not variant.matches_stock or all(r["visual_tokens_after"] == r["visual_tokens_before"] for r in rows))
+            parts = [f"{r['kept_by_strategy']} whole" for r in rows]
+            if batch_records:
+                parts.append(f"{len(batch_records)} plans at retention 1.0")
+        elif len(batch_records) != 2:
             held = False
             parts.append(f"{len(batch_records)} plans for 2 videos")
         cell.budget = ("ok " if held else "FAIL ") + ", ".join(parts)
@@ -274,7 +288,7 @@ def _run_cell(variant: Variant, strategy: str, ratio: float, exact: bool, identi
         first = _generate(model, singles[0])
         again = _generate(model, singles[0])
         kept = [r.plan.kept_indices for r in records]
-        same = len(kept) == 2 and torch.equal(kept[0], kept[1]) and torch.equal(first, again)
+        same = (not kept if whole else len(kept) == 2 and torch.equal(kept[0], kept[1])) and torch.equal(first, again)
         cell.deterministic = "ok" if same else "FAIL kept indices or tokens differ between two runs"
     return cell
 
@@ -361,6 +375,8 @@ def format_matrix(cells: Sequence[Cell], notes: Sequence[str], exact_budget: boo
     failed = sum(c.failed for c in cells)
     rule = ("budget: kept = exact_keep_count(T, L, r) = T * max(1, ceil(L * r)) per video (exact_budget=True)"
             if exact_budget else "budget: 0 < kept <= plain_keep_ceiling(T, L, r) = ceil(r T L) + 2 T per video")
+    if any(c.ratio >= 1.0 for c in cells):
+        rule += "; at ratio 1: no plan, every video whole (the adapters call no strategy)"
     lines = [markdown_table(HEADER, [c.row() for c in cells]), "", rule]
     seen: Dict[str, List[str]] = {}
     for n in notes:  # the same error of one adapter in many cells: one line, with the number of cells

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import torch
@@ -10,13 +11,22 @@ from ..config import TangoConfig
 from ..strategies import prune_video_tokens
 from .picture import kept_map_png
 
+LAYOUT = ("a dict saved with torch.save: features (T, L, D), saliency (T, L), grid_hw (H, W) and optionally "
+          "timestamps (T,), frame_embeddings (T, D')")
+
 
 def cmd_prune(args) -> int:
-    data = torch.load(args.input, map_location="cpu", weights_only=True)
-    missing = [k for k in ("features", "saliency", "grid_hw") if k not in data]
+    """Bad input (no such file, not a torch file, not that dict) is a ValueError: one `error:` line, exit 2."""
+    if not os.path.isfile(args.input):
+        raise ValueError(f"input={args.input!r}: no such file; expected {LAYOUT}")
+    try:
+        data = torch.load(args.input, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - whatever torch.load raises on a file it cannot read
+        raise ValueError(f"input={args.input!r}: torch.load cannot read it ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}); expected {LAYOUT}") from exc
+    missing = [k for k in ("features", "saliency", "grid_hw") if not isinstance(data, dict) or k not in data]
     if missing:
-        raise SystemExit(f"{args.input}: missing keys {missing}; expected a dict with features (T, L, D), "
-                         "saliency (T, L), grid_hw (H, W) and optionally timestamps (T,), frame_embeddings (T, D')")
+        raise ValueError(f"input={args.input!r}: missing keys {missing}; expected {LAYOUT}")
     cfg = TangoConfig.from_json(open(args.config).read()) if args.config else TangoConfig(retention_ratio=args.ratio)
     t0 = time.perf_counter()
     res = prune_video_tokens(data["features"], data["saliency"], tuple(data["grid_hw"]), data.get("timestamps"), cfg,
