@@ -216,11 +216,50 @@ def _generate(model, inputs, **kw):
     return model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False, **kw)
 
 
+def _kept_budget(rows: list, records: list, ratio: float, exact: bool) -> str:
+    """The budget column of a pruned cell: each video's kept count (from the plans) against its documented count,
+    the report's `kept_by_strategy` against the plans, and one plan per video."""
+    from ..engine.budgets import exact_keep_count, plain_keep_ceiling
+
+    parts, held = [], True
+    by_row: Dict[int, int] = {}
+    for rec in records:
+        T, Lf = rec.tokens.saliency.shape
+        kept = int(rec.plan.kept_indices.numel())
+        by_row[rec.row] = by_row.get(rec.row, 0) + kept
+        if exact:
+            want = exact_keep_count(T, Lf, ratio)
+            held &= kept == want
+            parts.append(f"{kept}={want}" if kept == want else f"{kept}!={want}")
+        else:
+            want = plain_keep_ceiling(T, Lf, ratio)
+            held &= 0 < kept <= want
+            parts.append(f"{kept}<={want}" if kept <= want else f"{kept}>{want}")
+    reported = [r["kept_by_strategy"] for r in rows]
+    if reported != [by_row.get(i, 0) for i in range(len(rows))]:
+        held = False
+        parts.append(f"report {reported} != plans {by_row}")
+    if len(records) != len(rows):
+        held = False
+        parts.append(f"{len(records)} plans for {len(rows)} videos")
+    return ("ok " if held else "FAIL ") + ", ".join(parts)
+
+
+def _whole_budget(rows: list, records: list, variant: Variant) -> str:
+    """The budget column at retention 1.0: no plan, every video reported unpruned and, in the stock layout, as many
+    visual tokens reaching the LLM as the model's own."""
+    held = not records and not any(r["pruned"] for r in rows) and (
+        not variant.matches_stock or all(r["visual_tokens_after"] == r["visual_tokens_before"] for r in rows))
+    parts = [f"{r['kept_by_strategy']} whole" for r in rows]
+    if records:
+        parts.append(f"{len(records)} plans at retention 1.0")
+    return ("ok " if held else "FAIL ") + ", ".join(parts)
+
+
 def _run_cell(variant: Variant, strategy: str, ratio: float, exact: bool, identity: str) -> Cell:
     import torch
 
     from ..config import TangoConfig
-    from ..engine.budgets import exact_keep_count, plain_keep_ceiling
     from ..integration.api import enabled
 
     cell = Cell(variant.name, strategy, ratio, identity=identity)
@@ -241,35 +280,8 @@ def _run_cell(variant: Variant, strategy: str, ratio: float, exact: bool, identi
         ok = out.shape == (2, L + NEW_TOKENS) and torch.equal(out[:, :L], batch["input_ids"]) \
             and all(r["pruned"] != whole for r in rows)
         cell.generate = "ok" if ok else f"FAIL shape {tuple(out.shape)}, pruned {[r['pruned'] for r in rows]}"
-        # budget of each video against its documented count
-        parts, held = [], True
-        by_row: Dict[int, int] = {}
-        for rec in batch_records:
-            T, Lf = rec.tokens.saliency.shape
-            kept = int(rec.plan.kept_indices.numel())
-            by_row[rec.row] = by_row.get(rec.row, 0) + kept
-            if exact:
-                want = exact_keep_count(T, Lf, ratio)
-                held &= kept == want
-                parts.append(f"{kept}={want}" if kept == want else f"{kept}!={want}")
-            else:
-                want = plain_keep_ceiling(T, Lf, ratio)
-                held &= 0 < kept <= want
-                parts.append(f"{kept}<={want}" if kept <= want else f"{kept}>{want}")
-        reported = [r["kept_by_strategy"] for r in rows]
-        if reported != [by_row.get(i, 0) for i in range(len(rows))]:
-            held = False
-            parts.append(f"report {reported} != plans {by_row}")
-        if whole:  # no plan; every video's tokens reach the LLM (in the stock layout: as many as the model's own)
-            held = not batch_records and not any(r["pruned"] for r in rows) and (
-                not variant.matches_stock or all(r["visual_tokens_after"] == r["visual_tokens_before"] for r in rows))
-            parts = [f"{r['kept_by_strategy']} whole" for r in rows]
-            if batch_records:
-                parts.append(f"{len(batch_records)} plans at retention 1.0")
-        elif len(batch_records) != 2:
-            held = False
-            parts.append(f"{len(batch_records)} plans for 2 videos")
-        cell.budget = ("ok " if held else "FAIL ") + ", ".join(parts)
+        cell.budget = _whole_budget(rows, batch_records, variant) if whole else \
+            _kept_budget(rows, batch_records, ratio, exact)
         # batch == single: kept counts and new tokens of each row alone
         same, diffs = True, []
         for b, one in enumerate(singles):

@@ -22,8 +22,9 @@ def cmd_prune(args) -> int:
     try:
         data = torch.load(args.input, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - whatever torch.load raises on a file it cannot read
-        raise ValueError(f"input={args.input!r}: torch.load cannot read it ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''}); expected {LAYOUT}") from exc
+        first_line = (str(exc).splitlines() or [""])[0]
+        raise ValueError(f"input={args.input!r}: torch.load cannot read it ({type(exc).__name__}: {first_line}); "
+                         f"expected {LAYOUT}") from exc
     missing = [k for k in ("features", "saliency", "grid_hw") if not isinstance(data, dict) or k not in data]
     if missing:
         raise ValueError(f"input={args.input!r}: missing keys {missing}; expected {LAYOUT}")
